@@ -1,0 +1,13 @@
+"""minivit: Vision Transformer pre-training on formula-generated images.
+
+Written from scratch in NumPy/Numba (model, hand-written backward passes,
+optimizers) with mpi4py for the parallel layouts.  Subpackages:
+
+- ``minivit.synth``: formula-driven image generators (FractalDB, VisualAtom, Newton).
+- ``minivit.io``: WebDataset-compatible tar shards, reader and loader.
+- ``minivit.parallel``: process grid, audited collectives, DP/ZeRO/TP/PP.
+
+``minivit`` itself never imports mpi4py, ``minivit.parallel``, ``minivit.io`` or
+``minivit.synth`` (DESIGN.md section 1), so the model runs in one process.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""Benchmarks: speed figures and ratios against references measured in the same run.
+
+    python run/bench.py synth  [--json]     # generator images/s per core
+    python run/bench.py io     [--json]     # tar loader vs webdataset vs loose files
+    python run/bench.py train  [...]        # training step vs PyTorch
+    python run/bench.py scaling [...]       # strong scaling over MPI ranks
+
+Each subcommand lives in the package that owns the code it measures; this
+script only dispatches.  Speed is measured here, never in timed unit tests.
+"""
+import importlib
+import sys
+
+# subcommand -> module exposing ``main(argv) -> int``
+SUBCOMMANDS = {
+    "synth": "minivit.synth.bench",
+    "io": "minivit.io.bench",
+    "train": "minivit.bench",
+    "scaling": "minivit.parallel.bench_scaling",
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print(__doc__.strip())
+        print("\nsubcommands: " + ", ".join(SUBCOMMANDS))
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(SUBCOMMANDS[argv[0]])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Install the single ``minivit`` distribution.
+
+The repository keeps ``parallel/``, ``synth/`` and ``io/`` at the top level (the
+product's design card fixes that layout), but they are installed as
+subpackages of ``minivit``.  A top-level package called ``io`` could never be
+imported: the standard library's ``io`` module is found first on ``sys.path``
+and would shadow it.  Mapping the folders with ``package_dir`` gives one
+namespace, ``minivit.parallel``, ``minivit.synth`` and ``minivit.io``.
+"""
+from setuptools import setup
+
+_SUBPACKAGES = {
+    "minivit.parallel": "parallel",
+    "minivit.synth": "synth",
+    "minivit.io": "io",
+}
+
+setup(
+    name="minivit",
+    version="0.1.0",
+    description=("Vision Transformer pre-training on formula-generated images, "
+                 "from scratch in NumPy/Numba and mpi4py"),
+    python_requires=">=3.11",
+    packages=["minivit", *_SUBPACKAGES],
+    package_dir={"minivit": "minivit", **_SUBPACKAGES},
+    install_requires=[
+        "numpy",
+        "numba",
+        "mpi4py",
+        "mpich",          # the PyPI wheel that brings mpirun / mpiexec
+        "scipy",
+        "pillow",
+        "h5py",
+        "tqdm",
+        "threadpoolctl",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "webdataset"],
+        # Cross-checks and benchmarks only; never a runtime dependency.
+        # 2.13.0 is the CPU build available on this project's machines.
+        "torch": ["torch==2.13.0", "safetensors"],
+    },
+)
