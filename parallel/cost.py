@@ -1,0 +1,202 @@
+"""Closed-form communication volumes and memory per rank.
+
+Source: Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training
+Trillion Parameter Models", section 5 (memory, Figure 1) and section 7
+(communication analysis).  TP volumes: Shoeybi et al. 2019 (Megatron-LM),
+section 3; PP: Narayanan et al. 2021, section 2.2.
+
+Accounting of "bytes sent per rank" (used by ``comm.Communicator`` for the
+ledger and by every prediction below, so the two agree exactly).  The model is
+the bandwidth-optimal ring algorithm for a group of ``p`` ranks on a buffer of
+``n`` elements, cut into ``p`` chunks of ``ceil(n / p)`` elements (the last
+chunk padded; exact when p divides n, as it does for every ZeRO buffer):
+
+========================  =====================================
+all-reduce                ``2 (p-1) ceil(n/p) * itemsize``
+reduce-scatter            ``(p-1) * block * itemsize``  (n = p * block)
+all-gather                ``(p-1) * block * itemsize``  (n = p * block)
+broadcast                 ``(p-1) ceil(n/p) * itemsize`` (pipelined chain, per-rank mean)
+send                      ``n * itemsize`` on the sender, 0 on the receiver
+any collective, p == 1    0 (nothing leaves the rank)
+========================  =====================================
+
+Memory: fp32 mixed-precision-free AdamW keeps 4 bytes of parameter, 4 of
+gradient and 8 of optimizer state (exp_avg, exp_avg_sq) per parameter: 16 Psi.
+(The paper's K=12 counts fp16 weights plus an fp32 master copy; this project
+trains in fp32, so the master copy is the parameter itself.)
+"""
+from math import ceil
+
+
+# ---------------------------------------------------------------- per operation
+def allreduce_bytes(n, p, itemsize):
+    """Bytes one rank sends in a ring all-reduce of ``n`` elements over ``p`` ranks."""
+    return 0 if p == 1 else 2 * (p - 1) * ceil(n / p) * itemsize
+
+
+def reduce_scatter_bytes(block, p, itemsize):
+    """Bytes one rank sends reducing ``p * block`` elements to a ``block`` per rank."""
+    return 0 if p == 1 else (p - 1) * block * itemsize
+
+
+def allgather_bytes(block, p, itemsize):
+    """Bytes one rank sends gathering ``block`` elements from each of ``p`` ranks."""
+    return 0 if p == 1 else (p - 1) * block * itemsize
+
+
+def broadcast_bytes(n, p, itemsize):
+    """Mean bytes per rank of a pipelined broadcast of ``n`` elements."""
+    return 0 if p == 1 else (p - 1) * ceil(n / p) * itemsize
+
+
+# ------------------------------------------------------------ closed forms (ZeRO s.7)
+def dp_comm_elements(psi, p):
+    """Elements sent per rank per step by data parallel: ``2 (p-1)/p * Psi``.
+
+    An all-reduce is a reduce-scatter plus an all-gather, each (p-1)/p Psi
+    (ZeRO section 7.1).
+    """
+    return 2 * (p - 1) / p * psi
+
+
+def zero_comm_elements(psi, p, stage):
+    """Elements sent per rank per optimizer step, closed form of ZeRO section 7.
+
+    stage 0 (plain DP) and 2: ``2 (p-1)/p Psi``.  Stage 1 *as built here*
+    (all-reduce of the full gradient, then all-gather of the updated
+    parameters, issue 5) is ``3 (p-1)/p Psi``; the paper's stage-1 variant that
+    reduce-scatters instead is the stage-2 figure.  Stage 3 (section 7.2.2):
+    parameters all-gathered for the forward and again for the backward, plus a
+    gradient reduce-scatter: ``3 (p-1)/p Psi``.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage={stage!r}: expected 0, 1, 2 or 3")
+    factor = {0: 2, 1: 3, 2: 2, 3: 3}[stage]
+    return factor * (p - 1) / p * psi
+
+
+def zero_memory_bytes(psi, p, stage, itemsize=4):
+    """Model-state bytes per rank for AdamW (ZeRO section 5.1 / Figure 1).
+
+    ``k = 4 * itemsize / 4`` bytes per parameter for each of parameter and
+    gradient and twice that for the optimizer state (16 bytes at fp32):
+    stage 0: 16 Psi; 1: 8 Psi + 8 Psi/p; 2: 4 Psi + 12 Psi/p; 3: 16 Psi/p.
+    Returns a dict with ``params``, ``grads``, ``optim`` and ``total`` bytes.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage={stage!r}: expected 0, 1, 2 or 3")
+    full, shard = psi * itemsize, psi * itemsize / p
+    params = shard if stage == 3 else full
+    grads = shard if stage >= 2 else full
+    optim = 2 * (shard if stage >= 1 else full)
+    return {"params": params, "grads": grads, "optim": optim,
+            "total": params + grads + optim}
+
+
+# ------------------------------------------------------- padding-exact (the audit)
+def unit_blocks(unit_sizes, p):
+    """Per-rank block ``ceil(n_u / p)`` of each unit: ZeRO pads each unit to p blocks."""
+    return [ceil(n / p) for n in unit_sizes]
+
+
+def bucket_sizes(total, bucket_elems):
+    """Sizes of the consecutive buckets covering ``total`` elements."""
+    if bucket_elems < 1:
+        raise ValueError(f"bucket_elems={bucket_elems!r}: expected a positive integer")
+    return [min(bucket_elems, total - start) for start in range(0, total, bucket_elems)]
+
+
+def step_comm_bytes(unit_sizes, p, stage, itemsize, *, accum=1,
+                    bucket_elems=None, clip=False):
+    """Exact bytes one dp rank sends in one optimizer step of this code base.
+
+    unit_sizes : parameter count of each unit (embed, blocks..., head), in the
+        order of the flat buffer.
+    stage : 0 = DP all-reduce in buckets of ``bucket_elems`` (default: one bucket);
+        1 = the stage-0 bucketed all-reduce of the grads + all-gather of the
+            updated parameters, per unit (padded);
+        2 = per micro-batch reduce-scatter + all-gather, per unit;
+        3 = per micro-batch forward and backward all-gathers + reduce-scatter.
+    clip : gradient clipping adds one all-reduce of a float64 sum of squares
+        for stages 2 and 3, where each rank holds only its gradient shard
+        (stages 0 and 1 hold the full averaged gradient, so the norm is local).
+
+    Returns a dict ``{op: bytes}`` with keys among ``allreduce``,
+    ``reduce_scatter`` and ``allgather``.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage={stage!r}: expected 0, 1, 2 or 3")
+    total = sum(unit_sizes)
+    blocks = unit_blocks(unit_sizes, p)
+    gather = sum(allgather_bytes(b, p, itemsize) for b in blocks)
+    scatter = sum(reduce_scatter_bytes(b, p, itemsize) for b in blocks)
+    out = {}
+    if stage in (0, 1):
+        sizes = bucket_sizes(total, bucket_elems or total)
+        out["allreduce"] = sum(allreduce_bytes(n, p, itemsize) for n in sizes)
+    if stage == 1:
+        out["allgather"] = gather
+    if stage == 2:
+        out["reduce_scatter"] = accum * scatter
+        out["allgather"] = gather
+    if stage == 3:
+        out["reduce_scatter"] = accum * scatter
+        out["allgather"] = 2 * accum * gather
+    if clip and stage >= 2:
+        out["allreduce"] = out.get("allreduce", 0) + allreduce_bytes(1, p, 8)
+    return out
+
+
+def padded_memory_bytes(unit_sizes, p, stage, itemsize):
+    """Exact persistent model-state bytes per rank with per-unit padding.
+
+    Like :func:`zero_memory_bytes` but each sharded quantity holds
+    ``sum(ceil(n_u / p))`` elements.  Stage 3 also holds one gathered unit
+    (the largest) while it computes; that transient buffer is reported apart
+    as ``gather_buffer``.
+    """
+    total = sum(unit_sizes)
+    shard = sum(unit_blocks(unit_sizes, p))
+    full_b, shard_b = total * itemsize, shard * itemsize
+    params = shard_b if stage == 3 else full_b
+    grads = shard_b if stage >= 2 else full_b
+    optim = 2 * (shard_b if stage >= 1 else full_b)
+    out = {"params": params, "grads": grads, "optim": optim,
+           "total": params + grads + optim}
+    if stage == 3:
+        out["gather_buffer"] = 2 * max(unit_blocks(unit_sizes, p)) * p * itemsize
+    return out
+
+
+# ----------------------------------------------------- TP / PP (Parallelism II)
+def tp_comm_elements(b, s, h, layers, micro_batches=1):
+    """Elements all-reduced per step by Megatron tensor parallelism.
+
+    Shoeybi et al. 2019 section 3: per layer and micro-batch, 2 all-reduces of
+    ``b*s*h`` in the forward (after attention and after the MLP) and 2 in the
+    backward (their conjugates): 4 b s h per layer per micro-batch.
+    """
+    return 4 * b * s * h * layers * micro_batches
+
+
+def pp_comm_elements(b, s, h, boundaries, micro_batches=1):
+    """Elements sent per step across pipeline boundaries: ``b*s*h`` each way
+    (activation forward, its gradient backward) per boundary per micro-batch."""
+    return 2 * b * s * h * boundaries * micro_batches
+
+
+# ------------------------------------------------------- parameter count
+def vit_unit_sizes(cfg):
+    """Parameter count of each unit ``[embed, block x depth, head]`` of a ViT config.
+
+    embed: patch projection (P*D + D), class token (D, if any), position
+    embedding (T*D).  block: 2 LayerNorms (4D), qkv (3D*D + 3D), proj (D*D + D),
+    fc1 (D*M + M), fc2 (M*D + D).  head: final LayerNorm (2D) + linear (D*K + K).
+    vit-base gives 86,567,656, timm's count for ``vit_base_patch16_224``.
+    """
+    d, m = cfg.dim, cfg.mlp_dim
+    cls = d if getattr(cfg, "class_token", True) else 0
+    embed = cfg.patch_dim * d + d + cls + cfg.seq_len * d
+    block = 4 * d + 3 * d * d + 3 * d + d * d + d + d * m + m + m * d + d
+    head = 2 * d + d * cfg.num_classes + cfg.num_classes
+    return [embed] + [block] * cfg.depth + [head]

@@ -1,0 +1,75 @@
+"""Abort the whole MPI job when any rank raises.
+
+Without this, an uncaught exception ends one rank while the others wait
+forever in their next collective: the job hangs instead of failing.  The
+guard replaces ``sys.excepthook`` (and ``threading.excepthook``, for loader
+threads) with a hook that
+
+1. prints ``[minivit rank R (tp .., dp .., pp ..)]`` and the traceback to stderr,
+2. flushes stdout and stderr (MPI_Abort does not flush Python buffers),
+3. calls ``MPI_Abort(world, 1)``, which kills every rank of the job.
+
+Usage (the first lines of a script run under ``mpirun``)::
+
+    guard = install_guard(MPI.COMM_WORLD)
+    grid = ProcessGrid(MPI.COMM_WORLD, dp=...)
+    guard.label = grid.coords        # richer prefix once the grid exists
+"""
+import sys
+import threading
+import traceback
+
+
+class AbortGuard:
+    """Excepthook that prints the rank-prefixed traceback and aborts ``comm``.
+
+    Attributes
+    ----------
+    label : text after ``[minivit `` in the prefix; starts as ``"rank R"`` and
+        may be replaced (e.g. by ``ProcessGrid.coords``).
+    errorcode : exit code handed to ``MPI_Abort`` (default 1).
+    """
+
+    def __init__(self, comm, errorcode=1):
+        self.comm = comm
+        self.errorcode = errorcode
+        self.label = f"rank {comm.Get_rank()}"
+        self._previous = None
+
+    def report(self, exc_type, exc, tb):
+        """Write the prefixed traceback to stderr and flush both streams."""
+        prefix = f"[minivit {self.label}] "
+        lines = "".join(traceback.format_exception(exc_type, exc, tb)).splitlines()
+        sys.stderr.write(f"{prefix}uncaught exception, aborting all ranks\n")
+        sys.stderr.write("".join(f"{prefix}{line}\n" for line in lines))
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def __call__(self, exc_type, exc, tb):
+        self.report(exc_type, exc, tb)
+        if issubclass(exc_type, KeyboardInterrupt) and self.comm.Get_size() == 1:
+            return
+        self.comm.Abort(self.errorcode)
+
+    def _thread_hook(self, args):
+        if args.exc_type is SystemExit:
+            return
+        self(args.exc_type, args.exc_value, args.exc_traceback)
+
+    def install(self):
+        """Install as ``sys.excepthook`` and ``threading.excepthook``; returns self."""
+        self._previous = (sys.excepthook, threading.excepthook)
+        sys.excepthook = self
+        threading.excepthook = self._thread_hook
+        return self
+
+    def uninstall(self):
+        """Restore the hooks that were active before :meth:`install`."""
+        if self._previous is not None:
+            sys.excepthook, threading.excepthook = self._previous
+            self._previous = None
+
+
+def install_guard(comm, errorcode=1):
+    """Create an :class:`AbortGuard` on ``comm`` (usually ``MPI.COMM_WORLD``) and install it."""
+    return AbortGuard(comm, errorcode).install()
