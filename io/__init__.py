@@ -3,7 +3,10 @@
 Imports nothing from ``minivit`` model code, ``minivit.parallel`` or mpi4py
 (DESIGN.md section 1): the loader is given ``rank`` and ``world_size`` as integers.
 """
+from .dataset import ShardDataset
+from .errors import CorruptSampleError, ShardError, ShardWarning
 from .index import read_dataset_index, read_shard_index, write_dataset_index
 from .writer import ShardWriter
 
-__all__ = ["ShardWriter", "write_dataset_index", "read_dataset_index", "read_shard_index"]
+__all__ = ["ShardWriter", "ShardDataset", "ShardError", "CorruptSampleError",
+           "ShardWarning", "write_dataset_index", "read_dataset_index", "read_shard_index"]
