@@ -1,0 +1,155 @@
+"""AdamW, SGD, clipping and the warmup-cosine schedule."""
+import math
+
+import numpy as np
+import pytest
+
+from minivit.config import get_config
+from minivit.model import ViT
+from minivit.optim import (SGD, AdamW, WarmupCosine, adamw_update, adamw_update_reference,
+                           clip_coefficient, clip_grad_norm_, grad_sumsq, sgd_update)
+
+
+def test_adamw_hand_worked_three_parameters():
+    p = np.array([1.0, -2.0, 0.5])
+    g = np.array([0.1, -0.2, 0.3])
+    mask = np.array([1.0, 0.0, 1.0])           # the middle one is a "bias": no decay
+    opt = AdamW(p, g, mask, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt.step()
+    # step 1: m_hat = g, v_hat = g^2, so the Adam step is lr * g / (|g| + eps);
+    # decoupled decay first multiplies decayed entries by (1 - lr * wd) = 0.999.
+    expected = np.array([1.0 * 0.999 - 0.1 * 0.1 / (0.1 + 1e-8),
+                         -2.0 + 0.1 * 0.2 / (0.2 + 1e-8),
+                         0.5 * 0.999 - 0.1 * 0.3 / (0.3 + 1e-8)])
+    np.testing.assert_allclose(p, expected, rtol=1e-15)
+    np.testing.assert_allclose(opt.state["exp_avg"], [0.01, -0.02, 0.03], rtol=1e-15)
+    np.testing.assert_allclose(opt.state["exp_avg_sq"], [1e-5, 4e-5, 9e-5], rtol=1e-12)
+    # step 2 with a new gradient and half the learning rate
+    g[...] = [0.2, 0.2, -0.1]
+    before = p.copy()
+    opt.step(lr=0.05)
+    m = np.array([0.9 * 0.01 + 0.1 * 0.2, 0.9 * -0.02 + 0.1 * 0.2, 0.9 * 0.03 + 0.1 * -0.1])
+    v = np.array([0.999 * 1e-5 + 0.001 * 0.04, 0.999 * 4e-5 + 0.001 * 0.04,
+                  0.999 * 9e-5 + 0.001 * 0.01])
+    m_hat, v_hat = m / (1 - 0.9 ** 2), v / (1 - 0.999 ** 2)
+    decay = np.array([1 - 0.05 * 0.01, 1.0, 1 - 0.05 * 0.01])
+    np.testing.assert_allclose(p, before * decay - 0.05 * m_hat / (np.sqrt(v_hat) + 1e-8),
+                               rtol=1e-12)
+    assert opt.step_count == 2
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-12)])
+def test_adamw_kernel_matches_reference(dtype, tol):
+    rng = np.random.default_rng(0)
+    n = 1000
+    start = rng.standard_normal(n).astype(dtype)
+    a = [start.copy(), start.copy()]
+    mask = (rng.random(n) < 0.5).astype(dtype)
+    m = [np.zeros(n, dtype) for _ in range(2)]
+    v = [np.zeros(n, dtype) for _ in range(2)]
+    for step in range(1, 6):
+        g = rng.standard_normal(n).astype(dtype)
+        adamw_update(a[0], g, m[0], v[0], mask, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+        adamw_update_reference(a[1], g, m[1], v[1], mask, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+    np.testing.assert_allclose(a[0], a[1], rtol=tol, atol=tol)
+    np.testing.assert_allclose(m[0], m[1], rtol=tol, atol=tol)
+    np.testing.assert_allclose(v[0], v[1], rtol=tol, atol=tol)
+
+
+def test_adamw_rejects_bad_arrays():
+    p = np.zeros(3)
+    with pytest.raises(ValueError, match="grad shape"):
+        adamw_update(p, np.zeros(4), np.zeros(3), np.zeros(3), np.zeros(3),
+                     0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="dtype float32"):
+        adamw_update(p, np.zeros(3, np.float32), np.zeros(3), np.zeros(3), np.zeros(3),
+                     0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="step=0"):
+        adamw_update(p, p.copy(), p.copy(), p.copy(), p.copy(), 0.1, 0.9, 0.999, 1e-8, 0.0, 0)
+    with pytest.raises(ValueError, match="betas"):
+        AdamW(p, p.copy(), p.copy(), betas=(1.0, 0.9))
+
+
+def test_sgd_momentum_by_hand():
+    p = np.array([1.0, 2.0])
+    g = np.array([0.5, -1.0])
+    mask = np.array([1.0, 0.0])
+    buf = np.zeros(2)
+    sgd_update(p, g, buf, mask, lr=0.1, momentum=0.9, weight_decay=0.1)
+    d1 = np.array([0.5 + 0.1 * 1.0, -1.0])           # L2 decay only where mask == 1
+    np.testing.assert_allclose(buf, d1)
+    np.testing.assert_allclose(p, [1.0 - 0.1 * d1[0], 2.0 - 0.1 * d1[1]])
+    p_before = p.copy()
+    sgd_update(p, g, buf, mask, lr=0.1, momentum=0.9, weight_decay=0.1)
+    d2 = g + 0.1 * mask * p_before
+    np.testing.assert_allclose(buf, 0.9 * d1 + d2)
+    np.testing.assert_allclose(p, p_before - 0.1 * (0.9 * d1 + d2))
+    q, nbuf = np.array([1.0, 2.0]), np.zeros(2)
+    sgd_update(q, g, nbuf, mask, 0.1, 0.9, 0.0, nesterov=True)
+    np.testing.assert_allclose(q, [1.0, 2.0] - 0.1 * (g + 0.9 * g))
+
+
+def test_clipping_pieces():
+    g = np.array([3.0, 4.0], dtype=np.float32)
+    assert grad_sumsq(g) == 25.0
+    assert clip_coefficient(5.0, 10.0) == 1.0
+    assert clip_coefficient(5.0, 1.0) == pytest.approx(1.0 / 5.000001)
+    assert clip_grad_norm_(g, 1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose(np.linalg.norm(g), 1.0, rtol=1e-5)
+    assert g.dtype == np.float32
+    h = np.array([0.3, 0.4])
+    clip_grad_norm_(h, 1.0)
+    np.testing.assert_array_equal(h, [0.3, 0.4])       # below the limit: untouched
+    with pytest.raises(ValueError, match="max_norm=0"):
+        clip_coefficient(1.0, 0)
+
+
+def test_warmup_cosine():
+    s = WarmupCosine(1.0, warmup_steps=4, total_steps=14, min_lr=0.1)
+    assert [s(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s(4) == 1.0
+    assert s(9) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 2)))
+    assert s(14) == pytest.approx(0.1) and s(100) == pytest.approx(0.1)
+    values = [s(i) for i in range(4, 15)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    t = WarmupCosine(0.5, 0, 10)
+    t.load_state_dict(s.state_dict())
+    assert t(9) == s(9)
+    with pytest.raises(ValueError, match="warmup_steps=20"):
+        WarmupCosine(1.0, 20, 10)
+
+
+@pytest.mark.parametrize("cls", [AdamW, SGD])
+def test_state_dict_resume_is_exact_and_named(cls):
+    def run(model, opt, steps, rng_seed):
+        rng = np.random.default_rng(rng_seed)
+        for _ in range(steps):
+            model.flat.grad[...] = rng.standard_normal(model.flat.numel).astype(np.float32)
+            opt.step()
+
+    a = ViT(get_config("vit-nano"), seed=1)
+    opt_a = cls(a.flat, lr=1e-2, weight_decay=0.05)
+    run(a, opt_a, 3, 0)
+    state = opt_a.state_dict()
+    key = cls.state_names[0]
+    assert state[key]["blocks.0.attn.qkv.weight"].shape == (96, 32)
+    assert state["step"] == 3
+    b = ViT(get_config("vit-nano"), seed=1)
+    b.flat.load_state_dict(a.flat.state_dict())
+    opt_b = cls(b.flat, lr=1e-2, weight_decay=0.05)
+    opt_b.load_state_dict(state)
+    run(a, opt_a, 2, 7)
+    run(b, opt_b, 2, 7)
+    assert a.flat.data.tobytes() == b.flat.data.tobytes()
+    state[key].pop("head.bias")
+    with pytest.raises(ValueError, match="head.bias"):
+        opt_b.load_state_dict(state)
+
+
+def test_adamw_no_decay_on_masked_params_with_zero_grad():
+    model = ViT(get_config("vit-nano"))
+    before = model.flat.data.copy()
+    AdamW(model.flat, lr=0.1, weight_decay=0.5).step()    # zero gradient: only decay acts
+    mask = model.flat.decay_mask.astype(bool)
+    np.testing.assert_array_equal(model.flat.data[~mask], before[~mask])
+    np.testing.assert_allclose(model.flat.data[mask], before[mask] * (1 - 0.05), rtol=1e-6)
