@@ -3,10 +3,12 @@
 Imports nothing from ``minivit`` model code, ``minivit.parallel`` or mpi4py
 (DESIGN.md section 1): the loader is given ``rank`` and ``world_size`` as integers.
 """
+from .augment import Augment
 from .dataset import ShardDataset
 from .errors import CorruptSampleError, ShardError, ShardWarning
+from .loader import Loader
 from .index import read_dataset_index, read_shard_index, write_dataset_index
 from .writer import ShardWriter
 
-__all__ = ["ShardWriter", "ShardDataset", "ShardError", "CorruptSampleError",
+__all__ = ["ShardWriter", "ShardDataset", "Loader", "Augment", "ShardError", "CorruptSampleError",
            "ShardWarning", "write_dataset_index", "read_dataset_index", "read_shard_index"]
