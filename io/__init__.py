@@ -8,7 +8,8 @@ from .dataset import ShardDataset
 from .errors import CorruptSampleError, ShardError, ShardWarning
 from .loader import Loader
 from .index import read_dataset_index, read_shard_index, write_dataset_index
+from .synthetic import SyntheticSource
 from .writer import ShardWriter
 
-__all__ = ["ShardWriter", "ShardDataset", "Loader", "Augment", "ShardError", "CorruptSampleError",
+__all__ = ["ShardWriter", "ShardDataset", "Loader", "Augment", "SyntheticSource", "ShardError", "CorruptSampleError",
            "ShardWarning", "write_dataset_index", "read_dataset_index", "read_shard_index"]
