@@ -8,6 +8,8 @@ Damage is reported, never silently absorbed.  ``walk_shard`` returns the
 samples it could index plus a list of ``Problem(offset, reason)``:
 - a header with a bad checksum: the walk resynchronises on the next valid
   ustar header block, so later samples survive;
+- zero blocks (an end-of-archive marker) followed by more data: reported,
+  and the walk goes on after them;
 - a member cut short by the end of the file, or a missing end-of-archive
   marker (a cut at a 512-byte boundary): the walk stops there;
 - a sample lacking an image or a ``cls`` member (e.g. its header was damaged).
@@ -46,6 +48,22 @@ def _resync(fd, pos, file_size):
     return None
 
 
+def _next_data_block(fd, pos, file_size):
+    """Offset of the first block at or after ``pos`` holding a non-zero byte, or ``None``.
+
+    Normally this reads only the end-of-archive marker and record padding.
+    """
+    chunk = 64 * tf.BLOCK
+    while pos < file_size:
+        data = _read(fd, min(chunk, file_size - pos), pos)
+        stripped = data.lstrip(b"\0")
+        if stripped:
+            first = len(data) - len(stripped)
+            return pos + first - first % tf.BLOCK
+        pos += len(data)
+    return None
+
+
 def walk_members(fd, file_size):
     """``([(name, data offset, size, header offset)], [Problem])`` of regular files."""
     members, problems = [], []
@@ -58,7 +76,15 @@ def walk_members(fd, file_size):
             break
         block = _read(fd, tf.BLOCK, pos)
         if block == tf.ZERO_BLOCK:
-            break
+            # A zeroed header looks like the end marker; data after it means
+            # damage, and silently stopping would drop the rest of the shard.
+            nxt = _next_data_block(fd, pos, file_size)
+            if nxt is None:
+                break
+            problems.append(Problem(pos, f"zero block(s) before more data at byte {nxt}; "
+                                         "continuing after them"))
+            pos, override = nxt, {}
+            continue
         try:
             hdr = tf.decode_header(block)
         except tf.HeaderError as e:

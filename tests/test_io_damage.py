@@ -141,3 +141,16 @@ def test_interleaved_or_duplicate_keys(tmp_path, names, match):
     for policy in ("skip", "raise"):
         with pytest.raises(ValueError, match=f"{path}: {match}"):
             ShardDataset(path, on_error=policy)
+
+
+def test_zeroed_header_does_not_end_the_shard_silently(shard):
+    path, idx = shard
+    os.remove(path + ".idx")
+    hdr = idx["samples"][2]["offset"]      # the png header of sample 2
+    with open(path, "r+b") as f:
+        f.seek(hdr)
+        f.write(bytes(512))
+    ds, msgs = _load(path)
+    assert [ds.read_sample(i)["__key__"] for i in range(len(ds))] == [
+        "000000", "000001", "000003", "000004", "000005"]
+    assert any(f"byte {hdr}: zero block(s) before more data" in m for m in msgs)
