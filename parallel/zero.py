@@ -1,0 +1,209 @@
+"""ZeRO stages 1, 2 and 3 over the data-parallel group.
+
+Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
+Parameter Models", section 5.1 (P_os, P_g, P_p) and section 7 (communication).
+
+What each stage keeps per rank (Psi parameters, p = dp size, fp32 AdamW) and
+what moves per optimizer step (see ``cost.step_comm_bytes`` for exact bytes):
+
+======  ========================  ============================================
+stage   persistent state          communication
+======  ========================  ============================================
+1       params Psi, grads Psi,    all-reduce grads (``DataParallel``), update
+        Adam state Psi/p          own shard, all-gather params per unit
+2       params Psi, grads Psi/p,  per micro-batch, each unit's gradient is
+        Adam state Psi/p          reduce-scattered right after its backward;
+                                  update own shard; all-gather params per unit
+3       params Psi/p, grads       each unit all-gathered before its forward
+        Psi/p, Adam state Psi/p   and again before its backward, freed after;
+                                  grads reduce-scattered per unit
+======  ========================  ============================================
+
+Shards are per unit, padded so every dp size works (``shard.ShardLayout``).
+Gradients arrive pre-scaled by ``1 / (accum * dp)`` (the loss backward's
+``scale``), so summing collectives yield the mean gradient.
+"""
+import numpy as np
+
+from minivit.optim import adamw_update, clip_coefficient, grad_sumsq
+
+from .shard import ShardLayout
+
+
+class ZeroOptimizer:
+    """AdamW with ZeRO-sharded state for ``model`` over the dp communicator ``comm``.
+
+    Constructing it for stage 2 or 3 replaces ``model.units`` with wrappers that
+    move gradients (and, at stage 3, parameters) unit by unit, and releases the
+    model's full gradient buffer (stage >= 2) and parameter buffer (stage 3).
+    Call after the initial parameter broadcast.
+
+    step(lr, step, max_grad_norm=None) -> global gradient norm (float, before
+    clipping; None without clipping).  Hyper-parameters as in ``minivit.optim.AdamW``;
+    clipping follows ``minivit.optim.clip_grad_norm_`` (PyTorch ``clip_grad_norm_``).
+    Raises ValueError for a stage outside 1..3.
+    """
+
+    def __init__(self, model, comm, stage, *, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.05):
+        if stage not in (1, 2, 3):
+            raise ValueError(f"zero stage={stage!r}: expected 1, 2 or 3 (0 is plain DP)")
+        self.model, self.comm, self.stage = model, comm, stage
+        self.hyper = dict(beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
+        flat = model.flat
+        self.layout = ShardLayout(model.unit_ranges(), comm.size, comm.rank)
+        self.dtype = flat.data.dtype
+        self.exp_avg = np.zeros(self.layout.numel, self.dtype)
+        self.exp_avg_sq = np.zeros(self.layout.numel, self.dtype)
+        self.decay_shard = self.layout.extract(flat.decay_mask)
+        self.grad_shard = None
+        self.param_shard = None
+        if stage >= 2:
+            self.grad_shard = np.zeros(self.layout.numel, self.dtype)
+        if stage == 3:
+            self.param_shard = self.layout.extract(flat.data)
+        if stage >= 2:
+            self._wrap_units()
+            flat.grad = None          # gradients now live in grad_shard only
+        if stage == 3:
+            flat.data = None          # parameters now live in param_shard only
+            flat.decay_mask = None
+
+    # ------------------------------------------------------------ unit wrappers
+    def _wrap_units(self):
+        model = self.model
+        for u, unit in enumerate(model.units):
+            for prm in unit.parameters():
+                prm.grad = None
+                if self.stage == 3:
+                    prm.data = None
+            model.units[u] = ShardedUnit(unit, u, self)
+
+    def _bind(self, unit, u, buf, attr):
+        """Point each parameter's ``attr`` ("data"/"grad") at its slice of unit buffer ``buf``."""
+        start = self.layout.ranges[u][0]
+        for prm in unit.parameters():
+            lo, hi, shape = self.model.flat.offsets[prm.name]
+            setattr(prm, attr, buf[lo - start:hi - start].reshape(shape))
+
+    # ------------------------------------------------------------ optimizer step
+    def grad_norm(self):
+        """Global L2 norm of the mean gradient over unique parameters.
+
+        Stage 1 holds the full all-reduced gradient, so the norm is local;
+        stages 2-3 all-reduce the sum of squares of their shards (padding is zero).
+        """
+        if self.stage == 1:
+            return float(np.sqrt(grad_sumsq(self.model.flat.grad)))
+        return float(np.sqrt(self.comm.allreduce_scalar(grad_sumsq(self.grad_shard))))
+
+    def step(self, lr, step, max_grad_norm=None):
+        norm = self.grad_norm() if max_grad_norm else None
+        coef = clip_coefficient(norm, max_grad_norm) if max_grad_norm else 1.0
+        coef = self.dtype.type(coef)
+        lay, flat = self.layout, self.model.flat
+        if self.stage == 3:
+            grad = self.grad_shard * coef if coef < 1 else self.grad_shard
+            adamw_update(self.param_shard, grad, self.exp_avg, self.exp_avg_sq,
+                         self.decay_shard, lr=lr, step=step, **self.hyper)
+            self.grad_shard.fill(0)
+            return norm
+        for u in range(len(lay.ranges)):
+            lo, hi = lay.owned(u)
+            if hi == lo:
+                continue
+            if self.stage == 1:
+                grad = flat.grad[lo:hi]
+            else:
+                grad = lay.shard_view(self.grad_shard, u, owned_only=True)
+            if coef < 1:
+                grad = grad * coef
+            # the owned slice of the full parameter buffer is updated in place: no copy
+            adamw_update(flat.data[lo:hi], grad,
+                         lay.shard_view(self.exp_avg, u, owned_only=True),
+                         lay.shard_view(self.exp_avg_sq, u, owned_only=True),
+                         self.decay_shard[lay.offsets[u]:lay.offsets[u] + hi - lo],
+                         lr=lr, step=step, **self.hyper)
+        self._allgather_params()
+        if self.stage == 1:
+            flat.zero_grad()
+        else:
+            self.grad_shard.fill(0)
+        return norm
+
+    def _allgather_params(self):
+        lay, data = self.layout, self.model.flat.data
+        for u, (a, b) in enumerate(lay.ranges):
+            lo, hi = lay.owned(u)
+            send = np.zeros(lay.blocks[u], self.dtype)   # padded block (last rank may be short)
+            send[:hi - lo] = data[lo:hi]
+            gathered = self.comm.allgather(send, np.empty(lay.p * lay.blocks[u], self.dtype))
+            data[a:b] = gathered[:b - a]
+
+    # ------------------------------------------------------------ memory ledger
+    def memory(self):
+        """Measured persistent bytes on this rank: ``params``, ``grads``, ``optim``, ``total``."""
+        flat = self.model.flat
+        params = self.param_shard.nbytes if self.stage == 3 else flat.data.nbytes
+        grads = self.grad_shard.nbytes if self.stage >= 2 else flat.grad.nbytes
+        optim = self.exp_avg.nbytes + self.exp_avg_sq.nbytes
+        return {"params": params, "grads": grads, "optim": optim,
+                "total": params + grads + optim}
+
+    def full_parameters(self):
+        """The full flat parameter vector (gathered at stage 3; a copy otherwise)."""
+        if self.stage < 3:
+            return self.model.flat.data.copy()
+        out = np.empty(self.layout.total, self.dtype)
+        for u, (a, b) in enumerate(self.layout.ranges):
+            out[a:b] = self.layout.gather_unit(self.comm, self.param_shard, u)[:b - a]
+        return out
+
+
+class ShardedUnit:
+    """A unit whose gradients (stage 2-3) and parameters (stage 3) live in shards.
+
+    forward(x): stage 3 all-gathers the unit's parameters, runs the unit, frees them.
+    backward(dy, ctx): stage 3 gathers the parameters again; the unit's
+    gradient is accumulated in a temporary unit buffer, reduce-scattered (sum
+    over dp) and added to this rank's gradient shard; buffers are freed.
+    """
+
+    def __init__(self, unit, index, engine):
+        self.unit, self.index, self.engine = unit, index, engine
+        self.name = getattr(unit, "name", f"unit{index}")
+
+    def parameters(self):
+        return self.unit.parameters()
+
+    def _gather(self):
+        eng = self.engine
+        full = eng.layout.gather_unit(eng.comm, eng.param_shard, self.index)
+        eng._bind(self.unit, self.index, full, "data")
+
+    def _release(self, attr):
+        for prm in self.unit.parameters():
+            setattr(prm, attr, None)
+
+    def forward(self, x):
+        if self.engine.stage == 3:
+            self._gather()
+        y, ctx = self.unit.forward(x)
+        if self.engine.stage == 3:
+            self._release("data")
+        return y, ctx
+
+    def backward(self, dy, ctx):
+        eng, u = self.engine, self.index
+        if eng.stage == 3:
+            self._gather()
+        k = eng.layout.blocks[u]
+        unit_grad = np.zeros(eng.layout.p * k, eng.dtype)   # padded: p equal blocks
+        eng._bind(self.unit, u, unit_grad, "grad")
+        dx = self.unit.backward(dy, ctx)
+        block = eng.comm.reduce_scatter(unit_grad, np.empty(k, eng.dtype))
+        eng.layout.shard_view(eng.grad_shard, u)[...] += block
+        self._release("grad")
+        if eng.stage == 3:
+            self._release("data")
+        return dx
