@@ -142,10 +142,12 @@ def _softmax_fwd(x, p):
                 m = np.float64(x[r, j])
         s = 0.0
         for j in range(n):
-            s += math.exp(x[r, j] - m)
+            e = math.exp(x[r, j] - m)
+            p[r, j] = e
+            s += e       # sums the float64 exponentials, not the rounded stores
         inv = 1.0 / s
         for j in range(n):
-            p[r, j] = math.exp(x[r, j] - m) * inv
+            p[r, j] *= inv
 
 
 @njit(cache=True)

@@ -16,7 +16,7 @@ TRUNC_AT = 2.0      # truncate at +-2 std (timm truncates at +-2 absolute; +-2 s
                     # classical truncated normal and differs only in tails below 1e-40)
 
 
-def _name_seed(seed, name):
+def name_seed(seed, name):
     """A 128-bit integer from ``(seed, name)``; stable across processes and runs.
 
     Python's ``hash()`` is salted per process, so a digest is used instead.
@@ -43,7 +43,7 @@ def init_tensor(seed, name, shape, kind, dtype):
         return np.ones(shape, dtype=dtype)
     if kind != "trunc_normal":
         raise ValueError(f"init kind {kind!r}: expected one of {INIT_KINDS}")
-    rng = np.random.Generator(np.random.PCG64(_name_seed(seed, name)))
+    rng = np.random.Generator(np.random.PCG64(name_seed(seed, name)))
     n = int(np.prod(shape, dtype=np.int64))
     values = rng.standard_normal(n)
     bad = np.abs(values) > TRUNC_AT
