@@ -3,8 +3,9 @@
 Nothing is extracted.  Each sample is one ``os.pread`` of the byte range from
 its first header to the end of its last member, taken from one file
 descriptor per shard (``pread`` carries its own offset, so threads share the
-descriptors without locks).  Offsets come from the ``SHARD.tar.idx`` sidecar
-when it matches the file size, else from a header walk (``minivit.io.walk``).
+descriptors without locks).  Offsets come from the sample table in ``index.json``
+or the ``SHARD.tar.idx`` sidecar when it matches the file size, else from a
+header walk (``minivit.io.walk``).
 """
 import os
 import threading
@@ -81,8 +82,10 @@ class ShardDataset:
         self.shard_paths, meta = resolve_source(source)
         self.problems = []
         shard_of, entries, labels, crcs = [], [], [], []
+        inline = [s.get("index") for s in meta["shards"]] if meta else [None] * len(
+            self.shard_paths)
         for sid, path in enumerate(self.shard_paths):
-            samples, sample_labels, sample_crcs = self._index_shard(path)
+            samples, sample_labels, sample_crcs = self._index_shard(path, inline[sid])
             shard_of.extend([sid] * len(samples))
             entries.extend(samples)
             labels.extend(sample_labels)
@@ -98,21 +101,25 @@ class ShardDataset:
         self._fds = [None] * len(self.shard_paths)
         self._lock = threading.Lock()
 
-    def _index_shard(self, path):
-        """``(entries, labels, crcs)`` of one shard from its sidecar or a walk."""
+    def _index_shard(self, path, inline=None):
+        """``(entries, labels, crcs)`` of one shard: from the table inline in
+        ``index.json``, else its sidecar, else a header walk."""
         size = os.path.getsize(path)
         side = path + ".idx"
-        if os.path.isfile(side):
+        for where, exists in (("index.json", inline is not None),
+                              (side, inline is None and os.path.isfile(side))):
+            if not exists:
+                continue
             try:
-                idx = read_shard_index(side)
+                idx = read_shard_index(where, inline)
                 if idx["shard_bytes"] == size:
                     n = len(idx["samples"])
                     return (idx["samples"], idx["labels"] or [-1] * n,
                             idx["crc32"] or [None] * n)
-                self._report(path, 0, f"sidecar {side} describes {idx['shard_bytes']} "
+                self._report(path, 0, f"index in {where} describes {idx['shard_bytes']} "
                                       f"bytes but the shard has {size}; re-indexing")
             except (ValueError, KeyError, TypeError) as e:
-                self._report(path, 0, f"unusable sidecar ({e}); re-indexing")
+                self._report(path, 0, f"unusable index in {where} ({e}); re-indexing")
         samples, problems, _ = walk_shard(path)
         for p in problems:
             self._report(path, p.offset, p.reason)

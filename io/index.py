@@ -17,11 +17,14 @@ of its last member's padding; ``members`` maps extension to
 Dataset index (JSON)::
 
     {"format": "minivit.dataset-index", "version": 1,
-     "shards": [{"path": "train-000000.tar", "samples": 1000, "bytes": 123}],
+     "shards": [{"path": "train-000000.tar", "samples": 1000, "bytes": 123,
+                 "index": {...sidecar dict...}}],      # "index" optional
      "num_samples": 1000, "num_classes": 10, "class_counts": [...],
      "class_names": [...] | null}
 
-Shard paths are relative to the folder of ``index.json``.
+Shard paths are relative to the folder of ``index.json``.  With the sample
+tables inline, ``index.json`` alone makes every shard random-access and the
+sidecars are optional: shards + 1 file, the smallest file count.
 """
 import json
 import os
@@ -45,13 +48,15 @@ def shard_index_dict(samples, shard_bytes, labels=None, crc32=None):
             "samples": samples, "labels": labels, "crc32": crc32}
 
 
-def read_shard_index(path):
-    """Load and check a sidecar; raises ``ValueError`` naming ``path``."""
-    with open(path) as f:
-        try:
-            obj = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a JSON shard index ({e})") from None
+def read_shard_index(path, obj=None):
+    """Load and check a sidecar (or check ``obj``, an inline table from
+    ``path``); raises ``ValueError`` naming ``path``."""
+    if obj is None:
+        with open(path) as f:
+            try:
+                obj = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not a JSON shard index ({e})") from None
     if not isinstance(obj, dict) or obj.get("format") != SHARD_FORMAT:
         raise ValueError(f"{path}: expected format {SHARD_FORMAT!r}")
     if obj.get("version") != VERSION:
@@ -64,20 +69,25 @@ def read_shard_index(path):
     return obj
 
 
-def write_dataset_index(index_path, shard_paths, class_names=None):
-    """Write ``index.json`` for ``shard_paths`` from their sidecars.
+def write_dataset_index(index_path, shard_paths, class_names=None, tables=None, inline=True):
+    """Write ``index.json`` for ``shard_paths``.
 
-    Used by ``ShardWriter.close`` and to merge shards written by several
-    processes.  Shards are listed in the given order.  Raises ``ValueError``
-    if a sidecar is missing or has no labels.  Returns the dict written.
+    ``tables``: the shards' sidecar dicts in the same order; default: read
+    the ``SHARD.tar.idx`` sidecars (how shards written by several processes
+    are merged).  ``inline`` stores the sample tables in ``index.json``.
+    Shards are listed in the given order.  Raises ``ValueError`` if a sidecar
+    is missing or has no labels.  Returns the dict written.
     """
     root = os.path.dirname(os.path.abspath(index_path))
     shards, counts = [], []
-    for shard in shard_paths:
+    for k, shard in enumerate(shard_paths):
         side = os.fspath(shard) + ".idx"
-        if not os.path.exists(side):
-            raise ValueError(f"{shard}: no sidecar {side}; write shards with index=True")
-        idx = read_shard_index(side)
+        if tables is not None:
+            idx = tables[k]
+        elif not os.path.exists(side):
+            raise ValueError(f"{shard}: no sidecar {side}; write shards with sidecars=True")
+        else:
+            idx = read_shard_index(side)
         if idx["labels"] is None:
             raise ValueError(f"{side}: has no labels (built by a header walk?)")
         for label in idx["labels"]:
@@ -86,6 +96,8 @@ def write_dataset_index(index_path, shard_paths, class_names=None):
             counts[label] += 1
         shards.append({"path": os.path.relpath(os.path.abspath(shard), root),
                        "samples": len(idx["samples"]), "bytes": idx["shard_bytes"]})
+        if inline:
+            shards[-1]["index"] = idx
     num_classes = len(counts)
     if class_names is not None:
         class_names = list(class_names)

@@ -5,8 +5,10 @@ A sample is a dict ``{"__key__": str, "png": bytes, "cls": int, "json": dict}``
 members are written consecutively in the fixed order image, ``cls``, ``json``
 with fixed header metadata, so the same samples always give the same bytes.
 
-Each shard gets a sidecar ``SHARD.tar.idx`` (see ``minivit.io.index``) and the
-writer finally writes the dataset's ``index.json``.  A shard is written under
+The writer finally writes the dataset's ``index.json`` with every shard's
+sample table inline (see ``minivit.io.index``), and by default also a
+sidecar ``SHARD.tar.idx`` per shard (needed to merge shards written by
+several processes; ``sidecars=False`` halves the file count).  A shard is written under
 ``NAME.partial`` and renamed when complete, so a crash never leaves a
 truncated file under a shard name.
 """
@@ -73,7 +75,8 @@ class ShardWriter:
         max_count: samples per shard (a new shard starts after this many).
         max_bytes: shard size limit in bytes (a new shard starts before a
             sample would cross it; a single larger sample gets its own shard).
-        index: write ``SHARD.tar.idx`` sidecars and the dataset ``index.json``.
+        index: write the dataset ``index.json`` (sample tables inline).
+        sidecars: also write ``SHARD.tar.idx`` next to every shard.
         index_path: where ``index.json`` goes (default: the shards' folder).
         class_names: optional list stored in ``index.json``.
         start_shard: number of the first shard (lets MPI ranks write disjoint
@@ -84,7 +87,7 @@ class ShardWriter:
     """
 
     def __init__(self, pattern, max_count=1000, max_bytes=3_000_000_000, index=True,
-                 index_path=None, class_names=None, start_shard=0):
+                 sidecars=True, index_path=None, class_names=None, start_shard=0):
         pattern = os.fspath(pattern)
         try:
             first = pattern % start_shard
@@ -98,7 +101,8 @@ class ShardWriter:
         if not max_bytes >= 3 * tf.RECORD:
             raise ValueError(f"max_bytes must be >= {3 * tf.RECORD}, got {max_bytes!r}")
         self.pattern, self.max_count, self.max_bytes = pattern, max_count, max_bytes
-        self.index = index
+        self.index, self.sidecars = index, sidecars
+        self._tables = []           # sidecar dicts of completed shards
         self.index_path = index_path or os.path.join(os.path.dirname(pattern) or ".",
                                                      "index.json")
         self.class_names = list(class_names) if class_names is not None else None
@@ -165,9 +169,10 @@ class ShardWriter:
         self._file.close()
         self._file = None
         os.replace(self._path + ".partial", self._path)
-        if self.index:
-            write_json(self._path + ".idx", shard_index_dict(
-                self._samples, size, labels=self._labels, crc32=self._crcs))
+        table = shard_index_dict(self._samples, size, labels=self._labels, crc32=self._crcs)
+        if self.sidecars:
+            write_json(self._path + ".idx", table)
+        self._tables.append(table)
         self.shards.append(self._path)
         self.shard_no += 1
 
@@ -185,4 +190,5 @@ class ShardWriter:
             self._finish_shard()
         self._closed = True
         if self.index and self.shards:
-            write_dataset_index(self.index_path, self.shards, class_names=self.class_names)
+            write_dataset_index(self.index_path, self.shards, class_names=self.class_names,
+                                tables=self._tables)

@@ -130,3 +130,37 @@ def test_failed_run_publishes_no_index(tmp_path):
             raise RuntimeError("boom")
     assert not (tmp_path / "index.json").exists()
     assert not (tmp_path / "s-000000.tar").exists()
+
+
+def test_inline_index_alone_gives_random_access(tmp_path):
+    from minivit.io import ShardDataset
+    with ShardWriter(str(tmp_path / "s-%06d.tar"), max_count=2, sidecars=False) as w:
+        for i in range(5):
+            w.write(_sample(i))
+    assert sorted(os.listdir(tmp_path)) == ["index.json", "s-000000.tar", "s-000001.tar",
+                                            "s-000002.tar"]
+    idx, _ = read_dataset_index(str(tmp_path / "index.json"))
+    assert idx["shards"][2]["index"]["labels"] == [4 % 3]
+    with open(tmp_path / "s-000001.tar", "r+b") as f:
+        f.write(b"garbage")   # headers are never read when the table is inline
+    ds = ShardDataset(tmp_path)
+    assert ds.problems == [] and ds.read_sample(3)["png"] == _sample(3)["png"]
+
+
+def test_merge_shards_written_by_separate_writers(tmp_path):
+    from minivit.io import write_dataset_index
+    for rank in range(2):   # e.g. two MPI ranks, each writing its own shard numbers
+        with ShardWriter(str(tmp_path / "s-%06d.tar"), max_count=2, index=False,
+                         start_shard=rank * 10) as w:
+            for i in range(rank * 3, rank * 3 + 3):
+                w.write(_sample(i))
+    assert not (tmp_path / "index.json").exists()
+    shards = sorted(str(p) for p in tmp_path.glob("*.tar"))
+    assert [os.path.basename(s) for s in shards] == [
+        "s-000000.tar", "s-000001.tar", "s-000010.tar", "s-000011.tar"]
+    obj = write_dataset_index(str(tmp_path / "index.json"), shards, class_names="abc")
+    assert obj["num_samples"] == 6 and obj["class_counts"] == [2, 2, 2]
+    assert obj["class_names"] == ["a", "b", "c"]
+    os.remove(shards[1] + ".idx")
+    with pytest.raises(ValueError, match="no sidecar"):
+        write_dataset_index(str(tmp_path / "index.json"), shards)
