@@ -7,10 +7,12 @@ scaled by ``1 / (accum * dp)`` so the gradient collectives (which sum) leave
 the mean gradient of the global batch, and gradients are synchronised once per
 step (stage 0-1) or unit by unit as the backward produces them (stage 2-3).
 """
-import numpy as np
+import math
+import time
 
+from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
-from minivit.optim import AdamW, clip_grad_norm_
+from minivit.optim import SGD, AdamW, clip_grad_norm_, grad_sumsq
 
 from . import cost
 from .data_parallel import DataParallel
@@ -28,19 +30,26 @@ class ParallelTrainer:
     accum : micro-batches per optimizer step (gradient accumulation).
     bucket_bytes : DP all-reduce bucket size in bytes (stages 0-1).
     overlap : overlap the bucket all-reduces with the last backward (stages 0-1).
-    betas, eps, weight_decay : AdamW settings (``minivit.optim.AdamW``).
-    max_grad_norm : global-norm clipping threshold, or None for no clipping.
+    optimizer : "adamw" (any stage) or "sgd" (stage 0 only: ZeRO here shards AdamW state).
+    betas, eps, weight_decay : AdamW settings (``minivit.optim.AdamW``);
+        momentum, weight_decay for SGD.
+    max_grad_norm : global-norm clipping threshold, or None for no clipping
+        (the norm is measured and returned either way).
     smoothing : label smoothing of the cross-entropy.
 
     The constructor broadcasts rank 0's parameters over dp and verifies the
-    replicas are bitwise identical.  Raises ValueError for a bad stage or accum.
+    replicas are bitwise identical.  Raises ValueError for a bad stage, accum
+    or optimizer.
     """
 
     def __init__(self, model, grid, *, zero=0, accum=1, bucket_bytes=25 * 2**20,
-                 overlap=False, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,
-                 max_grad_norm=None, smoothing=0.0):
+                 overlap=False, optimizer="adamw", betas=(0.9, 0.999), eps=1e-8,
+                 momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0):
         if zero not in (0, 1, 2, 3):
             raise ValueError(f"zero={zero!r}: expected a ZeRO stage 0, 1, 2 or 3")
+        if optimizer not in ("adamw", "sgd") or (optimizer == "sgd" and zero):
+            raise ValueError(f"optimizer={optimizer!r} with zero={zero}: expected 'adamw', "
+                             "or 'sgd' with zero=0 (ZeRO shards AdamW state)")
         if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
             raise ValueError(f"accum={accum!r}: expected a positive integer")
         self.model, self.grid, self.comm = model, grid, grid.dp_group
@@ -52,32 +61,32 @@ class ParallelTrainer:
         self.dp.broadcast_parameters()
         self.dp.verify_replicas()
         hyper = dict(betas=betas, eps=eps, weight_decay=weight_decay)
-        if zero == 0:
+        if optimizer == "sgd":
+            self.optimizer = SGD(model.flat, lr=0.0, momentum=momentum,
+                                 weight_decay=weight_decay)
+        elif zero == 0:
             self.optimizer = AdamW(model.flat, lr=0.0, **hyper)
         else:
             self.optimizer = ZeroOptimizer(model, self.comm, zero, **hyper)
         self.step_count = 0
 
-    def train_step(self, images, labels, lr):
+    def train_step(self, micro_batches, lr):
         """One optimizer step on this rank's slice of the global batch.
 
-        images : (accum * micro_batch, C, H, W) array of the model dtype.
-        labels : (accum * micro_batch,) integer class ids.
+        micro_batches : list of ``accum`` pairs ``(x (b, C, H, W), y (b,))``,
+            x of the model dtype, y integer class ids (as ``minivit.data.StepBatches``).
         lr : learning rate of this step.
-        Returns dict ``loss`` (mean over the global batch), ``grad_norm`` (None
-        without clipping), ``comm_bytes`` (bytes this rank sent), ``comm_seconds``.
-        Raises ValueError if the local batch is not ``accum`` equal micro-batches.
+        Returns dict ``loss`` (mean over the global batch), ``grad_norm`` (global
+        norm of the mean gradient, before clipping), ``comm_bytes`` (bytes this rank sent in the step, all
+        groups), ``comm_seconds`` (seconds blocked in communication).
+        Raises ValueError unless there are ``accum`` micro-batches.
         """
-        n = images.shape[0]
-        if n % self.accum or n == 0 or labels.shape != (n,):
-            raise ValueError(f"local batch of {n} images, labels {labels.shape}: expected "
-                             f"accum={self.accum} equal micro-batches and one label per image")
+        if len(micro_batches) != self.accum:
+            raise ValueError(f"{len(micro_batches)} micro-batches: expected accum={self.accum}")
         mark = self.comm.ledger.mark()
-        micro = n // self.accum
         scale = 1.0 / (self.accum * self.comm.size)
         loss_sum = 0.0
-        for i in range(self.accum):
-            x, y = images[i * micro:(i + 1) * micro], labels[i * micro:(i + 1) * micro]
+        for i, (x, y) in enumerate(micro_batches):
             logits, ctx = self.model.forward(x)
             loss, loss_ctx = cross_entropy_forward(logits, y, self.smoothing)
             loss_sum += loss * scale
@@ -89,14 +98,16 @@ class ParallelTrainer:
         self.step_count += 1
         norm = self._optimizer_step(lr)
         loss = self.comm.allreduce_scalar(loss_sum)
+        entries = self.comm.ledger.since(mark)
         return {"loss": loss, "grad_norm": norm,
-                "comm_bytes": self.comm.ledger.total_bytes(since=mark),
-                "comm_seconds": sum(e.seconds for e in self.comm.ledger.since(mark))}
+                "comm_bytes": sum(e.bytes for e in entries),
+                "comm_seconds": sum(e.seconds for e in entries)}
 
     def _optimizer_step(self, lr):
         if self.zero == 0:
-            norm = (clip_grad_norm_(self.model.flat.grad, self.max_grad_norm)
-                    if self.max_grad_norm else None)
+            grad = self.model.flat.grad
+            norm = (clip_grad_norm_(grad, self.max_grad_norm) if self.max_grad_norm
+                    else math.sqrt(grad_sumsq(grad)))
             self.optimizer.step(lr)
             self.model.flat.zero_grad()
             return norm
@@ -105,10 +116,10 @@ class ParallelTrainer:
     # ------------------------------------------------------------ audit
     def predicted_step_bytes(self):
         """``{op: bytes}`` one rank should send per step (cost.py, padding-exact),
-        including the float64 all-reduce of the logged loss."""
+        including the float64 all-reduces of the gradient norm and the logged loss."""
         pred = cost.step_comm_bytes(self.unit_sizes, self.comm.size, self.zero, self.itemsize,
                                     accum=self.accum, bucket_elems=self.dp.bucket_elems,
-                                    clip=bool(self.max_grad_norm))
+                                    clip=True)
         pred["allreduce"] = pred.get("allreduce", 0) + cost.allreduce_bytes(1, self.comm.size, 8)
         return pred
 
@@ -134,3 +145,42 @@ class ParallelTrainer:
         if self.zero == 3:
             return self.optimizer.full_parameters()
         return self.model.flat.data.copy()
+
+
+def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_step=0,
+               log=None, audit=None):
+    """Run optimizer steps ``start_step .. steps - 1``; returns the metric records.
+
+    step_batches : iterator of ``(epoch, [(x, y), ...])`` for this rank
+        (``minivit.data.StepBatches(..., rank=dp_rank, world_size=dp)``).
+    schedule : ``lr(step)`` for the 0-based step.  global_batch : images per step.
+    log : optional ``f(record)``; audit : optional ``f(step, ledger_mark)`` run
+        after each step (prints the ``--audit`` tables).
+    Record keys as ``minivit.train.train_loop``: step, epoch, loss, lr,
+    grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
+    plus comm_s (seconds blocked in communication).
+    Raises FloatingPointError when the loss stops being finite (on every rank:
+    the loss is all-reduced, so all ranks stop together).
+    """
+    flops = train_flops(trainer.model.config, global_batch)
+    records = []
+    for step in range(start_step, steps):
+        t0 = time.perf_counter()
+        epoch, micro_batches = next(step_batches)
+        lr = schedule(step)
+        mark = trainer.comm.ledger.mark()
+        out = trainer.train_step(micro_batches, lr)
+        seconds = time.perf_counter() - t0
+        record = {"step": step + 1, "epoch": epoch, "loss": out["loss"], "lr": lr,
+                  "grad_norm": out["grad_norm"], "step_time_s": seconds,
+                  "images_per_s": global_batch / seconds,
+                  "gflops_per_s": flops / seconds / 1e9, "comm_bytes": out["comm_bytes"],
+                  "comm_s": out["comm_seconds"]}
+        records.append(record)
+        if log is not None:
+            log(record)
+        if audit is not None:
+            audit(step + 1, mark)
+        if not math.isfinite(out["loss"]):
+            raise FloatingPointError(f"loss became {out['loss']} at step {step + 1}")
+    return records

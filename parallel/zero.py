@@ -39,7 +39,7 @@ class ZeroOptimizer:
     Call after the initial parameter broadcast.
 
     step(lr, step, max_grad_norm=None) -> global gradient norm (float, before
-    clipping; None without clipping).  Hyper-parameters as in ``minivit.optim.AdamW``;
+    clipping).  Hyper-parameters as in ``minivit.optim.AdamW``;
     clipping follows ``minivit.optim.clip_grad_norm_`` (PyTorch ``clip_grad_norm_``).
     Raises ValueError for a stage outside 1..3.
     """
@@ -98,7 +98,7 @@ class ZeroOptimizer:
         return float(np.sqrt(self.comm.allreduce_scalar(grad_sumsq(self.grad_shard))))
 
     def step(self, lr, step, max_grad_norm=None):
-        norm = self.grad_norm() if max_grad_norm else None
+        norm = self.grad_norm()      # measured even without clipping, for the log
         coef = clip_coefficient(norm, max_grad_norm) if max_grad_norm else 1.0
         coef = self.dtype.type(coef)
         lay, flat = self.layout, self.model.flat

@@ -94,7 +94,9 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
     losses, per_step_bytes = [], []
     for _ in range(STEPS):
         mark = grid.ledger.mark()
-        out = trainer.train_step(images[local], labels[local], LR)
+        x, y = images[local], labels[local]
+        micro = [(x[i:i + MICRO], y[i:i + MICRO]) for i in range(0, MICRO * accum, MICRO)]
+        out = trainer.train_step(micro, LR)
         losses.append(out["loss"])
         per_step_bytes.append(grid.ledger.summary(since=mark))
         if zero < 3:      # replicated parameters: bitwise identical on every rank
