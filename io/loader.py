@@ -102,12 +102,19 @@ class Loader:
 
     def _probe_size(self):
         size = getattr(self.dataset, "image_size", None)
-        if size is None:
-            h, w = self.dataset[0][0].shape[:2]
+        if size is not None:
+            return int(size)
+        tries = min(self.num_samples, 1 + (self.max_substitutes if self.on_error == "skip" else 0))
+        for i in range(tries):   # under "skip" a damaged sample 0 must not stop us
+            try:
+                h, w = self.dataset[i][0].shape[:2]
+            except CorruptSampleError:
+                if i == tries - 1:
+                    raise
+                continue
             if h != w:
-                raise ValueError(f"sample 0 is {h}x{w}, not square: pass image_size=")
-            size = h
-        return int(size)
+                raise ValueError(f"sample {i} is {h}x{w}, not square: pass image_size=")
+            return h
 
     # -- sample order --------------------------------------------------------
     def __len__(self):

@@ -161,3 +161,13 @@ def test_fully_damaged_data_fails_instead_of_hanging(tmp_path):
             warnings.simplefilter("ignore")
             with pytest.raises(RuntimeError, match="3 substitutes"):
                 ld.next_batch()
+
+
+def test_image_size_probe_skips_a_damaged_first_sample(tmp_path):
+    with ShardWriter(str(tmp_path / "s-%06d.tar")) as w:
+        w.write({"__key__": "0", "png": b"junk", "cls": 0})
+        for j in range(1, 4):
+            w.write({"__key__": f"{j}", "png": png(image(j)), "cls": j})
+    assert Loader(ShardDataset(tmp_path), 2).image_size == 8
+    with pytest.raises(CorruptSampleError):
+        Loader(ShardDataset(tmp_path, on_error="raise"), 2)
