@@ -3,4 +3,39 @@
 Every generator is a pure function ``(dataset_seed, class_id, instance_id) ->
 uint8 image (H, W, 3)``.  Imports nothing from ``minivit`` model code,
 ``minivit.parallel`` or mpi4py (DESIGN.md section 1).
+
+    >>> gen = make_generator("fractaldb", num_classes=10, size=64, seed=0)
+    >>> img = gen.render(3, 17)          # uint8 (64, 64, 3)
+    >>> meta = gen.metadata(3, 17)       # JSON-serialisable parameters
 """
+from .base import GeneratorBase
+from .fractaldb import CategorySearchError, FractalDBGenerator, FractalDBParams
+from .newton import NewtonGenerator, NewtonParams
+from .png import decode_png, encode_png
+from .visualatom import VisualAtomGenerator, VisualAtomParams
+
+# kind -> generator class
+GENERATORS = {
+    "fractaldb": FractalDBGenerator,
+    "visualatom": VisualAtomGenerator,
+    "newton": NewtonGenerator,
+}
+
+
+def make_generator(kind, num_classes, size, seed=0, **params):
+    """Build the generator of ``kind`` ("fractaldb", "visualatom" or "newton").
+
+    num_classes: int >= 1; size: image side in pixels, int >= 8; seed: dataset
+    seed, int >= 0; params: fields of the kind's parameter dataclass
+    (FractalDBParams, VisualAtomParams, NewtonParams) or kind-specific options.
+    Raises ValueError naming the bad value (unknown kind, num_classes <= 0,
+    size < 8, unknown parameter).
+    """
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown generator kind {kind!r}; expected one of {sorted(GENERATORS)}")
+    return GENERATORS[kind](num_classes, size, seed, **params)
+
+
+__all__ = ["GENERATORS", "make_generator", "GeneratorBase", "CategorySearchError",
+           "FractalDBGenerator", "FractalDBParams", "VisualAtomGenerator", "VisualAtomParams",
+           "NewtonGenerator", "NewtonParams", "encode_png", "decode_png"]

@@ -1,0 +1,242 @@
+"""FractalDB: fractal categories from random iterated function systems.
+
+Kataoka et al., "Pre-training without Natural Images", ACCV 2020 (sec. 3) and
+IJCV 2022.  A category is an IFS found by random search and accepted by its
+filling rate; instances perturb its parameters, flip the image and draw each
+chaos-game point with a random 3x3 "patch".
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import GeneratorBase, build_params
+from .fractaldb_csv import import_categories
+from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
+from .rng import KIND_TAGS, kernel_seed, numpy_rng
+
+_TAG = KIND_TAGS["fractaldb"]
+NUM_WEIGHTS = 25   # unchanged system + 6 parameters x 4 factors (sec. 3.2)
+NUM_FLIPS = 4      # none, up-down, left-right, both
+
+
+class CategorySearchError(RuntimeError):
+    """The random search found fewer accepting systems than requested.
+
+    Attributes: ``found`` (int), ``requested`` (int), ``max_tries`` (per class).
+    """
+
+    def __init__(self, found, requested, max_tries, detail=""):
+        self.found, self.requested, self.max_tries = found, requested, max_tries
+        super().__init__(f"FractalDB category search found {found} of {requested} categories "
+                         f"within max_tries={max_tries} candidate systems per class{detail}")
+
+
+@dataclass(frozen=True)
+class FractalDBParams:
+    """FractalDB generation parameters (Kataoka et al., ACCV 2020, sec. 3.1-3.2).
+
+    min_maps, max_maps: number of affine maps N, uniform in [min_maps, max_maps]
+        (paper: 2..8).
+    param_low, param_high: each of a..f is uniform in [param_low, param_high].
+    threshold: minimum filling rate for acceptance (paper's FractalDB-1k: 0.2).
+    search_points, search_size: chaos-game points and grid size (pixels) at
+        which the filling rate is measured.  Fixed, so categories do not depend
+        on the render size.
+    max_tries: candidate systems tried per class before CategorySearchError.
+    num_points: chaos-game points per rendered instance.
+    weight_step: k of the perturbation factors {1-2k, 1-k, 1+k, 1+2k} (sec. 3.2).
+    num_patches: number of random 3x3 patch patterns per category.
+    mode: "gray" (patch_gray: grey patches) or "color" (one colour per map).
+    discard: initial chaos-game iterates dropped (off the attractor).
+    """
+    min_maps: int = 2
+    max_maps: int = 8
+    param_low: float = -1.0
+    param_high: float = 1.0
+    threshold: float = 0.2
+    search_points: int = 50_000
+    search_size: int = 256
+    max_tries: int = 5_000
+    num_points: int = 200_000
+    weight_step: float = 0.4
+    num_patches: int = 10
+    mode: str = "gray"
+    discard: int = 20
+
+    def __post_init__(self):
+        if not 1 <= self.min_maps <= self.max_maps <= 255:
+            raise ValueError(f"need 1 <= min_maps <= max_maps <= 255, got "
+                             f"{self.min_maps}, {self.max_maps}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.mode not in ("gray", "color"):
+            raise ValueError(f"mode must be 'gray' or 'color', got {self.mode!r}")
+        for name in ("search_points", "search_size", "max_tries", "num_points", "num_patches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.param_low < self.param_high:
+            raise ValueError(f"need param_low < param_high, got {self.param_low}, {self.param_high}")
+
+    def factors(self):
+        """The four multiplicative perturbation factors, float64 (4,)."""
+        k = self.weight_step
+        return np.array([1 - 2 * k, 1 - k, 1 + k, 1 + 2 * k])
+
+
+def search_category(seed, class_id, params):
+    """Random search for one category; returns ``(IFSystem, tries)`` or ``(None, tries)``.
+
+    Seeded from ``(seed, class_id)`` only, so class 7 never needs classes 0..6.
+    A candidate is rejected if all determinants are 0, the orbit diverges or
+    becomes NaN, or its filling rate is below ``params.threshold``.
+    """
+    rng = numpy_rng(seed, class_id, _TAG)
+    for tries in range(1, params.max_tries + 1):
+        n = int(rng.integers(params.min_maps, params.max_maps + 1))
+        maps = rng.uniform(params.param_low, params.param_high, size=(n, 6))
+        chaos_seed = rng.integers(0, 2**63, dtype=np.uint64)
+        probs = IFSystem.det_probs(maps)
+        if probs is None:
+            continue
+        system = IFSystem(maps, probs)
+        if filling_rate(system, params.search_points, params.search_size, chaos_seed,
+                        params.discard) >= params.threshold:
+            return system, tries
+    return None, params.max_tries
+
+
+class FractalDBGenerator(GeneratorBase):
+    """FractalDB images: uint8 (size, size, 3).
+
+    ``instance_id`` decomposes as ``weight + 25 * (flip + 4 * patch)`` where
+    weight 0 is the unchanged system and weight ``1 + 4 j + m`` multiplies
+    parameter j (a..f) of every map by factor m; flip in (none, up-down,
+    left-right, both); patch indexes a random 3x3 pattern.  Default: 1000
+    instances per class.
+
+    categories: optional list/dict of IFSystem (e.g. from the published
+    FractalDB CSVs, see ``categories_dir``) that replaces the search.
+    """
+
+    kind = "fractaldb"
+
+    def __init__(self, num_classes, size, seed=0, params=None, categories=None,
+                 categories_dir=None, **overrides):
+        super().__init__(num_classes, size, seed)
+        self.params = params = build_params(FractalDBParams, params, overrides)
+        self.instances_per_class = NUM_WEIGHTS * NUM_FLIPS * params.num_patches
+        if categories_dir is not None:
+            if categories is not None:
+                raise ValueError("give categories or categories_dir, not both")
+            categories = import_categories(categories_dir)
+        self._categories = {}
+        if categories is not None:
+            items = categories.items() if isinstance(categories, dict) else enumerate(categories)
+            self._categories = dict(items)
+            missing = [c for c in range(self.num_classes) if c not in self._categories]
+            if missing:
+                raise ValueError(f"categories cover {self.num_classes - len(missing)} of "
+                                 f"num_classes={self.num_classes}; missing class {missing[0]}")
+
+    def category(self, class_id):
+        """The IFSystem of ``class_id`` (searched once, then cached on the instance)."""
+        if class_id not in self._categories:
+            system, tries = search_category(self.seed, class_id, self.params)
+            if system is None:
+                raise CategorySearchError(0, 1, tries, f" (class {class_id}, threshold "
+                                          f"{self.params.threshold})")
+            self._categories[class_id] = system
+        return self._categories[class_id]
+
+    def set_category(self, class_id, system):
+        """Install a category found elsewhere (e.g. by another MPI rank)."""
+        self._categories[int(class_id)] = system
+
+    def search(self, class_ids):
+        """Search ``class_ids``; returns ``{class_id: IFSystem}`` for every class found.
+
+        Unlike ``category`` this does not raise: callers count what was found.
+        """
+        found = {}
+        for c in class_ids:
+            if c in self._categories:
+                found[c] = self._categories[c]
+                continue
+            system, _ = search_category(self.seed, c, self.params)
+            if system is not None:
+                self._categories[c] = found[c] = system
+        return found
+
+    def decompose(self, instance_id):
+        """``instance_id -> (weight, flip, patch)``."""
+        return (instance_id % NUM_WEIGHTS, (instance_id // NUM_WEIGHTS) % NUM_FLIPS,
+                instance_id // (NUM_WEIGHTS * NUM_FLIPS))
+
+    def perturbed(self, system, weight):
+        """Maps of ``system`` with perturbation ``weight`` applied, float64 (N, 6)."""
+        maps = system.maps.copy()
+        if weight > 0:
+            param, factor = divmod(weight - 1, 4)
+            maps[:, param] *= self.params.factors()[factor]
+        return maps
+
+    def patch(self, class_id, patch_id):
+        """Random 3x3 patch, uint8 (3, 3): 0 = unlit, else a grey level in [64, 255].
+
+        Each cell is lit with probability 1/2; the centre is always lit so every
+        point leaves a mark.
+        """
+        rng = numpy_rng(self.seed, class_id, patch_id, _TAG, 2)
+        lit = rng.random((3, 3)) < 0.5
+        lit[1, 1] = True
+        return np.where(lit, rng.integers(64, 256, (3, 3)), 0).astype(np.uint8)
+
+    def colours(self, class_id, num_maps):
+        """Per-map colours, uint8 (N, 3) in colour mode; (N, 1) of 255 in grey mode."""
+        if self.params.mode == "gray":
+            return np.full((num_maps, 1), 255, np.uint8)
+        rng = numpy_rng(self.seed, class_id, _TAG, 3)
+        return rng.integers(64, 256, (num_maps, 3)).astype(np.uint8)
+
+    def _orbit(self, class_id, weight, patch_id):
+        system = self.category(class_id)
+        cum = cumulative(system.probs)
+        maps = self.perturbed(system, weight)
+        seed = kernel_seed(self.seed, class_id, weight, patch_id, _TAG, 1)
+        n, discard = self.params.num_points, self.params.discard
+        xs, ys, ks, bounds, ok = chaos_game(maps, cum, n, seed, discard)
+        if not ok:
+            # A factor of 1+2k can make a contractive system expand; such an
+            # instance falls back to the unchanged maps (recorded in metadata).
+            xs, ys, ks, bounds, _ = chaos_game(system.maps, cum, n, seed, discard)
+        return system, xs, ys, ks, bounds, ok
+
+    def render(self, class_id, instance_id):
+        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+        class_id, instance_id = self._check_ids(class_id, instance_id)
+        weight, flip, patch_id = self.decompose(instance_id)
+        system, xs, ys, ks, bounds, _ = self._orbit(class_id, weight, patch_id)
+        colours = self.colours(class_id, system.num_maps)
+        img = stamp_points(self.size, xs, ys, ks, bounds, self.patch(class_id, patch_id), colours)
+        if flip & 1:
+            img = img[::-1]
+        if flip & 2:
+            img = img[:, ::-1]
+        if img.shape[2] == 1:
+            img = np.broadcast_to(img, img.shape[:2] + (3,))
+        return np.ascontiguousarray(img)
+
+    def metadata(self, class_id, instance_id):
+        """JSON-serialisable generation parameters of one instance."""
+        class_id, instance_id = self._check_ids(class_id, instance_id)
+        weight, flip, patch_id = self.decompose(instance_id)
+        system = self.category(class_id)
+        factor = None if weight == 0 else float(self.params.factors()[(weight - 1) % 4])
+        return {
+            "kind": self.kind, "seed": self.seed, "class_id": class_id,
+            "instance_id": instance_id, "size": self.size,
+            "maps": system.maps.tolist(), "probs": system.probs.tolist(),
+            "weight": weight, "perturbed_param": None if weight == 0 else "abcdef"[(weight - 1) // 4],
+            "factor": factor, "flip": ["none", "up-down", "left-right", "both"][flip],
+            "patch": patch_id, "num_points": self.params.num_points, "mode": self.params.mode,
+        }
