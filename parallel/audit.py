@@ -8,7 +8,8 @@ the closed form of section 5.1.
 """
 from . import cost
 
-_STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "2(p-1)/p Psi", 3: "3(p-1)/p Psi"}
+_STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi",
+                  3: "3 accum (p-1)/p Psi"}
 _MEMORY_FORMULA = {0: "16 Psi", 1: "8 Psi + 8 Psi/p", 2: "4 Psi + 12 Psi/p", 3: "16 Psi/p"}
 
 
@@ -29,12 +30,11 @@ def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1):
         lines.append(f"[audit]   {op:<15}{group:<7}{row['count']:>6}{row['bytes']:>14,}"
                      f"{pred:>14,}")
     total, pred_total = sum(measured.values()), sum(predicted.values())
-    closed = cost.zero_comm_elements(psi, p, stage) * itemsize
+    closed = cost.zero_comm_elements(psi, p, stage, accum) * itemsize
     verdict = "OK" if measured == {k: v for k, v in predicted.items() if v or k in measured} \
         else "MISMATCH"
     lines.append(f"[audit]   {'total':<28}{total:>14,}{pred_total:>14,}  {verdict}; closed form "
-                 f"{_STAGE_FORMULA[stage]} x {itemsize} B = {closed:,.0f}"
-                 + (" (per micro-batch terms x accumulation)" if stage >= 2 and accum > 1 else ""))
+                 f"{_STAGE_FORMULA[stage]} x {itemsize} B = {closed:,.0f}")
     return lines
 
 

@@ -59,7 +59,7 @@ def dp_comm_elements(psi, p):
     return 2 * (p - 1) / p * psi
 
 
-def zero_comm_elements(psi, p, stage):
+def zero_comm_elements(psi, p, stage, accum=1):
     """Elements sent per rank per optimizer step, closed form of ZeRO section 7.
 
     stage 0 (plain DP) and 2: ``2 (p-1)/p Psi``.  Stage 1 *as built here*
@@ -68,10 +68,14 @@ def zero_comm_elements(psi, p, stage):
     reduce-scatters instead is the stage-2 figure.  Stage 3 (section 7.2.2):
     parameters all-gathered for the forward and again for the backward, plus a
     gradient reduce-scatter: ``3 (p-1)/p Psi``.
+
+    accum : micro-batches per step.  Stages 0-1 synchronise once per step; the
+    sharded stages move their per-micro-batch terms every micro-batch
+    (stage 2: ``(accum + 1) (p-1)/p Psi``, stage 3: ``3 accum (p-1)/p Psi``).
     """
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"stage={stage!r}: expected 0, 1, 2 or 3")
-    factor = {0: 2, 1: 3, 2: 2, 3: 3}[stage]
+    factor = {0: 2, 1: 3, 2: accum + 1, 3: 3 * accum}[stage]
     return factor * (p - 1) / p * psi
 
 

@@ -54,10 +54,7 @@ def plan(args):
     psi = sum(cost.vit_unit_sizes(cfg))
     psi_rank = psi / (tp * pp)
     mem = cost.zero_memory_bytes(psi_rank, dp, args.zero, size)
-    dp_bytes = cost.zero_comm_elements(psi_rank, dp, args.zero) * size
-    if args.zero >= 2:       # sharded gradients are reduce-scattered every micro-batch
-        extra = (args.accum - 1) * (1 if args.zero == 2 else 3) * (dp - 1) / dp * psi_rank
-        dp_bytes += extra * size
+    dp_bytes = cost.zero_comm_elements(psi_rank, dp, args.zero, args.accum) * size
     b, s, h = args.micro_batch, cfg.seq_len, cfg.dim
     ring = 2 * (tp - 1) / tp
     tp_bytes = cost.tp_comm_elements(b, s, h, cfg.depth // pp, args.accum) * ring * size

@@ -57,3 +57,11 @@ def test_tp_pp_volumes():
     assert cost.tp_comm_elements(b=2, s=197, h=768, layers=12) == 4 * 2 * 197 * 768 * 12
     assert cost.pp_comm_elements(b=2, s=197, h=768, boundaries=3, micro_batches=4) == \
         2 * 2 * 197 * 768 * 3 * 4
+
+
+def test_accumulation_multiplies_per_micro_batch_terms():
+    units = [12, 24]
+    for stage, factor in ((0, 2), (1, 3), (2, 4), (3, 9)):
+        assert cost.zero_comm_elements(36, 4, stage, accum=3) == factor * 3 / 4 * 36
+        exact = sum(cost.step_comm_bytes(units, 4, stage, 4, accum=3).values())
+        assert exact == factor * 3 / 4 * 36 * 4
