@@ -67,6 +67,7 @@ def draw_line_reference(img, x0, y0, x1, y1, half, value):
             y += dy / steps
         xs, ys = np.floor(xs_f).astype(int), np.floor(ys_f).astype(int)
     for xi, yi in zip(xs, ys):
-        rr = slice(max(yi - half, 0), min(yi + half + 1, h))
-        cc = slice(max(xi - half, 0), min(xi + half + 1, w))
-        img[rr, cc] = value
+        r0, r1 = max(yi - half, 0), min(yi + half + 1, h)
+        c0, c1 = max(xi - half, 0), min(xi + half + 1, w)
+        if r0 < r1 and c0 < c1:  # a negative slice end would wrap around
+            img[r0:r1, c0:c1] = value
