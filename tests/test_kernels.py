@@ -1,6 +1,8 @@
 """Each Numba kernel equals its NumPy reference: 1e-6 in float32, 1e-12 in float64."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minivit import kernels, kernels_ref
 
@@ -84,3 +86,28 @@ def test_kernels_reject_wrong_rank():
         kernels.softmax_forward(np.zeros(3))
     with pytest.raises(ValueError, match="expected equal shapes"):
         kernels.gelu_backward(np.zeros(3), np.zeros(4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), width=st.integers(1, 40), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), f32=st.booleans())
+def test_kernels_match_reference_on_any_shape(rows, width, seed, scale, f32):
+    """Property: every kernel agrees with its reference for any row count and width
+    (width 1 included: LayerNorm of a constant row, softmax of one logit)."""
+    dtype = np.float32 if f32 else np.float64
+    x, dy = data((rows, width), dtype, seed, scale), data((rows, width), dtype, seed + 1)
+    w, b = data((width,), dtype, seed + 2, 1.0), data((width,), dtype, seed + 3, 1.0)
+    y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-6)
+    close(y, kernels_ref.layernorm_forward(x, w, b, 1e-6)[0], dtype)
+    dw, db = np.zeros(width, dtype), np.zeros(width, dtype)
+    dx_ref, dw_ref, db_ref = kernels_ref.layernorm_backward(dy, x, mean, rstd, w)
+    # LayerNorm's dx is a difference of O(rstd) terms: compare relative to rstd
+    np.testing.assert_allclose(kernels.layernorm_backward(dy, x, mean, rstd, w, dw, db) / rstd[:, None],
+                               dx_ref / rstd[:, None], rtol=TOL[dtype], atol=TOL[dtype] * 10)
+    close(dw, dw_ref.astype(dtype), dtype)
+    close(db, db_ref.astype(dtype), dtype)
+    close(kernels.gelu_forward(x), kernels_ref.gelu_forward(x), dtype)
+    close(kernels.gelu_backward(dy, x), kernels_ref.gelu_backward(dy, x), dtype)
+    p = kernels.softmax_forward(x)
+    close(p, kernels_ref.softmax_forward(x), dtype)
+    close(kernels.softmax_backward(dy, p), kernels_ref.softmax_backward(dy, p), dtype)
