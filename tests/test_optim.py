@@ -115,8 +115,9 @@ def test_warmup_cosine():
     t = WarmupCosine(0.5, 0, 10)
     t.load_state_dict(s.state_dict())
     assert t(9) == s(9)
-    with pytest.raises(ValueError, match="warmup_steps=20"):
-        WarmupCosine(1.0, 20, 10)
+    assert WarmupCosine(1.0, 20, 10)(4) == 0.25      # run ends inside the warmup
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        WarmupCosine(1.0, -1, 10)
 
 
 @pytest.mark.parametrize("cls", [AdamW, SGD])

@@ -155,3 +155,12 @@ def test_pretrain_help_documents_every_flag():
                  "--global-batch", "--lr", "--warmup", "--weight-decay", "--clip",
                  "--label-smoothing", "--classes", "--threads"):
         assert flag in proc.stdout
+
+
+def test_pretrain_under_mpirun_writes_once(run_mpi, tmp_path):
+    """Under mpirun only rank 0 writes: one record per step, no interleaved lines."""
+    out = tmp_path / "mpi"
+    proc = run_mpi(2, [ROOT / "run/pretrain.py", "--steps", "3", "--out", out], timeout=180)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert proc.stdout.count("wrote ") == 1
