@@ -53,7 +53,8 @@ class Loader:
         image_size: ``S``; default: the size of sample 0 (then all samples must
             match).
         mean, std: per-channel normalisation in [0, 1] units.
-        prefetch: batches decoded ahead (memory: ``prefetch * B*3*S*S*4`` bytes).
+        prefetch: batches decoded ahead of the one returned (loader memory at
+            most ``(prefetch + 1) * B*3*S*S*4`` bytes).
         num_threads: decoding threads (Pillow releases the GIL while decoding).
         on_error: ``"skip"`` or ``"raise"`` for ``CorruptSampleError`` from the
             dataset; default ``dataset.on_error`` (else ``"raise"``).  Under
@@ -192,7 +193,7 @@ class Loader:
         if not self._pending:
             self._submit(self.epoch, self.step)
         nxt = self._pending[-1][:2]
-        while len(self._pending) < max(self.prefetch, 1):
+        while len(self._pending) < self.prefetch + 1:   # ``prefetch`` stay ahead
             nxt = self._advance(*nxt)
             self._submit(*nxt)
         epoch, step, images, labels, futures = self._pending[0]

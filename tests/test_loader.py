@@ -171,3 +171,14 @@ def test_image_size_probe_skips_a_damaged_first_sample(tmp_path):
     assert Loader(ShardDataset(tmp_path), 2).image_size == 8
     with pytest.raises(CorruptSampleError):
         Loader(ShardDataset(tmp_path, on_error="raise"), 2)
+
+
+def test_prefetch_and_threads_are_bounded(ds):
+    import threading
+    before = threading.active_count()
+    with Loader(ds, 2, prefetch=3, num_threads=2) as ld:
+        for _ in range(5):
+            ld.next_batch()
+            assert len(ld._pending) == 3          # batches decoded ahead, never more
+            assert threading.active_count() - before <= 2
+    assert threading.active_count() == before    # close() joined the workers
