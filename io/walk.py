@@ -154,12 +154,16 @@ def walk_shard(path):
     """``(samples, problems, file size)`` for the shard at ``path``.
 
     ``samples`` has the sidecar entry format of ``minivit.io.index``.
-    Raises ``ValueError`` naming ``path`` for interleaved/duplicate keys and
+    Raises ``ValueError`` naming ``path`` for interleaved/duplicate keys or a
+    gzip-compressed shard, and
     ``OSError`` if the file cannot be opened.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
         file_size = os.fstat(fd).st_size
+        if _read(fd, 2, 0) == b"\x1f\x8b":
+            raise ValueError(f"{path}: gzip-compressed; random access needs an "
+                             "uncompressed tar (gunzip the shard)")
         members, problems = walk_members(fd, file_size)
     finally:
         os.close(fd)

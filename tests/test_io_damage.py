@@ -154,3 +154,13 @@ def test_zeroed_header_does_not_end_the_shard_silently(shard):
     assert [ds.read_sample(i)["__key__"] for i in range(len(ds))] == [
         "000000", "000001", "000003", "000004", "000005"]
     assert any(f"byte {hdr}: zero block(s) before more data" in m for m in msgs)
+
+
+def test_compressed_shard_is_a_clear_error(shard, tmp_path):
+    import gzip
+    path, _ = shard
+    gz = str(tmp_path / "c.tar")
+    with open(path, "rb") as src, gzip.open(gz, "wb") as dst:
+        dst.write(src.read())
+    with pytest.raises(ValueError, match="c.tar: gzip-compressed"):
+        ShardDataset(gz)
