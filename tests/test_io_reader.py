@@ -108,3 +108,21 @@ def test_missing_shard_in_index_fails_at_startup(shards):
     os.remove(shards / "s-000001.tar")
     with pytest.raises(FileNotFoundError, match="s-000001.tar"):
         ShardDataset(shards)
+
+
+def test_header_walk_never_reads_member_data(shards, monkeypatch):
+    from minivit.io import walk
+    reads = []
+    real = walk._read
+
+    def spy(fd, size, offset):
+        reads.append((offset, size))
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(walk, "_read", spy)
+    path = str(shards / "s-000000.tar")
+    samples, _, _ = walk_shard(path)
+    data = [(off, off + size) for s in samples for off, size in s["members"].values()]
+    assert len(reads) >= 30
+    for off, size in reads:
+        assert not any(off < end and start < off + size for start, end in data), (off, size)
