@@ -86,6 +86,14 @@ def sgd_update(param, grad, momentum_buf, decay_mask, lr, momentum, weight_decay
                 float(weight_decay), bool(nesterov))
 
 
+def sgd_update_reference(param, grad, momentum_buf, decay_mask, lr, momentum, weight_decay,
+                         nesterov=False):
+    """Plain-NumPy reference of ``sgd_update`` (same in-place contract)."""
+    d = grad + weight_decay * decay_mask * param
+    momentum_buf[...] = momentum * momentum_buf + d
+    param -= lr * ((d + momentum * momentum_buf) if nesterov else momentum_buf)
+
+
 def grad_sumsq(grad):
     """Sum of squares of a 1-D gradient (shard), accumulated in float64; a Python float.
 

@@ -7,7 +7,8 @@ import pytest
 from minivit.config import get_config
 from minivit.model import ViT
 from minivit.optim import (SGD, AdamW, WarmupCosine, adamw_update, adamw_update_reference,
-                           clip_coefficient, clip_grad_norm_, grad_sumsq, sgd_update)
+                           clip_coefficient, clip_grad_norm_, grad_sumsq, sgd_update,
+                           sgd_update_reference)
 
 
 def test_adamw_hand_worked_three_parameters():
@@ -54,6 +55,23 @@ def test_adamw_kernel_matches_reference(dtype, tol):
     np.testing.assert_allclose(a[0], a[1], rtol=tol, atol=tol)
     np.testing.assert_allclose(m[0], m[1], rtol=tol, atol=tol)
     np.testing.assert_allclose(v[0], v[1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-12)])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_kernel_matches_reference(dtype, tol, nesterov):
+    rng = np.random.default_rng(1)
+    n = 500
+    start = rng.standard_normal(n).astype(dtype)
+    p, buf = [start.copy(), start.copy()], [np.zeros(n, dtype), np.zeros(n, dtype)]
+    mask = (rng.random(n) < 0.5).astype(dtype)
+    for _ in range(4):
+        g = rng.standard_normal(n).astype(dtype)
+        sgd_update(p[0], g, buf[0], mask, 0.05, 0.9, 0.01, nesterov)
+        sgd_update_reference(p[1], g, buf[1], mask, 0.05, 0.9, 0.01, nesterov)
+    assert not np.array_equal(p[0], start)
+    np.testing.assert_allclose(p[0], p[1], rtol=tol, atol=tol)
+    np.testing.assert_allclose(buf[0], buf[1], rtol=tol, atol=tol)
 
 
 def test_adamw_rejects_bad_arrays():
