@@ -59,7 +59,7 @@ class NewtonParams:
             raise ValueError("max_iter, tol and half_width must be positive")
 
 
-_BLOCK = 4096  # pixels iterated together: the work arrays stay in L2
+_BLOCK = 4096  # pixels iterated together (whole rows): the work arrays stay in L2
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -77,26 +77,32 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
     npix = size * size
     zr_out = np.empty(npix, np.float32)
     zi_out = np.empty(npix, np.float32)
-    cnt_out = np.full(npix, max_iter, np.int32)
+    cnt_out = np.empty(npix, np.int32)
     tol2 = np.float32(tol * tol)
     tiny = np.float32(1e-30)
-    idx = np.empty(_BLOCK, np.int64)
-    zr = np.empty(_BLOCK, np.float32)
-    zi = np.empty(_BLOCK, np.float32)
-    pr = np.empty(_BLOCK, np.float32)
-    pi = np.empty(_BLOCK, np.float32)
-    dr = np.empty(_BLOCK, np.float32)
-    di = np.empty(_BLOCK, np.float32)
-    s2 = np.empty(_BLOCK, np.float32)
-    for start in range(0, npix, _BLOCK):
-        n = min(_BLOCK, npix - start)
-        for j in range(n):
-            p = start + j
-            idx[j] = p
-            zr[j] = np.float32(x0 + (p % size) * step)
-            zi[j] = np.float32(y0 - (p // size) * step)
+    cap = max(_BLOCK, size)
+    idx = np.empty(cap, np.int64)
+    zr = np.empty(cap, np.float32)
+    zi = np.empty(cap, np.float32)
+    pr = np.empty(cap, np.float32)
+    pi = np.empty(cap, np.float32)
+    dr = np.empty(cap, np.float32)
+    di = np.empty(cap, np.float32)
+    first = np.empty(cap, np.int32)
+    rows_per_block = max(1, _BLOCK // size)
+    for row0 in range(0, size, rows_per_block):
+        n = 0
+        # whole rows per block: no integer division to find a pixel's row
+        for row in range(row0, min(row0 + rows_per_block, size)):
+            y = np.float32(y0 - row * step)
+            for col in range(size):
+                idx[n] = row * size + col
+                first[n] = max_iter  # iteration of the first step < tol; max_iter = none yet
+                zr[n] = np.float32(x0 + col * step)
+                zi[n] = y
+                n += 1
         for it in range(max_iter):
-            # Only still-moving pixels are iterated (most converge in < 10
+            # Only unfinished pixels are iterated (most converge in < 10
             # steps, a fractal boundary never does); the loops over them are
             # branch-free so LLVM vectorises them.
             for j in range(n):
@@ -117,6 +123,7 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
                     tr = pr[j] * a - pi[j] * b + ckr
                     pi[j] = pr[j] * b + pi[j] * a + cki
                     pr[j] = tr
+            done = 0
             for j in range(n):
                 den = dr[j] * dr[j] + di[j] * di[j]
                 ok = den > tiny  # p'(z) == 0 (a critical point): do not move
@@ -125,25 +132,28 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
                 si = (pi[j] * dr[j] - pr[j] * di[j]) * inv if ok else np.float32(0.0)
                 zr[j] -= sr
                 zi[j] -= si
-                s2[j] = sr * sr + si * si
-            # compact: converged pixels are written out, the rest move down
-            w = 0
-            for j in range(n):
-                if s2[j] < tol2:
-                    zr_out[idx[j]] = zr[j]
-                    zi_out[idx[j]] = zi[j]
-                    cnt_out[idx[j]] = it
-                else:
-                    idx[w] = idx[j]
+                newly = (sr * sr + si * si < tol2) & (first[j] == max_iter)  # & not and: no branch
+                first[j] = it if newly else first[j]
+                done += first[j] != max_iter
+            # Compact (drop converged pixels) only once 1/8 of the active ones
+            # have converged: compaction per iteration cost more than the
+            # extra Newton steps of a few finished pixels (which only move
+            # them closer to their root; their count is already fixed).
+            if 8 * done >= n or it == max_iter - 1:
+                w = 0
+                for j in range(n):  # branch-free: w advances for unfinished pixels
+                    p = idx[j]
+                    zr_out[p] = zr[j]
+                    zi_out[p] = zi[j]
+                    cnt_out[p] = first[j]
+                    idx[w] = p
                     zr[w] = zr[j]
                     zi[w] = zi[j]
-                    w += 1
-            n = w
-            if n == 0:
-                break
-        for j in range(n):
-            zr_out[idx[j]] = zr[j]
-            zi_out[idx[j]] = zi[j]
+                    first[w] = first[j]
+                    w += first[j] == max_iter
+                n = w
+                if n == 0:
+                    break
     return zr_out.reshape(size, size), zi_out.reshape(size, size), cnt_out.reshape(size, size)
 
 

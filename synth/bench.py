@@ -1,0 +1,102 @@
+"""Generator speed: images/s per core, PNG encoding included.
+
+    NUMBA_NUM_THREADS=1 python run/bench.py synth [--json] [--images N] [--kinds K ...]
+
+For each generator at the issue's settings (FractalDB 362 px, 200k points,
+patch_gray; VisualAtom 512 px; Newton 256 px) it renders and encodes N images
+cycling over 20 classes and varying instances, after a warm-up that compiles
+the kernels and finds the categories (category search is a one-off cost per
+class, not per image).  "Per core" divides by the process CPU time
+(``time.process_time``), so other jobs on a shared machine do not deflate the
+figure; wall-clock figures are printed too.  The same run times Pillow's PNG
+encoder (compress_level=1) on the same images as the reference for our encoder.
+"""
+import argparse
+import io
+import json
+import time
+
+import numpy as np
+from PIL import Image
+
+from . import make_generator
+from .png import encode_png
+
+# kind -> (size, generator parameters): the settings of the issue's targets
+SETTINGS = {
+    "fractaldb": (362, dict(num_points=200_000, mode="gray")),
+    "visualatom": (512, {}),
+    "newton": (256, {}),
+}
+TARGETS = {"fractaldb": 120.0, "visualatom": 100.0, "newton": 100.0}
+# images/s per core of the published generators on this machine (issue 3)
+PUBLISHED = {"fractaldb": 1.2, "visualatom": 5.0}
+NUM_CLASSES = 20
+
+
+def _pillow_png(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def measure(kind, images, seed=0):
+    """Dict of timings for ``images`` render+encode calls of ``kind`` (seconds, bytes)."""
+    size, params = SETTINGS[kind]
+    gen = make_generator(kind, NUM_CLASSES, size, seed, **params)
+    for c in range(NUM_CLASSES):          # compile kernels, find categories
+        gen.render(c, 0)
+    ids = [(k % NUM_CLASSES, 1 + k // NUM_CLASSES) for k in range(images)]
+    render_cpu = encode_cpu = 0.0
+    nbytes = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for c, i in ids:
+        t0 = time.process_time()
+        img = gen.render(c, i)
+        t1 = time.process_time()
+        nbytes += len(encode_png(img))
+        encode_cpu += time.process_time() - t1
+        render_cpu += t1 - t0
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    # reference encoder on a sample of the same images
+    sample = [gen.render(c, i) for c, i in ids[:20]]
+    t0 = time.process_time()
+    pil_bytes = sum(len(_pillow_png(im)) for im in sample)
+    pil_cpu = (time.process_time() - t0) / len(sample)
+    t0 = time.process_time()
+    own_bytes = sum(len(encode_png(im)) for im in sample)
+    own_cpu = (time.process_time() - t0) / len(sample)
+    return {"kind": kind, "size": size, "images": images,
+            "img_per_s_per_core": images / cpu, "img_per_s_wall": images / wall,
+            "render_ms": 1e3 * render_cpu / images, "encode_ms": 1e3 * encode_cpu / images,
+            "png_kb": nbytes / images / 1e3, "pillow_encode_ms": 1e3 * pil_cpu,
+            "own_encode_ms": 1e3 * own_cpu, "pillow_kb": pil_bytes / len(sample) / 1e3,
+            "own_kb": own_bytes / len(sample) / 1e3}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help='print {"fractaldb": img/s/core, ...}')
+    p.add_argument("--images", type=int, default=200, help="images per generator")
+    p.add_argument("--kinds", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    args = p.parse_args(argv)
+    if args.images < 1:
+        p.error(f"--images must be >= 1, got {args.images}")
+    results = [measure(kind, args.images) for kind in args.kinds]
+    if args.json:
+        print(json.dumps({r["kind"]: round(r["img_per_s_per_core"], 2) for r in results}))
+        return 0
+    print(f"{'generator':<11}{'size':>5}{'img/s/core':>11}{'target':>7}{'wall img/s':>11}"
+          f"{'render ms':>10}{'png ms':>7}{'png kB':>7}{'Pillow ms':>10}{'Pillow kB':>10}"
+          f"{'vs published':>13}")
+    for r in results:
+        pub = PUBLISHED.get(r["kind"])
+        ratio = f"{r['img_per_s_per_core'] / pub:.0f}x" if pub else "n/a"
+        print(f"{r['kind']:<11}{r['size']:>5}{r['img_per_s_per_core']:>11.1f}"
+              f"{TARGETS[r['kind']]:>7.0f}{r['img_per_s_wall']:>11.1f}{r['render_ms']:>10.2f}"
+              f"{r['encode_ms']:>7.2f}{r['png_kb']:>7.1f}{r['pillow_encode_ms']:>10.2f}"
+              f"{r['pillow_kb']:>10.1f}{ratio:>13}")
+    print("img/s/core = images / process CPU seconds (render + our PNG encoder); "
+          "Pillow columns: compress_level=1 on 20 of the same images; "
+          "published = issue 3's figures for the public generators.")
+    return 0
