@@ -1,0 +1,25 @@
+"""bench.py scaling: flag validation and one tiny end-to-end run (no timing asserted)."""
+import json
+
+import pytest
+
+from minivit.parallel import bench_scaling
+
+
+def test_bad_flags_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        bench_scaling.main(["--ranks", "3", "--global-batch", "64"])
+    assert "--ranks 3: expected a positive divisor of --global-batch 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_scaling.main(["--zero", "4"])
+    assert "expected stages among 0, 1, 2, 3" in capsys.readouterr().err
+
+
+def test_tiny_run_reports_every_configuration(capsys):
+    assert bench_scaling.main(["--ranks", "1,2", "--model", "vit-nano", "--global-batch", "8",
+                               "--zero", "3", "--steps", "1", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["zero"], r["ranks"]) for r in rows] == [(3, 1), (3, 2)]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["efficiency"] == pytest.approx(r["speedup"] / r["ranks"])
+        assert (r["comm_mib"] > 0) == (r["ranks"] > 1)
