@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minivit.io import ShardWriter, write_dataset_index
-from minivit.synth import GENERATORS, CategorySearchError, encode_png, make_generator
+from minivit.synth import GENERATORS, CategorySearchError, make_generator
 from minivit.synth.fractaldb_csv import export_categories
 from minivit.synth.layout import DatasetLayout
 from minivit.synth.preview import save_preview
@@ -119,7 +119,7 @@ def write_shard(gen, layout, shard, pattern, bar):
                      index=False, sidecars=True, start_shard=shard) as writer:
         for g in layout.shard_samples(shard):
             c, i = layout.sample(g)
-            writer.write({"__key__": layout.key(c, i), "png": encode_png(gen.render(c, i)),
+            writer.write({"__key__": layout.key(c, i), "png": gen.render_png(c, i),
                           "cls": c, "json": gen.metadata(c, i)})
             bar.update(1)
     return writer.shards[0]

@@ -2,6 +2,8 @@
 import dataclasses
 import numbers
 
+import numpy as np
+
 MIN_SIZE = 8
 
 
@@ -40,6 +42,18 @@ class GeneratorBase:
                              f"{self.instances_per_class}, got {instance_id}")
         return int(class_id), int(instance_id)
 
+    def render_native(self, class_id, instance_id):
+        """The image in its native layout: uint8 (size, size) for grey generators,
+        else (size, size, 3).  Same pixels as ``render``; saves the RGB copy
+        when encoding."""
+        return self.render(class_id, instance_id)
+
+    def render_png(self, class_id, instance_id, compress_level=None):
+        """PNG bytes of ``render(class_id, instance_id)`` (greyscale PNG for grey images)."""
+        from .png import COMPRESS_LEVEL, encode_png
+        level = COMPRESS_LEVEL if compress_level is None else compress_level
+        return encode_png(self.render_native(class_id, instance_id), level)
+
     def __repr__(self):
         return (f"{type(self).__name__}(num_classes={self.num_classes}, size={self.size}, "
                 f"seed={self.seed})")
@@ -59,3 +73,12 @@ def build_params(cls, params, overrides):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
     return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def grey_to_rgb(img):
+    """uint8 (H, W) -> (H, W, 3) with three equal channels (fastest of the NumPy ways measured)."""
+    out = np.empty(img.shape + (3,), np.uint8)
+    out[..., 0] = img
+    out[..., 1] = img
+    out[..., 2] = img
+    return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import GeneratorBase, build_params
+from .base import GeneratorBase, build_params, grey_to_rgb
 from .fractaldb_csv import import_categories
 from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
 from .rng import KIND_TAGS, kernel_seed, numpy_rng
@@ -211,8 +211,8 @@ class FractalDBGenerator(GeneratorBase):
             xs, ys, ks, bounds, _ = chaos_game(system.maps, cum, n, seed, discard)
         return system, xs, ys, ks, bounds, ok
 
-    def render(self, class_id, instance_id):
-        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+    def render_native(self, class_id, instance_id):
+        """uint8 (size, size) in grey mode, (size, size, 3) in colour mode."""
         class_id, instance_id = self._check_ids(class_id, instance_id)
         weight, flip, patch_id = self.decompose(instance_id)
         system, xs, ys, ks, bounds, _ = self._orbit(class_id, weight, patch_id)
@@ -222,9 +222,12 @@ class FractalDBGenerator(GeneratorBase):
             img = img[::-1]
         if flip & 2:
             img = img[:, ::-1]
-        if img.shape[2] == 1:
-            img = np.broadcast_to(img, img.shape[:2] + (3,))
-        return np.ascontiguousarray(img)
+        return np.ascontiguousarray(img[..., 0] if img.shape[2] == 1 else img)
+
+    def render(self, class_id, instance_id):
+        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+        img = self.render_native(class_id, instance_id)
+        return grey_to_rgb(img) if img.ndim == 2 else img
 
     def metadata(self, class_id, instance_id):
         """JSON-serialisable generation parameters of one instance."""

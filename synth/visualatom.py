@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .base import GeneratorBase, build_params
+from .base import GeneratorBase, build_params, grey_to_rgb
 from .perlin import perlin1d, random_gradients
 from .raster import draw_line
 from .rng import KIND_TAGS, numpy_rng
@@ -142,8 +142,8 @@ class VisualAtomGenerator(GeneratorBase):
         grads = random_gradients(rng, (cat["orbits"], p.noise_period))
         return centre, greys, grads
 
-    def render_grey(self, class_id, instance_id):
-        """The image as uint8 (size, size): VisualAtom is grey, so PNG encoding can skip RGB."""
+    def render_native(self, class_id, instance_id):
+        """The image as uint8 (size, size): VisualAtom is grey."""
         class_id, instance_id = self._check_ids(class_id, instance_id)
         cat = self.category(class_id)
         centre, greys, grads = self._instance(class_id, instance_id)
@@ -160,8 +160,7 @@ class VisualAtomGenerator(GeneratorBase):
 
     def render(self, class_id, instance_id):
         """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
-        g = self.render_grey(class_id, instance_id)
-        return np.repeat(g[:, :, None], 3, axis=2)
+        return grey_to_rgb(self.render_native(class_id, instance_id))
 
     def metadata(self, class_id, instance_id):
         """JSON-serialisable generation parameters of one instance."""
