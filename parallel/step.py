@@ -155,7 +155,8 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
         (``minivit.data.StepBatches(..., rank=dp_rank, world_size=dp)``).
     schedule : ``lr(step)`` for the 0-based step.  global_batch : images per step.
     log : optional ``f(record)``; audit : optional ``f(step, ledger_mark)`` run
-        after each step (prints the ``--audit`` tables).
+        after each step (prints the ``--audit`` tables).  The ledger is cleared
+        after each step, so it never holds more than one step of entries.
     Record keys as ``minivit.train.train_loop``: step, epoch, loss, lr,
     grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
     plus comm_s (seconds blocked in communication).
@@ -181,6 +182,9 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
             log(record)
         if audit is not None:
             audit(step + 1, mark)
+        # keep one step of ledger entries: a long run would otherwise grow it without
+        # bound (per-step totals are already in the records)
+        trainer.comm.ledger.clear()
         if not math.isfinite(out["loss"]):
             raise FloatingPointError(f"loss became {out['loss']} at step {step + 1}")
     return records
