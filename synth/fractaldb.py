@@ -130,6 +130,7 @@ class FractalDBGenerator(GeneratorBase):
                 raise ValueError("give categories or categories_dir, not both")
             categories = import_categories(categories_dir)
         self._categories = {}
+        self._status = {}  # (class, weight, patch) -> _orbit status, filled by render
         if categories is not None:
             items = categories.items() if isinstance(categories, dict) else enumerate(categories)
             self._categories = dict(items)
@@ -199,17 +200,27 @@ class FractalDBGenerator(GeneratorBase):
         return rng.integers(64, 256, (num_maps, 3)).astype(np.uint8)
 
     def _orbit(self, class_id, weight, patch_id):
+        """Chaos-game points of one instance: ``(system, xs, ys, ks, bounds, status)``.
+
+        status: "ok"; "fallback" when the perturbed maps diverged and the
+        unchanged maps were used (a factor of 1+2k can make a contractive
+        system expand); "truncated" when those diverged too (possible for
+        imported categories), and only the points before divergence are drawn.
+        """
         system = self.category(class_id)
         cum = cumulative(system.probs)
-        maps = self.perturbed(system, weight)
         seed = kernel_seed(self.seed, class_id, weight, patch_id, _TAG, 1)
         n, discard = self.params.num_points, self.params.discard
-        xs, ys, ks, bounds, ok = chaos_game(maps, cum, n, seed, discard)
-        if not ok:
-            # A factor of 1+2k can make a contractive system expand; such an
-            # instance falls back to the unchanged maps (recorded in metadata).
-            xs, ys, ks, bounds, _ = chaos_game(system.maps, cum, n, seed, discard)
-        return system, xs, ys, ks, bounds, ok
+        xs, ys, ks, bounds, count = chaos_game(self.perturbed(system, weight), cum, n, seed,
+                                               discard)
+        status = "ok"
+        if count < n:
+            xs, ys, ks, bounds, count = chaos_game(system.maps, cum, n, seed, discard)
+            status = "fallback" if count == n else "truncated"
+        if len(self._status) > 4096:  # bounded: only metadata() right after render() needs it
+            self._status.clear()
+        self._status[(class_id, weight, patch_id)] = status
+        return system, xs[:count], ys[:count], ks[:count], bounds, status
 
     def render_native(self, class_id, instance_id):
         """uint8 (size, size) in grey mode, (size, size, 3) in colour mode."""
@@ -235,6 +246,9 @@ class FractalDBGenerator(GeneratorBase):
         weight, flip, patch_id = self.decompose(instance_id)
         system = self.category(class_id)
         factor = None if weight == 0 else float(self.params.factors()[(weight - 1) % 4])
+        key = (class_id, weight, patch_id)
+        if key not in self._status:
+            self._orbit(*key)
         return {
             "kind": self.kind, "seed": self.seed, "class_id": class_id,
             "instance_id": instance_id, "size": self.size,
@@ -242,4 +256,5 @@ class FractalDBGenerator(GeneratorBase):
             "weight": weight, "perturbed_param": None if weight == 0 else "abcdef"[(weight - 1) // 4],
             "factor": factor, "flip": ["none", "up-down", "left-right", "both"][flip],
             "patch": patch_id, "num_points": self.params.num_points, "mode": self.params.mode,
+            "orbit": self._status[key],
         }

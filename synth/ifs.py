@@ -71,10 +71,11 @@ def chaos_game(maps, cum_probs, num_points, seed, discard):
     maps: float64 (N, 6); cum_probs: float64 (N,) cumulative probabilities;
     seed: uint64 start of the SplitMix64 stream.  The first ``discard``
     iterates are dropped (they lie off the attractor).
-    Returns ``(xs, ys, ks, bounds, ok)``: float64 (P,) coordinates, uint8 (P,)
-    index of the map that produced each point, float64 (4,) ``xmin, xmax,
-    ymin, ymax``, and False if the orbit diverged or became NaN (the arrays
-    are then only partly filled).
+    Returns ``(xs, ys, ks, bounds, count)``: float64 (P,) coordinates, uint8
+    (P,) index of the map that produced each point, float64 (4,) ``xmin, xmax,
+    ymin, ymax`` of the stored points, and the number of points stored:
+    ``count < num_points`` means the orbit diverged or became NaN and only
+    ``xs[:count]`` are valid.
     """
     n = maps.shape[0]
     xs = np.empty(num_points, np.float64)
@@ -99,7 +100,7 @@ def chaos_game(maps, cum_probs, num_points, seed, discard):
         x = nx
         # comparisons with NaN are False, so NaN orbits are caught too
         if not (abs(x) < _DIVERGED and abs(y) < _DIVERGED):
-            return xs, ys, ks, np.array([xlo, xhi, ylo, yhi]), False
+            return xs, ys, ks, np.array([xlo, xhi, ylo, yhi]), max(it - discard, 0)
         if it >= discard:
             j = it - discard
             xs[j] = x
@@ -109,7 +110,7 @@ def chaos_game(maps, cum_probs, num_points, seed, discard):
             xhi = max(xhi, x)
             ylo = min(ylo, y)
             yhi = max(yhi, y)
-    return xs, ys, ks, np.array([xlo, xhi, ylo, yhi]), True
+    return xs, ys, ks, np.array([xlo, xhi, ylo, yhi]), num_points
 
 
 @numba.njit(cache=True)
@@ -214,8 +215,8 @@ def filling_rate(system, num_points, size, seed, discard=20):
     ``num_points`` chaos-game points after ``discard`` dropped ones; ``seed``
     is the uint64 chaos-game seed.  Divergent or NaN orbits give 0.0.
     """
-    xs, ys, _, bounds, ok = chaos_game(system.maps, cumulative(system.probs), num_points,
-                                       np.uint64(seed), discard)
-    if not ok:
+    xs, ys, _, bounds, count = chaos_game(system.maps, cumulative(system.probs), num_points,
+                                          np.uint64(seed), discard)
+    if count < num_points:
         return 0.0
     return float(point_coverage(xs, ys, bounds, size))

@@ -44,10 +44,10 @@ SQUARE = IFSystem(np.array([[0.5, 0, 0, 0.5, ex, fy] for ex in (0, 0.5) for fy i
 
 
 def test_chaos_game_matches_pure_python_reference():
-    xs, ys, ks, bounds, ok = chaos_game(SIERPINSKI.maps, cumulative(SIERPINSKI.probs), 500,
-                                        np.uint64(12345), 7)
+    xs, ys, ks, bounds, count = chaos_game(SIERPINSKI.maps, cumulative(SIERPINSKI.probs), 500,
+                                           np.uint64(12345), 7)
     ref = chaos_reference(SIERPINSKI.maps, SIERPINSKI.probs, 500, 12345, 7)
-    assert ok
+    assert count == 500
     np.testing.assert_array_equal(xs, ref[:, 0])
     np.testing.assert_array_equal(ys, ref[:, 1])
     np.testing.assert_array_equal(ks, ref[:, 2])
@@ -57,9 +57,11 @@ def test_chaos_game_matches_pure_python_reference():
 
 def test_chaos_game_flags_divergent_and_nan_orbits():
     expanding = np.array([[2.0, 0, 0, 2.0, 1, 1]])
-    assert not chaos_game(expanding, np.ones(1), 1000, np.uint64(1), 0)[4]
+    xs, _, _, bounds, count = chaos_game(expanding, np.ones(1), 1000, np.uint64(1), 0)
+    assert 0 < count < 1000  # 2^27 > 1e8: stops after ~27 points
+    assert np.isfinite(bounds).all() and bounds[1] == xs[:count].max()
     nan_map = np.array([[np.nan, 0, 0, 0.5, 0, 0]])
-    assert not chaos_game(nan_map, np.ones(1), 10, np.uint64(1), 0)[4]
+    assert chaos_game(nan_map, np.ones(1), 10, np.uint64(1), 0)[4] == 0
 
 
 def coverage_reference(xs, ys, size):
@@ -242,3 +244,19 @@ def test_bad_params():
         FractalDBGenerator(2, 16, mode="rgb")
     with pytest.raises(ValueError, match=r"unknown FractalDBParams field\(s\) \['points'\]"):
         FractalDBGenerator(2, 16, points=5)
+
+
+def test_divergent_instances_fall_back_deterministically():
+    # one map with a = 0.7: weight 4 scales a by 1 + 2k = 1.8 -> 1.26, expanding
+    contractive = IFSystem(np.array([[0.7, 0.1, 0, 0.5, 0.2, 0.1]]), np.ones(1))
+    gen = FractalDBGenerator(1, 16, categories=[contractive], num_points=500)
+    assert gen.metadata(0, 0)["orbit"] == "ok"
+    assert gen.metadata(0, 4)["orbit"] == "fallback"
+    # an imported category that diverges even unperturbed is drawn from the
+    # points before divergence, the same way every time
+    expanding = IFSystem(np.array([[1.5, 0, 0, 1.2, 0.3, 0.1]]), np.ones(1))
+    bad = FractalDBGenerator(1, 16, categories=[expanding], num_points=500)
+    first = bad.render(0, 0)
+    assert bad.metadata(0, 0)["orbit"] == "truncated"
+    assert first.any() and first.tobytes() == FractalDBGenerator(
+        1, 16, categories=[expanding], num_points=500).render(0, 0).tobytes()
