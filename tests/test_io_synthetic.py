@@ -62,3 +62,18 @@ def test_loader_over_synthetic_source():
     np.testing.assert_array_equal(labels, idx // 3)
     np.testing.assert_allclose(images[:, 0, 0, 0] * 255, labels, atol=1e-4)
     np.testing.assert_allclose(images[:, 2] * 255, 9, atol=1e-4)
+
+
+def test_real_synth_generator_through_loader():
+    # The contract with minivit.synth: make_generator(kind, classes, size, seed)
+    # -> render(class_id, instance_id) uint8 (size, size, 3), instances_per_class.
+    train = SyntheticSource("fractaldb", 2, 16, seed=0, instances=range(0, 3))
+    held = SyntheticSource("fractaldb", 2, 16, seed=0, instances=range(3, 4))
+    assert len(train) == 6 and len(held) == 2
+    img, label = train[4]
+    assert img.dtype == np.uint8 and img.shape == (16, 16, 3) and label == 1
+    np.testing.assert_array_equal(img, train.generator.render(1, 1))
+    assert not np.array_equal(held[0][0], train[0][0])
+    with Loader(train, 3, seed=0, augment=True) as ld:
+        images, labels = ld.next_batch()
+    assert images.shape == (3, 3, 16, 16) and np.isfinite(images).all()
