@@ -38,8 +38,8 @@ class ParallelTrainer:
     smoothing : label smoothing of the cross-entropy.
 
     The constructor broadcasts rank 0's parameters over dp and verifies the
-    replicas are bitwise identical.  Raises ValueError for a bad stage, accum
-    or optimizer.
+    replicas are bitwise identical.  Raises ValueError for a bad stage, accum,
+    optimizer, or overlap with stage 2-3.
     """
 
     def __init__(self, model, grid, *, zero=0, accum=1, bucket_bytes=25 * 2**20,
@@ -47,6 +47,9 @@ class ParallelTrainer:
                  momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0):
         if zero not in (0, 1, 2, 3):
             raise ValueError(f"zero={zero!r}: expected a ZeRO stage 0, 1, 2 or 3")
+        if overlap and zero >= 2:
+            raise ValueError(f"overlap=True with zero={zero}: expected zero 0 or 1 (stages 2-3 "
+                             "reduce-scatter each unit inside its backward already)")
         if optimizer not in ("adamw", "sgd") or (optimizer == "sgd" and zero):
             raise ValueError(f"optimizer={optimizer!r} with zero={zero}: expected 'adamw', "
                              "or 'sgd' with zero=0 (ZeRO shards AdamW state)")
@@ -57,7 +60,7 @@ class ParallelTrainer:
         self.max_grad_norm, self.smoothing = max_grad_norm, smoothing
         self.unit_sizes = [b - a for a, b in model.unit_ranges()]
         self.itemsize = model.flat.data.itemsize
-        self.dp = DataParallel(model, self.comm, bucket_bytes, overlap=overlap and zero <= 1)
+        self.dp = DataParallel(model, self.comm, bucket_bytes, overlap=overlap)
         self.dp.broadcast_parameters()
         self.dp.verify_replicas()
         hyper = dict(betas=betas, eps=eps, weight_decay=weight_decay)

@@ -120,6 +120,9 @@ def check_args(args, parser, world_size=1):
     if args.optimizer == "sgd" and args.zero:
         parser.error(f"--optimizer sgd --zero {args.zero}: ZeRO here shards AdamW state; "
                      "expected --optimizer adamw or --zero 0")
+    if args.overlap and args.zero >= 2:
+        parser.error(f"--overlap --zero {args.zero}: overlap applies to ZeRO 0-1 (stages 2-3 "
+                     "reduce-scatter each unit inside its backward already)")
     if not args.bucket_mb > 0:
         parser.error(f"--bucket-mb {args.bucket_mb}: expected a positive size")
     if args.warmup < 0:

@@ -63,3 +63,11 @@ def test_layout_errors(run_mpi, tmp_path):
     proc = run_mpi(2, [PRETRAIN, "--dp", "3", "--out", tmp_path / "x"], timeout=60, check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("dp=3 x tp=1 x pp=1 = 3 ranks, but the world has 2 ranks") == 2
+
+
+def test_overlap_with_sharded_gradients_is_an_error(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, PRETRAIN, "--zero", "2", "--overlap",
+                           "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "--overlap --zero 2: overlap applies to ZeRO 0-1" in proc.stderr
