@@ -10,6 +10,8 @@ step (stage 0-1) or unit by unit as the backward produces them (stage 2-3).
 import math
 import time
 
+import numpy as np
+
 from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import SGD, AdamW, clip_grad_norm_, grad_sumsq
@@ -79,7 +81,8 @@ class ParallelTrainer:
         micro_batches : list of ``accum`` pairs ``(x (b, C, H, W), y (b,))``,
             x of the model dtype, y integer class ids (as ``minivit.data.StepBatches``).
         lr : learning rate of this step.
-        Returns dict ``loss`` (mean over the global batch), ``grad_norm`` (global
+        Returns dict ``loss`` (mean over the global batch), ``accuracy`` (top-1
+        over the global batch, in [0, 1]), ``grad_norm`` (global
         norm of the mean gradient, before clipping), ``comm_bytes`` (bytes this rank sent in the step, all
         groups), ``comm_seconds`` (seconds blocked in communication).
         Raises ValueError unless there are ``accum`` micro-batches.
@@ -88,11 +91,13 @@ class ParallelTrainer:
             raise ValueError(f"{len(micro_batches)} micro-batches: expected accum={self.accum}")
         mark = self.comm.ledger.mark()
         scale = 1.0 / (self.accum * self.comm.size)
-        loss_sum = 0.0
+        totals = np.zeros(2, dtype=np.float64)   # scaled loss, correct top-1 predictions
+        images = 0
         for i, (x, y) in enumerate(micro_batches):
             logits, ctx = self.model.forward(x)
             loss, loss_ctx = cross_entropy_forward(logits, y, self.smoothing)
-            loss_sum += loss * scale
+            totals += (loss * scale, int((logits.argmax(axis=1) == y).sum()))
+            images += len(y)
             if i == self.accum - 1:
                 self.dp.arm()
             self.model.backward(cross_entropy_backward(loss_ctx, scale), ctx)
@@ -100,9 +105,11 @@ class ParallelTrainer:
             self.dp.sync_gradients()
         self.step_count += 1
         norm = self._optimizer_step(lr)
-        loss = self.comm.allreduce_scalar(loss_sum)
+        # one float64 all-reduce carries both logged numbers
+        loss, correct = self.comm.allreduce(totals)
         entries = self.comm.ledger.since(mark)
-        return {"loss": loss, "grad_norm": norm,
+        return {"loss": float(loss), "accuracy": float(correct) / (images * self.comm.size),
+                "grad_norm": norm,
                 "comm_bytes": sum(e.bytes for e in entries),
                 "comm_seconds": sum(e.seconds for e in entries)}
 
@@ -119,11 +126,12 @@ class ParallelTrainer:
     # ------------------------------------------------------------ audit
     def predicted_step_bytes(self):
         """``{op: bytes}`` one rank should send per step (cost.py, padding-exact),
-        including the float64 all-reduces of the gradient norm and the logged loss."""
+        including the float64 all-reduces of the gradient norm and of the logged
+        loss and top-1 count (2 values)."""
         pred = cost.step_comm_bytes(self.unit_sizes, self.comm.size, self.zero, self.itemsize,
                                     accum=self.accum, bucket_elems=self.dp.bucket_elems,
                                     clip=True)
-        pred["allreduce"] = pred.get("allreduce", 0) + cost.allreduce_bytes(1, self.comm.size, 8)
+        pred["allreduce"] = pred.get("allreduce", 0) + cost.allreduce_bytes(2, self.comm.size, 8)
         return pred
 
     def memory(self):
@@ -143,6 +151,18 @@ class ParallelTrainer:
                                         self.itemsize)
         return exact, closed
 
+    def optimizer_state_dict(self):
+        """Optimizer state as ``minivit.optim`` ``state_dict()`` gives it: full named
+        arrays on every rank, whatever the dp size and stage (gathered under ZeRO)."""
+        if self.zero == 0:
+            return self.optimizer.state_dict()
+        return self.optimizer.state_dict(self.step_count)
+
+    def load_optimizer_state_dict(self, state):
+        """Restore :meth:`optimizer_state_dict` output saved with any dp size or stage."""
+        self.optimizer.load_state_dict(state)      # AdamW or ZeroOptimizer: same format
+        self.step_count = int(state["step"])
+
     def full_parameters(self):
         """The full flat parameter vector on every rank (gathered at stage 3)."""
         if self.zero == 3:
@@ -160,7 +180,8 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
     log : optional ``f(record)``; audit : optional ``f(step, ledger_mark)`` run
         after each step (prints the ``--audit`` tables).  The ledger is cleared
         after each step, so it never holds more than one step of entries.
-    Record keys as ``minivit.train.train_loop``: step, epoch, loss, lr,
+    Record keys as ``minivit.train.train_loop``: step, epoch, loss, accuracy
+    (train-batch top-1), lr,
     grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
     plus comm_s (seconds blocked in communication).
     Raises FloatingPointError when the loss stops being finite (on every rank:
@@ -175,8 +196,8 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
         mark = trainer.comm.ledger.mark()
         out = trainer.train_step(micro_batches, lr)
         seconds = time.perf_counter() - t0
-        record = {"step": step + 1, "epoch": epoch, "loss": out["loss"], "lr": lr,
-                  "grad_norm": out["grad_norm"], "step_time_s": seconds,
+        record = {"step": step + 1, "epoch": epoch, "loss": out["loss"],
+                  "accuracy": out["accuracy"], "lr": lr, "grad_norm": out["grad_norm"], "step_time_s": seconds,
                   "images_per_s": global_batch / seconds,
                   "gflops_per_s": flops / seconds / 1e9, "comm_bytes": out["comm_bytes"],
                   "comm_s": out["comm_seconds"]}

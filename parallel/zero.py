@@ -150,14 +150,50 @@ class ZeroOptimizer:
         return {"params": params, "grads": grads, "optim": optim,
                 "total": params + grads + optim}
 
+    def _gather_full(self, shard):
+        """The full flat vector of a shard vector (all-gather per unit, padding dropped)."""
+        out = np.empty(self.layout.total, self.dtype)
+        for u, (a, b) in enumerate(self.layout.ranges):
+            out[a:b] = self.layout.gather_unit(self.comm, shard, u)[:b - a]
+        return out
+
+    def state_dict(self, step):
+        """Optimizer state in ``minivit.optim.AdamW.state_dict`` format, on every rank.
+
+        The shards are all-gathered into full per-parameter arrays, so the state
+        does not depend on the dp size (layout-independent checkpoints).
+        """
+        named = self.model.flat.offsets
+        out = {"step": step, "hyper": {"betas": [self.hyper["beta1"], self.hyper["beta2"]],
+                                       "eps": self.hyper["eps"],
+                                       "weight_decay": self.hyper["weight_decay"]}}
+        for key in ("exp_avg", "exp_avg_sq"):
+            full = self._gather_full(getattr(self, key))
+            out[key] = {n: full[lo:hi].reshape(s).copy() for n, (lo, hi, s) in named.items()}
+        return out
+
+    def load_state_dict(self, state):
+        """Take this rank's shard of a full ``state_dict`` (from any dp size or AdamW).
+
+        Raises ValueError when a parameter is missing or has the wrong shape.
+        """
+        for key in ("exp_avg", "exp_avg_sq"):
+            full = np.empty(self.layout.total, self.dtype)
+            for name, (lo, hi, shape) in self.model.flat.offsets.items():
+                if name not in state[key]:
+                    raise ValueError(f"optimizer state {key!r} lacks parameter {name!r}")
+                value = np.asarray(state[key][name])
+                if value.shape != tuple(shape):
+                    raise ValueError(f"optimizer state {key}[{name}] shape {value.shape}, "
+                                     f"expected {tuple(shape)}")
+                full[lo:hi] = value.ravel()
+            getattr(self, key)[...] = self.layout.extract(full)
+
     def full_parameters(self):
         """The full flat parameter vector (gathered at stage 3; a copy otherwise)."""
         if self.stage < 3:
             return self.model.flat.data.copy()
-        out = np.empty(self.layout.total, self.dtype)
-        for u, (a, b) in enumerate(self.layout.ranges):
-            out[a:b] = self.layout.gather_unit(self.comm, self.param_shard, u)[:b - a]
-        return out
+        return self._gather_full(self.param_shard)
 
 
 class ShardedUnit:

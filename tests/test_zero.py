@@ -74,7 +74,7 @@ def reference(cfg, images, labels, clip):
         opt.step()
         model.zero_grad()
         losses.append(loss)
-    return np.array(losses), model.flat.data.copy()
+    return np.array(losses), model.flat.data.copy(), opt.state_dict()
 
 
 def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_bytes=512):
@@ -116,8 +116,15 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
                    if zero else 0) * cfg_itemsize(cfg) * 4
         assert abs(mem[key] - closed[key]) <= padding, (key, mem, closed)
     params = trainer.full_parameters()
+    state = trainer.optimizer_state_dict()
+    # round trip: the gathered state loads back into this layout unchanged
+    trainer.load_optimizer_state_dict(state)
+    again = trainer.optimizer_state_dict()
+    for key in ("exp_avg", "exp_avg_sq"):
+        for name, value in state[key].items():
+            assert np.array_equal(again[key][name], value), (key, name)
     grid.free()
-    return np.array(losses), params, mem
+    return np.array(losses), params, mem, state
 
 
 def key_bias_mask(cfg):
@@ -155,6 +162,13 @@ def assert_params_close(params, ref, cfg, tol, msg):
     assert np.abs(params[noise] - ref[noise]).max() <= 2 * STEPS * LR * 1.05, msg
 
 
+def assert_state_close(got, want, tol, msg):
+    """Adam moments: relative ``tol`` in the L2 norm (they inherit the gradient's
+    rounding, including the key-bias noise, so no elementwise bound is meaningful)."""
+    err = np.linalg.norm((got - want).astype(np.float64)) / np.linalg.norm(want)
+    assert err <= tol, f"{msg}: relative L2 error {err:.3g} > {tol}"
+
+
 def cfg_itemsize(cfg):
     return np.dtype(cfg.dtype).itemsize
 
@@ -173,13 +187,18 @@ def _driver():
         for accum in accums:
             clip = 0.5 if accum == 2 else None       # both clipping paths are exercised
             images, labels = make_batch(MICRO * accum * p, cfg, dtype)
-            ref_losses, ref_params = reference(cfg, images, labels, clip)
+            ref_losses, ref_params, ref_state = reference(cfg, images, labels, clip)
             for zero in (0, 1, 2, 3):
-                losses, params, mem = run_config(world, cfg, zero, accum, clip)
+                losses, params, mem, state = run_config(world, cfg, zero, accum, clip)
                 np.testing.assert_allclose(losses, ref_losses, rtol=tol, atol=0,
                                            err_msg=f"losses zero={zero} accum={accum} {dtype}")
                 assert_params_close(params, ref_params, cfg, tol,
                                     f"params zero={zero} accum={accum} {dtype}")
+                assert state["step"] == STEPS
+                for key in ("exp_avg", "exp_avg_sq"):     # sharded state == unsharded state
+                    got = np.concatenate([state[key][n].ravel() for n in ref_state[key]])
+                    want = np.concatenate([v.ravel() for v in ref_state[key].values()])
+                    assert_state_close(got, want, tol, f"{key} zero={zero} accum={accum}")
                 results[(dtype, zero, accum)] = params
                 memory[str(zero)] = mem
                 configs += 1
@@ -188,7 +207,8 @@ def _driver():
     rng = np.random.default_rng(world.Get_rank())
     sleepy = (lambda op: time.sleep(rng.uniform(0, 0.01))) if world.Get_rank() == p - 1 else None
     for zero in (0, 1, 2, 3):
-        _, params, _ = run_config(world, cfg, zero, 2, 0.5, delay=sleepy, overlap=zero <= 1)
+        _, params, _, _ = run_config(world, cfg, zero, 2, 0.5, delay=sleepy,
+                                     overlap=zero <= 1)
         assert np.array_equal(params, results[("float64", zero, 2)]), f"delay changed zero={zero}"
         configs += 1
     if world.Get_rank() == 0:
