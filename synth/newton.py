@@ -74,6 +74,8 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
     ``tol`` (``max_iter`` if none was).
     """
     deg = cr.shape[0] - 1
+    if deg < 1:
+        raise ValueError("newton_counts needs a polynomial of degree >= 1")
     npix = size * size
     zr_out = np.empty(npix, np.float32)
     zi_out = np.empty(npix, np.float32)
@@ -88,7 +90,8 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
     pi = np.empty(cap, np.float32)
     dr = np.empty(cap, np.float32)
     di = np.empty(cap, np.float32)
-    first = np.empty(cap, np.int32)
+    first = np.empty(cap, np.float32)  # iteration of the first step < tol (fmax: none yet)
+    fmax = np.float32(max_iter)
     rows_per_block = max(1, _BLOCK // size)
     for row0 in range(0, size, rows_per_block):
         n = 0
@@ -97,21 +100,27 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
             y = np.float32(y0 - row * step)
             for col in range(size):
                 idx[n] = row * size + col
-                first[n] = max_iter  # iteration of the first step < tol; max_iter = none yet
+                first[n] = fmax
                 zr[n] = np.float32(x0 + col * step)
                 zi[n] = y
                 n += 1
         for it in range(max_iter):
+            fit = np.float32(it)
             # Only unfinished pixels are iterated (most converge in < 10
             # steps, a fractal boundary never does); the loops over them are
             # branch-free so LLVM vectorises them.
+            # Horner for p and p' together: p' <- p' z + p, p <- p z + c_k,
+            # starting after the first step (p = c0 z + c1, p' = c0)
+            c0r = cr[0]
+            c0i = ci[0]
+            c1r = cr[1]
+            c1i = ci[1]
             for j in range(n):
-                pr[j] = cr[0]
-                pi[j] = ci[0]
-                dr[j] = 0.0
-                di[j] = 0.0
-            # Horner for p and p' together: p' <- p' z + p, p <- p z + c_k
-            for k in range(1, deg + 1):
+                pr[j] = c0r * zr[j] - c0i * zi[j] + c1r
+                pi[j] = c0r * zi[j] + c0i * zr[j] + c1i
+                dr[j] = c0r
+                di[j] = c0i
+            for k in range(2, deg + 1):
                 ckr = cr[k]
                 cki = ci[k]
                 for j in range(n):
@@ -123,18 +132,21 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
                     tr = pr[j] * a - pi[j] * b + ckr
                     pi[j] = pr[j] * b + pi[j] * a + cki
                     pr[j] = tr
-            done = 0
+            done = np.float32(0.0)
             for j in range(n):
-                den = dr[j] * dr[j] + di[j] * di[j]
-                ok = den > tiny  # p'(z) == 0 (a critical point): do not move
-                inv = np.float32(1.0) / (den if ok else np.float32(1.0))
-                sr = (pr[j] * dr[j] + pi[j] * di[j]) * inv if ok else np.float32(0.0)
-                si = (pi[j] * dr[j] - pr[j] * di[j]) * inv if ok else np.float32(0.0)
+                # p'(z) == 0 (a critical point) gives p * conj(p') = 0: no move
+                den = max(dr[j] * dr[j] + di[j] * di[j], tiny)
+                inv = np.float32(1.0) / den
+                sr = (pr[j] * dr[j] + pi[j] * di[j]) * inv
+                si = (pi[j] * dr[j] - pr[j] * di[j]) * inv
                 zr[j] -= sr
                 zi[j] -= si
-                newly = (sr * sr + si * si < tol2) & (first[j] == max_iter)  # & not and: no branch
-                first[j] = it if newly else first[j]
-                done += first[j] != max_iter
+                # float32 bookkeeping keeps the loop in one vector type
+                # (int/bool mixing here made it 2.7x slower)
+                f = first[j]
+                f = fit if (sr * sr + si * si < tol2) and (f == fmax) else f
+                first[j] = f
+                done += np.float32(1.0) if f != fmax else np.float32(0.0)
             # Compact (drop converged pixels) only once 1/8 of the active ones
             # have converged: compaction per iteration cost more than the
             # extra Newton steps of a few finished pixels (which only move
@@ -145,12 +157,12 @@ def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
                     p = idx[j]
                     zr_out[p] = zr[j]
                     zi_out[p] = zi[j]
-                    cnt_out[p] = first[j]
+                    cnt_out[p] = np.int32(first[j])
                     idx[w] = p
                     zr[w] = zr[j]
                     zi[w] = zi[j]
                     first[w] = first[j]
-                    w += first[j] == max_iter
+                    w += first[j] == fmax
                 n = w
                 if n == 0:
                     break
