@@ -1,0 +1,343 @@
+"""Layout-independent training checkpoints in HDF5 (h5py), written atomically.
+
+One file ``step_XXXXXXX.h5`` holds the *full* (unsharded) state by parameter
+name, so any parallel layout can write it and any other can read it::
+
+    /params/<name>            full parameter, model dtype, e.g. params/blocks.0.attn.qkv.weight
+    /optim/<state>/<name>     optimizer state of that parameter (AdamW: exp_avg, exp_avg_sq;
+                              SGD: momentum_buffer), same shape and dtype
+    root attributes           format, format_version, step, preset, model_config (JSON),
+                              param_names (JSON list, model order), optimizer, scheduler,
+                              loader, rng, run_config, layout (JSON), checksum (sha256 hex)
+
+Every dataset carries a ``sha256`` attribute of its bytes; the root
+``checksum`` is the SHA-256 of the manifest (each dataset's path, dtype, shape
+and digest, sorted) plus the metadata, and it is written last: a file without
+it never finished.  Saving follows the usual crash-safe recipe (write a
+temporary file in the same directory, flush, ``fsync``, ``os.replace``,
+``fsync`` the directory), so a crash or SIGKILL mid-save leaves at worst a
+stray temporary file, never a damaged ``step_*.h5``.  No pickle anywhere: a
+checkpoint is plain arrays and JSON text.  Format details: docs/checkpoints.md.
+"""
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT = "minivit-checkpoint"
+FORMAT_VERSION = 1
+STEP_FILE = re.compile(r"^step_(\d{7,})\.h5$")
+META_KEYS = ("step", "preset", "model_config", "param_names", "optimizer", "scheduler",
+             "loader", "rng", "run_config", "layout")
+# model_config fields that change the tensors; dtype is checked per dataset instead
+ARCH_FIELDS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes",
+               "in_chans", "class_token")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unreadable, incomplete, corrupt or does not fit the model."""
+
+
+def checkpoint_path(directory, step):
+    """``directory/step_XXXXXXX.h5`` (7-digit zero-padded optimizer step)."""
+    return Path(directory) / f"step_{int(step):07d}.h5"
+
+
+def array_digest(array):
+    """SHA-256 hex digest of an array's C-order bytes."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _json(value):
+    def default(obj):
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, (np.ndarray, tuple, set)):
+            return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
+        if isinstance(obj, Path):
+            return str(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return json.dumps(value, sort_keys=True, default=default)
+
+
+def _manifest_digest(entries, meta_json):
+    """entries: {dataset path: (dtype str, shape tuple, sha256 hex)}; meta_json: {key: JSON str}."""
+    h = hashlib.sha256()
+    for path in sorted(entries):
+        dtype, shape, digest = entries[path]
+        h.update(f"{path}\0{dtype}\0{list(shape)}\0{digest}\n".encode())
+    for key in sorted(meta_json):
+        h.update(f"{key}\0{meta_json[key]}\n".encode())
+    return h.hexdigest()
+
+
+def _fsync_path(path, directory=False):
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointWriter:
+    """Stream tensors into a temporary HDF5 file; ``commit(meta)`` makes it ``path`` atomically.
+
+    ``write(group, name, array)`` stores one full tensor (e.g. ``"params"``,
+    ``"blocks.0.mlp.fc1.weight"``), so a caller gathering unit by unit never
+    holds more than one unit.  Used as a context manager, an exception before
+    ``commit`` removes the temporary file and leaves ``path`` untouched.
+    Raises OSError from the file system (e.g. ENOSPC) unchanged.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.tmp, "w")
+        self._entries = {}
+
+    def write(self, group, name, array):
+        array = np.ascontiguousarray(array)
+        key = f"{group}/{name}"
+        if key in self._entries:
+            raise ValueError(f"dataset {key!r} written twice: expected each tensor once")
+        digest = array_digest(array)
+        ds = self._file.create_dataset(key, data=array)
+        ds.attrs["sha256"] = digest
+        self._entries[key] = (array.dtype.str, array.shape, digest)
+
+    def commit(self, meta):
+        """Write ``meta`` (keys of META_KEYS, JSON-able values) and the checksum, then rename.
+
+        Returns the final path.  Raises ValueError for an unknown or missing key.
+        """
+        unknown = sorted(set(meta) - set(META_KEYS))
+        if unknown or "step" not in meta:
+            raise ValueError(f"checkpoint metadata keys {unknown}: expected 'step' and only "
+                             f"keys of {META_KEYS}")
+        meta_json = {k: _json(v) for k, v in meta.items()}
+        attrs = self._file.attrs
+        attrs["format"], attrs["format_version"] = FORMAT, FORMAT_VERSION
+        for key, text in meta_json.items():
+            attrs[key] = text
+        attrs["checksum"] = _manifest_digest(self._entries, meta_json)   # last: marks completion
+        self._file.flush()
+        self._file.close()
+        self._file = None
+        _fsync_path(self.tmp)                 # data on disk before the name points at it
+        os.replace(self.tmp, self.path)
+        _fsync_path(self.path.parent, directory=True)   # the rename itself is durable
+        return self.path
+
+    def abort(self):
+        """Close and delete the temporary file (errors ignored: we are already failing)."""
+        try:
+            if self._file is not None:
+                self._file.close()
+        except Exception:   # noqa: BLE001 - a broken file handle must not mask the real error
+            pass
+        self._file = None
+        try:
+            self.tmp.unlink()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None or self._file is not None:
+            self.abort()
+        return False
+
+
+class CheckpointReader:
+    """Open a checkpoint read-only and check that it is complete.
+
+    ``meta`` holds the decoded root attributes (``step`` int, others as stored).
+    ``read(group, name)`` returns one array after checking its sha256;
+    ``verify()`` re-hashes every dataset and the manifest.
+    Raises CheckpointError naming the file and the reason (not HDF5, truncated,
+    wrong format, no checksum = unfinished write, corrupt dataset).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: not a readable HDF5 file, truncated or "
+                                  f"damaged ({exc})") from None
+        try:
+            attrs = dict(self._file.attrs)
+            if attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{self.path}: format {attrs.get('format')!r}, expected "
+                                      f"{FORMAT!r}")
+            if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+                raise CheckpointError(f"{self.path}: format_version "
+                                      f"{attrs.get('format_version')}, expected {FORMAT_VERSION}")
+            if "checksum" not in attrs:
+                raise CheckpointError(f"{self.path}: no checksum attribute (the write never "
+                                      "finished)")
+            self.checksum = str(attrs["checksum"])
+            self._meta_json = {k: str(attrs[k]) for k in META_KEYS if k in attrs}
+            self.meta = {k: json.loads(v) for k, v in self._meta_json.items()}
+        except CheckpointError:
+            self.close()
+            raise
+        except Exception as exc:   # noqa: BLE001 - any decode failure means a damaged file
+            self.close()
+            raise CheckpointError(f"{self.path}: unreadable metadata ({exc})") from None
+
+    @property
+    def step(self):
+        return int(self.meta["step"])
+
+    def names(self, group):
+        """Dataset names inside ``group`` (empty list if the group is absent)."""
+        g = self._file.get(group)
+        return [] if g is None else list(g.keys())
+
+    def spec(self, group, name):
+        """``(shape, dtype)`` of a stored tensor, or None when it is absent."""
+        ds = self._file.get(f"{group}/{name}")
+        return None if ds is None else (tuple(ds.shape), ds.dtype)
+
+    def read(self, group, name, verify=True):
+        key = f"{group}/{name}"
+        ds = self._file.get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise CheckpointError(f"{self.path}: dataset {key!r} missing")
+        try:
+            array = ds[()]
+            digest = ds.attrs.get("sha256")
+        except Exception as exc:   # noqa: BLE001 - HDF5 raises assorted errors on damage
+            raise CheckpointError(f"{self.path}: dataset {key!r} unreadable ({exc})") from None
+        if verify and digest is None:
+            raise CheckpointError(f"{self.path}: dataset {key!r} has no sha256 attribute")
+        if verify and array_digest(array) != str(digest):
+            raise CheckpointError(f"{self.path}: dataset {key!r} fails its sha256 checksum "
+                                  "(corrupt)")
+        return np.asarray(array)
+
+    def verify(self):
+        """Re-hash every dataset and the manifest; raises CheckpointError on the first failure."""
+        entries = {}
+        keys = []
+        self._file.visititems(lambda k, obj: keys.append(k) if isinstance(obj, h5py.Dataset)
+                              else None)
+        for key in keys:
+            group, name = key.split("/", 1) if "/" in key else ("", key)
+            array = self.read(group, name)
+            entries[key] = (array.dtype.str, array.shape, array_digest(array))
+        if _manifest_digest(entries, self._meta_json) != self.checksum:
+            raise CheckpointError(f"{self.path}: manifest checksum mismatch (datasets or "
+                                  "metadata changed, added or lost)")
+
+    def close(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def check_compatible(reader, preset, config, specs):
+    """Raise CheckpointError for the FIRST way ``reader`` does not fit this model.
+
+    preset: this run's preset name.  config: its ``ViTConfig`` (or a dict).
+    specs: ``[(name, shape, dtype)]`` of the parameters in model order.
+    Order of checks: preset, architecture fields, then per parameter
+    presence, shape, dtype, then parameters the model does not have.
+    """
+    path = reader.path
+    stored = reader.meta.get("preset")
+    if stored != preset:
+        raise CheckpointError(f"{path}: checkpoint of model preset {stored!r}, but this run "
+                              f"builds {preset!r}: expected the same preset")
+    cfg = config if isinstance(config, dict) else vars(config)
+    saved = reader.meta.get("model_config", {})
+    for field in ARCH_FIELDS:
+        if field in saved and saved[field] != cfg.get(field):
+            raise CheckpointError(f"{path}: model_config.{field} is {saved[field]!r} in the "
+                                  f"checkpoint, {cfg.get(field)!r} in this run: expected equal")
+    for name, shape, dtype in specs:
+        got = reader.spec("params", name)
+        if got is None:
+            raise CheckpointError(f"{path}: parameter {name!r} missing from the checkpoint")
+        if got[0] != tuple(shape):
+            raise CheckpointError(f"{path}: parameter {name!r} has shape {got[0]} in the "
+                                  f"checkpoint, expected {tuple(shape)}")
+        if got[1] != np.dtype(dtype):
+            raise CheckpointError(f"{path}: parameter {name!r} has dtype {got[1]} in the "
+                                  f"checkpoint, expected {np.dtype(dtype)}")
+    known = {name for name, _, _ in specs}
+    extra = [n for n in reader.names("params") if n not in known]
+    if extra:
+        raise CheckpointError(f"{path}: parameter {extra[0]!r} in the checkpoint is not in "
+                              "the model")
+
+
+def param_specs(model):
+    """``[(name, shape, dtype)]`` of ``model``'s parameters in model order (full shapes)."""
+    dtype = np.dtype(model.config.dtype)
+    return [(name, shape, dtype) for name, (_, _, shape) in model.flat.offsets.items()]
+
+
+def list_checkpoints(directory):
+    """``[(step, path)]`` of ``step_*.h5`` files in ``directory``, ascending step."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), directory / f.name) for f in directory.iterdir()
+             if (m := STEP_FILE.match(f.name))]
+    return sorted(found)
+
+
+def latest_valid_checkpoint(directory, verify=True):
+    """Path of the newest checkpoint in ``directory`` that opens and verifies, or None.
+
+    Each newer file that fails is skipped with a ``UserWarning`` naming the
+    file and the reason, so the run falls back to the previous checkpoint.
+    Temporary files of an interrupted save (``.step_*.h5.tmp-PID``) are never
+    considered.
+    """
+    for step, path in reversed(list_checkpoints(directory)):
+        try:
+            with CheckpointReader(path) as reader:
+                if reader.step != step:
+                    raise CheckpointError(f"{path}: stores step {reader.step}, expected {step} "
+                                          "from its name")
+                if verify:
+                    reader.verify()
+            return path
+        except CheckpointError as exc:
+            warnings.warn(f"skipping invalid checkpoint {exc}", stacklevel=2)   # exc names the file
+    return None
+
+
+def prune_checkpoints(directory, keep_last):
+    """Delete all but the ``keep_last`` newest ``step_*.h5`` (by step); returns removed paths.
+
+    keep_last <= 0 keeps everything.  Stale temporary files of this directory
+    are removed too (a finished save never leaves one).
+    """
+    removed = []
+    if keep_last > 0:
+        for _, path in list_checkpoints(directory)[:-keep_last]:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    for tmp in Path(directory).glob(".step_*.h5.tmp-*"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
