@@ -74,6 +74,12 @@ class FractalDBParams:
         for name in ("search_points", "search_size", "max_tries", "num_points", "num_patches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        reachable = self.search_points / self.search_size ** 2
+        if reachable < self.threshold:
+            raise ValueError(
+                f"search_points={self.search_points} can light at most {reachable:.3f} of the "
+                f"{self.search_size}x{self.search_size} search grid, below threshold "
+                f"{self.threshold}: no system could be accepted")
         if not self.param_low < self.param_high:
             raise ValueError(f"need param_low < param_high, got {self.param_low}, {self.param_high}")
 
