@@ -34,3 +34,34 @@ def forward_matmul_flops(config, batch):
 def train_flops(config, batch):
     """Training-step model FLOPs: 3x the forward matmul FLOPs."""
     return 3 * forward_matmul_flops(config, batch)
+
+
+def measure_gemm_peak(n=512, dtype="float32", repeats=5, warmup=1):
+    """Measured BLAS GEMM throughput of this process, in FLOP/s (a float).
+
+    Times ``repeats`` products of two ``(n, n)`` matrices of ``dtype`` (after
+    ``warmup`` untimed ones) and returns ``2 n^3 / best time``: the best of
+    the repeats, so a moment of contention on a shared machine does not lower
+    it.  It runs with whatever BLAS thread limit is active.  This is the
+    denominator of MFU (model FLOPs utilisation, Chowdhery et al., "PaLM",
+    2022, appendix B) on hardware without a datasheet peak.
+    Raises ValueError for n < 1 or repeats < 1.
+    """
+    import time
+
+    import numpy as np
+
+    if n < 1 or repeats < 1:
+        raise ValueError(f"n={n}, repeats={repeats}: expected positive integers")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype=dtype)
+    for _ in range(warmup):
+        np.matmul(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best

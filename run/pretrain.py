@@ -1,13 +1,17 @@
 """Pre-train a ViT, in one process or data parallel under MPI (with ZeRO 0-3).
 
+    mpirun -n 4 python run/pretrain.py        # vit-micro, on-the-fly FractalDB, 10 classes
+    python run/pretrain.py --data DIR --model vit-micro --steps 1000   # tar shards
+    mpirun -n 2 python run/pretrain.py --data synthetic:visualatom --classes 20
     python run/pretrain.py --model vit-nano --steps 50 --data random
-    mpirun -n 4 python run/pretrain.py                       # data parallel, dp=4
     mpirun -n 4 python run/pretrain.py --zero 3 --global-batch 64 --audit
+    python run/pretrain.py --config run.toml --lr 3e-4    # the command line wins
 
 Global batch = micro-batch x accumulation x dp.  Outputs in --out (default
-runs/<UTC timestamp>), written by world rank 0: metrics.jsonl (one JSON object
-per optimizer step, ``comm_bytes`` = bytes rank 0 sent in the step) and
-config.json (the flags and model config).
+runs/<UTC timestamp>), written by world rank 0: metrics.jsonl (a "header"
+record with the measured BLAS peak, then one "train" record per optimizer
+step and an "eval" record every --eval-every steps), config.toml (the
+resolved flags, reusable with --config) and config.json (flags and model).
 """
 import argparse
 import json
@@ -18,31 +22,60 @@ from dataclasses import asdict
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
+from minivit.cliconfig import parse_with_config, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
+from minivit.flops import measure_gemm_peak, train_flops
+from minivit.io import Loader
+from minivit.io.sources import SYNTHETIC_KINDS, LoaderSteps, check_source, open_data
 from minivit.model import ViT
 from minivit.optim import WarmupCosine
 from minivit.parallel import audit as audit_tables
+from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard
 from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.train import MetricsWriter
 
-DATA_SOURCES = ("random",)
+DEFAULT_DATA = "synthetic:fractaldb"
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="vit-nano", choices=sorted(PRESETS),
+    p.add_argument("--config", default=None,
+                   help="TOML file of flags (keys = flag names); command-line flags override it")
+    p.add_argument("--model", default="vit-micro", choices=sorted(PRESETS),
                    help="model preset (DESIGN.md section 2)")
     p.add_argument("--classes", type=int, default=None,
                    help="number of classes; default: the preset's (10 nano/micro, 1000 others)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps to run")
-    p.add_argument("--data", default="random",
-                   help="data source: 'random' = deterministic random images with fixed "
-                        "labels (per-class prototype + noise, so the loss can fall)")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps to run")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="DIR (tar shards: a folder, its index.json or one .tar), "
+                        f"synthetic:KIND rendered on the fly (KIND in {', '.join(SYNTHETIC_KINDS)}), "
+                        "digits, or 'random' (random images with fixed labels: per-class "
+                        "prototype + noise)")
+    p.add_argument("--eval-data", default=None,
+                   help="held-out shards for --data DIR; default: the last --holdout "
+                        "fraction of each class of --data")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="held-out fraction: of the instance ids of synthetic:KIND (a disjoint "
+                        "top range), or of each class of --data DIR; 0 disables evaluation")
+    p.add_argument("--instances", type=int, default=None,
+                   help="synthetic:KIND instances per class, train + held-out; default all "
+                        "the generator has (1000 for FractalDB)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="dataset seed of synthetic:KIND (the categories and instances)")
+    p.add_argument("--augment", action="store_true",
+                   help="random-resized-crop + horizontal flip on the training images")
+    p.add_argument("--loader-threads", type=int, default=1,
+                   help="decoding/rendering threads per rank")
+    p.add_argument("--eval-every", type=int, default=20,
+                   help="held-out evaluation every N optimizer steps (and after the last); "
+                        "0: only after the last step")
+    p.add_argument("--eval-batch", type=int, default=64, help="images per eval forward per rank")
     p.add_argument("--random-samples", type=int, default=1024,
                    help="size of one epoch of --data random, in images")
     p.add_argument("--out", default=None,
@@ -86,6 +119,7 @@ def build_parser():
                    help="BLAS threads per process; default: cores / ranks")
     p.add_argument("--log-every", type=int, default=10,
                    help="print a progress line every N steps (metrics.jsonl has every step)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
 
@@ -95,12 +129,21 @@ def check_args(args, parser, world_size=1):
     Pure arithmetic on the flags and the world size, so under MPI every rank
     reaches the same verdict with the same message, before any collective.
     """
-    if args.data not in DATA_SOURCES:
-        parser.error(f"--data {args.data!r}: expected one of {DATA_SOURCES} "
-                     "(synthetic:KIND and shard directories come with the data issues)")
-    for flag in ("steps", "micro_batch", "random_samples", "log_every"):
+    if args.data != "random":
+        try:   # existence only: every rank can check it, before any collective
+            check_source(args.data)
+            if args.eval_data is not None:
+                check_source(args.eval_data)
+        except (ValueError, FileNotFoundError) as exc:
+            parser.error(str(exc))
+    for flag in ("steps", "micro_batch", "random_samples", "log_every", "loader_threads",
+                 "eval_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
+    if args.eval_every < 0:
+        parser.error(f"--eval-every {args.eval_every}: expected >= 0")
+    if not 0.0 <= args.holdout < 1.0:
+        parser.error(f"--holdout {args.holdout}: expected 0 <= fraction < 1")
     if args.tp != 1 or args.pp != 1:
         parser.error(f"--tp {args.tp} --pp {args.pp}: tensor and pipeline parallelism are not "
                      "yet supported (Parallelism II); expected --tp 1 --pp 1")
@@ -131,19 +174,56 @@ def check_args(args, parser, world_size=1):
         parser.error(f"--label-smoothing {args.label_smoothing}: expected 0 <= s < 1")
 
 
-def train(args, world_comm, guard):
+def make_data(args, grid):
+    """``(model config, step batches, held-out dataset or None, description)`` on this rank."""
+    overrides = {"dtype": args.dtype}
+    if args.data == "random":
+        if args.classes is not None:
+            overrides["num_classes"] = args.classes
+        config = get_config(args.model, **overrides)
+        dataset = RandomImages(args.random_samples, config.image_size, config.in_chans,
+                               config.num_classes, seed=args.seed, dtype=args.dtype)
+        batches = StepBatches(dataset, args.global_batch, args.micro_batch,
+                              rank=grid.dp_rank, world_size=grid.dp).iterate()
+        return config, batches, None, f"random ({args.random_samples} images)"
+    preset = get_config(args.model)
+    classes = args.classes
+    if classes is None and args.data.startswith("synthetic:"):
+        classes = preset.num_classes
+    splits = open_data(args.data, classes=classes, image_size=preset.image_size,
+                       seed=args.data_seed, instances=args.instances, holdout=args.holdout,
+                       eval_spec=args.eval_data)
+    config = get_config(args.model, num_classes=splits.num_classes, **overrides)
+    loader = Loader(splits.train, args.micro_batch, rank=grid.dp_rank, world_size=grid.dp,
+                    seed=args.seed, augment=args.augment or None, image_size=config.image_size,
+                    num_threads=args.loader_threads)
+    return config, LoaderSteps(loader, args.accum, args.dtype), splits.eval, splits.description
+
+
+def blas_peak(grid, dtype):
+    """Aggregate GEMM FLOP/s of all ranks, measured at once (they share the cores)."""
+    grid.world.barrier()
+    mine = measure_gemm_peak(256 if dtype == "float32" else 192, dtype)
+    return grid.world.allreduce_scalar(mine)
+
+
+def train(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=args.dp, tp=args.tp, pp=args.pp)
     guard.label = grid.coords
     root = grid.rank == 0          # world rank 0 alone prints and writes files
-    overrides = {"dtype": args.dtype}
-    if args.classes is not None:
-        overrides["num_classes"] = args.classes
-    config = get_config(args.model, **overrides)
+    config, batches, heldout, description = make_data(args, grid)
+    evaluator = (Evaluator(heldout, grid.dp_group, args.eval_batch, config.image_size,
+                           args.dtype, num_threads=args.loader_threads)
+                 if heldout is not None else None)
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    flags = {a.dest: getattr(args, a.dest) for a in parser._actions
+             if a.dest not in ("help", "config")}
     if root:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(
             {"args": vars(args), "model": asdict(config)}, indent=2) + "\n")
+        write_toml(out / "config.toml", flags,
+                   header="resolved flags of run/pretrain.py; rerun with --config this-file")
 
     model = ViT(config, seed=args.seed)
     trainer = ParallelTrainer(
@@ -152,27 +232,61 @@ def train(args, world_comm, guard):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         max_grad_norm=args.clip if args.clip > 0 else None, smoothing=args.label_smoothing)
     schedule = WarmupCosine(args.lr, args.warmup, args.steps, args.min_lr)
-    dataset = RandomImages(args.random_samples, config.image_size, config.in_chans,
-                           config.num_classes, seed=args.seed, dtype=args.dtype)
-    batches = StepBatches(dataset, args.global_batch, args.micro_batch,
-                          rank=grid.dp_rank, world_size=grid.dp).iterate()
+    peak = blas_peak(grid, args.dtype)
+    grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:
         print(f"{args.model}: {model.num_params:,} parameters, {args.dtype}; world "
               f"{grid.world_size} = dp {grid.dp} x tp {grid.tp} x pp {grid.pp}, ZeRO-{args.zero}; "
               f"global batch {args.global_batch} = micro-batch {args.micro_batch} x accumulation "
-              f"{args.accum} x dp {grid.dp}; {args.steps} steps on --data {args.data}", flush=True)
+              f"{args.accum} x dp {grid.dp}; {args.steps} steps on --data {args.data}: "
+              f"{description}; BLAS peak {peak / 1e9:.1f} GFLOP/s (all ranks)", flush=True)
 
     writer = MetricsWriter(out / "metrics.jsonl") if root else None
+    if root:
+        writer.write({"kind": "header", "model": args.model, "num_params": model.num_params,
+                      "dtype": args.dtype, "world_size": grid.world_size, "dp": grid.dp,
+                      "tp": grid.tp, "pp": grid.pp, "zero": args.zero,
+                      "global_batch": args.global_batch, "steps": args.steps,
+                      "data": args.data, "data_description": description,
+                      "train_flops_per_step": train_flops(config, args.global_batch),
+                      "blas_peak_gflops": peak / 1e9,
+                      "blas_peak_note": "float GEMM, all ranks measured at once, summed",
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    bar = tqdm(total=args.steps, disable=not root or args.no_progress, unit="step",
+               dynamic_ncols=True)
+    say = bar.write if not bar.disable else (lambda text: print(text, flush=True))
+    evals = []
+
+    def evaluate(step, epoch):
+        t0 = time.perf_counter()
+        result = evaluator.evaluate(trainer.model)
+        record = {"kind": "eval", "step": step, "epoch": epoch, **result,
+                  "seconds": time.perf_counter() - t0}
+        evals.append(record)
+        if root:
+            writer.write(record)
+            say(f"eval  {step:>5}/{args.steps} held-out loss {record['loss']:.4f} "
+                f"top-1 {record['accuracy']:.1%} ({record['samples']} images)")
 
     def log(record):
-        if not root:
-            return
-        writer.write(record)
-        if record["step"] % args.log_every == 0 or record["step"] in (1, args.steps):
-            print(f"step {record['step']:>5}/{args.steps} epoch {record['epoch']} "
-                  f"loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                  f"{record['images_per_s']:.1f} img/s {record['gflops_per_s']:.2f} GFLOP/s "
-                  f"comm {record['comm_bytes'] / 2**20:.2f} MiB", flush=True)
+        # every rank: the held-out evaluation is collective
+        step = record["step"]
+        if root:
+            record = {"kind": "train", **record,
+                      "mfu": record["gflops_per_s"] * 1e9 / peak}
+            writer.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}",
+                            img_s=f"{record['images_per_s']:.0f}", refresh=False)
+            bar.update(1)
+            if step % args.log_every == 0 or step in (1, args.steps):
+                say(f"step {step:>5}/{args.steps} epoch {record['epoch']} "
+                    f"loss {record['loss']:.4f} acc {record['accuracy']:.1%} "
+                    f"lr {record['lr']:.2e} {record['images_per_s']:.1f} img/s "
+                    f"{record['gflops_per_s']:.2f} GFLOP/s MFU {record['mfu']:.1%} "
+                    f"comm {record['comm_bytes'] / 2**20:.2f} MiB")
+        if evaluator is not None and (step == args.steps or
+                                      (args.eval_every and step % args.eval_every == 0)):
+            evaluate(step, record["epoch"])
 
     def audit(step, mark):
         if not root:
@@ -185,18 +299,29 @@ def train(args, world_comm, guard):
             exact, closed = trainer.predicted_memory()
             lines += audit_tables.memory_table(trainer.memory(), exact, closed,
                                                p=grid.dp, stage=args.zero)
-        print("\n".join(lines), flush=True)
+        say("\n".join(lines))
 
     try:
+        if evaluator is not None:
+            evaluate(0, 0)   # the untrained baseline, so the curve starts at chance
         records = train_loop(trainer, schedule, batches, args.steps,
                              global_batch=args.global_batch, log=log,
                              audit=audit if args.audit else None)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
+        if evaluator is not None:
+            evaluator.close()
+        loader = getattr(batches, "loader", None)
+        if loader is not None:
+            loader.close()
     if root:
-        print(f"loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}; "
-              f"wrote {out / 'metrics.jsonl'} and {out / 'config.json'}")
+        held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> {evals[-1]['accuracy']:.1%}"
+                if evals else "")
+        print(f"loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}{held}\n"
+              f"wrote {out / 'metrics.jsonl'}, {out / 'config.toml'} and {out / 'config.json'}"
+              f" (plot: python run/plot.py {out / 'metrics.jsonl'})", flush=True)
     grid.free()
 
 
@@ -206,11 +331,11 @@ def main(argv=None):
     # first: an exception on one rank must end every rank, never hang the job
     guard = install_guard(world_comm)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
     with threadpool_limits(limits=threads, user_api="blas"):
-        train(args, world_comm, guard)
+        train(args, world_comm, guard, parser)
     return 0
 
 

@@ -8,13 +8,14 @@ import numpy as np
 from conftest import ROOT
 
 PRETRAIN = str(ROOT / "run" / "pretrain.py")
-COMMON = ["--model", "vit-nano", "--dtype", "float64", "--micro-batch", "4",
+COMMON = ["--model", "vit-nano", "--data", "random", "--dtype", "float64", "--micro-batch", "4",
           "--global-batch", "16", "--steps", "3", "--warmup", "1", "--lr", "1e-2",
           "--random-samples", "64", "--threads", "1"]
 
 
 def _records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r.get("kind") == "train"]
 
 
 def test_zero3_run_equals_single_process(run_mpi, tmp_path):
@@ -41,7 +42,8 @@ def test_zero3_run_equals_single_process(run_mpi, tmp_path):
 
 
 def test_no_layout_flags_means_data_parallel(run_mpi, tmp_path):
-    proc = run_mpi(3, [PRETRAIN, "--steps", "2", "--warmup", "1", "--micro-batch", "4",
+    proc = run_mpi(3, [PRETRAIN, "--model", "vit-nano", "--data", "random", "--steps", "2",
+                       "--warmup", "1", "--micro-batch", "4",
                        "--threads", "1", "--out", tmp_path / "dp"], timeout=120)
     assert "world 3 = dp 3 x tp 1 x pp 1, ZeRO-0" in proc.stdout
     assert "global batch 12 = micro-batch 4 x accumulation 1 x dp 3" in proc.stdout

@@ -1,0 +1,130 @@
+"""Command-line flags from a TOML file: ``--config FILE.toml``, the command line wins.
+
+Order of precedence (lowest first): the parser's defaults, the TOML file, the
+flags typed on the command line.  A TOML key is a flag name with or without
+dashes (``micro-batch = 32`` or ``micro_batch = 32``); the file is flat (no
+tables).  ``write_toml`` writes the resolved flags back (``OUT/config.toml``)
+so a run can be repeated with ``--config OUT/config.toml``.
+
+TOML is read with the standard library's ``tomllib`` (Python >= 3.11) and
+written by the small writer below, which covers what flags hold: strings,
+booleans, integers, floats and flat lists of those (TOML 1.0 syntax).
+"""
+import argparse
+import math
+import tomllib
+
+
+def _actions(parser):
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
+
+
+def toml_defaults(parser, path):
+    """Read ``path`` and return ``{dest: value}`` checked against ``parser``'s flags.
+
+    Values are converted with the flag's ``type`` and checked against its
+    ``choices``; ``store_true``/``store_false`` flags need a TOML boolean.
+    Calls ``parser.error`` (exit 2) for a missing/unreadable file, a TOML syntax
+    error, a table, an unknown key or a value of the wrong type.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        parser.error(f"--config {path!r}: no such file")
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        parser.error(f"--config {path!r}: {e}")
+    actions = _actions(parser)
+    out = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        where = f"--config {path!r}: key {key!r}"
+        if dest == "config" or dest not in actions:
+            known = ", ".join(sorted(d.replace("_", "-") for d in actions if d != "config"))
+            parser.error(f"{where} is not a flag of this script; expected one of: {known}")
+        if isinstance(value, dict):
+            parser.error(f"{where}: tables are not supported, expected a flat value")
+        out[dest] = _convert(parser, actions[dest], value, where)
+    return out
+
+
+def _convert(parser, action, value, where):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            parser.error(f"{where} = {value!r}: expected true or false")
+        return value
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        values = value if isinstance(value, list) else [value]
+        return [_convert_one(parser, action, v, where) for v in values]
+    if isinstance(value, list):
+        parser.error(f"{where} = {value!r}: expected a single value, not a list")
+    return _convert_one(parser, action, value, where)
+
+
+def _convert_one(parser, action, value, where):
+    if isinstance(value, bool) and action.type in (int, float):
+        parser.error(f"{where} = {value!r}: expected a number")
+    if action.type is int and isinstance(value, float):
+        parser.error(f"{where} = {value!r}: expected an integer")
+    try:
+        converted = action.type(value) if action.type is not None else value
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+        parser.error(f"{where} = {value!r}: {e}")
+    if action.choices is not None and converted not in action.choices:
+        parser.error(f"{where} = {value!r}: expected one of {list(action.choices)}")
+    return converted
+
+
+def parse_with_config(parser, argv=None):
+    """``parser.parse_args(argv)`` with defaults taken from ``--config FILE`` when given.
+
+    The parser must define ``--config``.  Returns the argparse Namespace.
+    """
+    pre, _ = parser.parse_known_args(argv)
+    if getattr(pre, "config", None):
+        parser.set_defaults(**toml_defaults(parser, pre.config))
+    return parser.parse_args(argv)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)   # shortest round-trip form, always with '.' or 'e'
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        for ch, esc in (("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
+            escaped = escaped.replace(ch, esc)
+        if any(ord(c) < 0x20 or ord(c) == 0x7f for c in escaped):
+            escaped = "".join(c if ord(c) >= 0x20 and ord(c) != 0x7f else f"\\u{ord(c):04x}"
+                              for c in escaped)
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
+
+
+def dumps_toml(flat, header=None):
+    """TOML text of the flat dict ``flat``; keys with value None are left out
+    (TOML has no null: an absent key means the flag's default)."""
+    lines = [f"# {line}" for line in (header or "").splitlines()]
+    for key, value in flat.items():
+        if value is None:
+            continue
+        name = key.replace("_", "-")
+        lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_toml(path, flat, header=None):
+    """Write ``dumps_toml(flat, header)`` to ``path``; ``tomllib`` reads it back to ``flat``."""
+    text = dumps_toml(flat, header)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
