@@ -26,8 +26,9 @@ _DIVERGED = 1e8
 class IFSystem:
     """An iterated function system.
 
-    maps: float64 array (N, 6), rows ``a, b, c, d, e, f``.
+    maps: float64 array (N, 6), rows ``a, b, c, d, e, f``, 1 <= N <= 255.
     probs: float64 array (N,), non-negative, summing to 1.
+    Raises ValueError for other shapes, non-finite values or bad probabilities.
     """
     maps: np.ndarray
     probs: np.ndarray
@@ -35,8 +36,9 @@ class IFSystem:
     def __post_init__(self):
         maps = np.ascontiguousarray(self.maps, dtype=np.float64)
         probs = np.ascontiguousarray(self.probs, dtype=np.float64)
-        if maps.ndim != 2 or maps.shape[1] != 6 or maps.shape[0] < 1:
-            raise ValueError(f"maps must have shape (N, 6) with N >= 1, got {maps.shape}")
+        if maps.ndim != 2 or maps.shape[1] != 6 or not 1 <= maps.shape[0] <= 255:
+            # the renderer stores map index + 1 in a byte
+            raise ValueError(f"maps must have shape (N, 6) with 1 <= N <= 255, got {maps.shape}")
         if probs.shape != (maps.shape[0],):
             raise ValueError(f"probs must have shape ({maps.shape[0]},), got {probs.shape}")
         if not (np.all(np.isfinite(maps)) and np.all(np.isfinite(probs))):
