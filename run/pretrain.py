@@ -22,22 +22,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from minivit.cliconfig import parse_with_config, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
-from minivit.flops import measure_gemm_peak, train_flops
+from minivit.flops import train_flops
 from minivit.io import Loader
 from minivit.io.sources import SYNTHETIC_KINDS, LoaderSteps, check_source, open_data
 from minivit.model import ViT
 from minivit.optim import WarmupCosine
 from minivit.parallel import audit as audit_tables
 from minivit.parallel.evaluate import Evaluator
+from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard
 from minivit.parallel.step import ParallelTrainer, train_loop
-from minivit.train import MetricsWriter
 
 DEFAULT_DATA = "synthetic:fractaldb"
 
@@ -200,13 +199,6 @@ def make_data(args, grid):
     return config, LoaderSteps(loader, args.accum, args.dtype), splits.eval, splits.description
 
 
-def blas_peak(grid, dtype):
-    """Aggregate GEMM FLOP/s of all ranks, measured at once (they share the cores)."""
-    grid.world.barrier()
-    mine = measure_gemm_peak(256 if dtype == "float32" else 192, dtype)
-    return grid.world.allreduce_scalar(mine)
-
-
 def train(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=args.dp, tp=args.tp, pp=args.pp)
     guard.label = grid.coords
@@ -232,7 +224,7 @@ def train(args, world_comm, guard, parser):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         max_grad_norm=args.clip if args.clip > 0 else None, smoothing=args.label_smoothing)
     schedule = WarmupCosine(args.lr, args.warmup, args.steps, args.min_lr)
-    peak = blas_peak(grid, args.dtype)
+    peak = blas_peak(grid.world, args.dtype)
     grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:
         print(f"{args.model}: {model.num_params:,} parameters, {args.dtype}; world "
@@ -241,49 +233,24 @@ def train(args, world_comm, guard, parser):
               f"{args.accum} x dp {grid.dp}; {args.steps} steps on --data {args.data}: "
               f"{description}; BLAS peak {peak / 1e9:.1f} GFLOP/s (all ranks)", flush=True)
 
-    writer = MetricsWriter(out / "metrics.jsonl") if root else None
-    if root:
-        writer.write({"kind": "header", "model": args.model, "num_params": model.num_params,
-                      "dtype": args.dtype, "world_size": grid.world_size, "dp": grid.dp,
-                      "tp": grid.tp, "pp": grid.pp, "zero": args.zero,
-                      "global_batch": args.global_batch, "steps": args.steps,
-                      "data": args.data, "data_description": description,
-                      "train_flops_per_step": train_flops(config, args.global_batch),
-                      "blas_peak_gflops": peak / 1e9,
-                      "blas_peak_note": "float GEMM, all ranks measured at once, summed",
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    bar = tqdm(total=args.steps, disable=not root or args.no_progress, unit="step",
-               dynamic_ncols=True)
-    say = bar.write if not bar.disable else (lambda text: print(text, flush=True))
-    evals = []
+    runlog = RunLog(root, out / "metrics.jsonl", args.steps, peak, args.log_every,
+                    progress=not args.no_progress)
+    runlog.header(script="pretrain", model=args.model, num_params=model.num_params,
+                  dtype=args.dtype, world_size=grid.world_size, dp=grid.dp, tp=grid.tp,
+                  pp=grid.pp, zero=args.zero, global_batch=args.global_batch, steps=args.steps,
+                  data=args.data, data_description=description,
+                  train_flops_per_step=train_flops(config, args.global_batch))
+    say = runlog.say
 
     def evaluate(step, epoch):
         t0 = time.perf_counter()
         result = evaluator.evaluate(trainer.model)
-        record = {"kind": "eval", "step": step, "epoch": epoch, **result,
-                  "seconds": time.perf_counter() - t0}
-        evals.append(record)
-        if root:
-            writer.write(record)
-            say(f"eval  {step:>5}/{args.steps} held-out loss {record['loss']:.4f} "
-                f"top-1 {record['accuracy']:.1%} ({record['samples']} images)")
+        runlog.eval(step, epoch, result, time.perf_counter() - t0)
 
     def log(record):
         # every rank: the held-out evaluation is collective
+        runlog.train(record)
         step = record["step"]
-        if root:
-            record = {"kind": "train", **record,
-                      "mfu": record["gflops_per_s"] * 1e9 / peak}
-            writer.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}",
-                            img_s=f"{record['images_per_s']:.0f}", refresh=False)
-            bar.update(1)
-            if step % args.log_every == 0 or step in (1, args.steps):
-                say(f"step {step:>5}/{args.steps} epoch {record['epoch']} "
-                    f"loss {record['loss']:.4f} acc {record['accuracy']:.1%} "
-                    f"lr {record['lr']:.2e} {record['images_per_s']:.1f} img/s "
-                    f"{record['gflops_per_s']:.2f} GFLOP/s MFU {record['mfu']:.1%} "
-                    f"comm {record['comm_bytes'] / 2**20:.2f} MiB")
         if evaluator is not None and (step == args.steps or
                                       (args.eval_every and step % args.eval_every == 0)):
             evaluate(step, record["epoch"])
@@ -308,15 +275,14 @@ def train(args, world_comm, guard, parser):
                              global_batch=args.global_batch, log=log,
                              audit=audit if args.audit else None)
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+        runlog.close()
         if evaluator is not None:
             evaluator.close()
         loader = getattr(batches, "loader", None)
         if loader is not None:
             loader.close()
     if root:
+        evals = runlog.evals
         held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> {evals[-1]['accuracy']:.1%}"
                 if evals else "")
         print(f"loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}{held}\n"
