@@ -42,6 +42,14 @@ class GeneratorBase:
                              f"{self.instances_per_class}, got {instance_id}")
         return int(class_id), int(instance_id)
 
+    def render(self, class_id, instance_id):
+        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+        raise NotImplementedError
+
+    def metadata(self, class_id, instance_id):
+        """JSON-serialisable generation parameters of one image."""
+        raise NotImplementedError
+
     def render_native(self, class_id, instance_id):
         """The image in its native layout: uint8 (size, size) for grey generators,
         else (size, size, 3).  Same pixels as ``render``; saves the RGB copy
