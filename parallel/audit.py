@@ -40,7 +40,8 @@ def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1):
 
 def memory_table(measured, exact, closed, *, p, stage):
     """Lines of the model-state memory audit (bytes per rank)."""
-    lines = [f"[audit] memory per rank, ZeRO-{stage}, dp={p} (closed form {_MEMORY_FORMULA[stage]})",
+    lines = [f"[audit] memory per rank, ZeRO-{stage}, dp={p} "
+             f"(closed form {_MEMORY_FORMULA[stage]})",
              f"[audit]   {'':<8}{'measured':>14}{'padded formula':>16}{'closed form':>14}"]
     for key in ("params", "grads", "optim", "total"):
         lines.append(f"[audit]   {key:<8}{measured[key]:>14,}{exact[key]:>16,}"

@@ -122,7 +122,8 @@ def step_comm_bytes(unit_sizes, p, stage, itemsize, *, accum=1,
         2 = per micro-batch reduce-scatter + all-gather, per unit;
         3 = per micro-batch forward and backward all-gathers + reduce-scatter.
     clip : measuring the global gradient norm (for clipping or the log) adds
-        one all-reduce of a float64 sum of squares for stages 2 and 3, where each rank holds only its gradient shard
+        one all-reduce of a float64 sum of squares for stages 2 and 3, where
+        each rank holds only its gradient shard
         (stages 0 and 1 hold the full averaged gradient, so the norm is local).
 
     Returns a dict ``{op: bytes}`` with keys among ``allreduce``,

@@ -82,9 +82,10 @@ class ParallelTrainer:
             x of the model dtype, y integer class ids (as ``minivit.data.StepBatches``).
         lr : learning rate of this step.
         Returns dict ``loss`` (mean over the global batch), ``accuracy`` (top-1
-        over the global batch, in [0, 1]), ``grad_norm`` (global
-        norm of the mean gradient, before clipping), ``comm_bytes`` (bytes this rank sent in the step, all
-        groups), ``comm_seconds`` (seconds blocked in communication).
+        over the global batch, in [0, 1]), ``grad_norm`` (global norm of the
+        mean gradient, before clipping), ``comm_bytes`` (bytes this rank sent
+        in the step, all groups), ``comm_seconds`` (seconds blocked in
+        communication).
         Raises ValueError unless there are ``accum`` micro-batches.
         """
         if len(micro_batches) != self.accum:
@@ -181,8 +182,7 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
         after each step (prints the ``--audit`` tables).  The ledger is cleared
         after each step, so it never holds more than one step of entries.
     Record keys as ``minivit.train.train_loop``: step, epoch, loss, accuracy
-    (train-batch top-1), lr,
-    grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
+    (train-batch top-1), lr, grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
     plus comm_s (seconds blocked in communication).
     Raises FloatingPointError when the loss stops being finite (on every rank:
     the loss is all-reduced, so all ranks stop together).
@@ -197,7 +197,8 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
         out = trainer.train_step(micro_batches, lr)
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, "epoch": epoch, "loss": out["loss"],
-                  "accuracy": out["accuracy"], "lr": lr, "grad_norm": out["grad_norm"], "step_time_s": seconds,
+                  "accuracy": out["accuracy"], "lr": lr, "grad_norm": out["grad_norm"],
+                  "step_time_s": seconds,
                   "images_per_s": global_batch / seconds,
                   "gflops_per_s": flops / seconds / 1e9, "comm_bytes": out["comm_bytes"],
                   "comm_s": out["comm_seconds"]}

@@ -32,7 +32,8 @@ def test_guard_report_format(capsys):
     except KeyError as exc:
         guard.report(type(exc), exc, exc.__traceback__)
     err = capsys.readouterr().err
-    assert err.splitlines()[0] == "[minivit rank 7 (tp 0, dp 3, pp 0)] uncaught exception, aborting all ranks"
+    assert err.splitlines()[0] == \
+        "[minivit rank 7 (tp 0, dp 3, pp 0)] uncaught exception, aborting all ranks"
     assert "[minivit rank 7 (tp 0, dp 3, pp 0)] KeyError: 'lost'" in err
 
 
