@@ -1,5 +1,6 @@
 """The minivit.synth interface others build against: registry, errors, purity across processes."""
 import hashlib
+import json
 import io
 import subprocess
 import sys
@@ -90,3 +91,11 @@ def test_render_png_decodes_to_render(kind):
     native = gen.render_native(2, 1)
     expect = rgb[..., 0] if native.ndim == 2 else rgb
     np.testing.assert_array_equal(native, expect)
+
+
+def test_bench_json_smoke(capsys):
+    # runs the benchmark code path only; speed itself is not asserted here
+    from minivit.synth import bench
+    assert bench.main(["--json", "--images", "2", "--kinds", "newton"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"newton"} and result["newton"] > 0
