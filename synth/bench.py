@@ -31,7 +31,6 @@ SETTINGS = {
 TARGETS = {"fractaldb": 120.0, "visualatom": 100.0, "newton": 100.0}
 # images/s per core of the published generators on this machine (issue 3)
 PUBLISHED = {"fractaldb": 1.2, "visualatom": 5.0}
-NUM_CLASSES = 20
 
 
 def _pillow_png(img):
@@ -40,13 +39,13 @@ def _pillow_png(img):
     return buf.getvalue()
 
 
-def measure(kind, images, seed=0):
-    """Dict of timings for ``images`` render+encode calls of ``kind`` (seconds, bytes)."""
+def measure(kind, images, classes=20, seed=0):
+    """Dict of timings for ``images`` render+encode calls of ``kind`` over ``classes`` classes."""
     size, params = SETTINGS[kind]
-    gen = make_generator(kind, NUM_CLASSES, size, seed, **params)
-    for c in range(NUM_CLASSES):          # compile kernels, find categories
+    gen = make_generator(kind, classes, size, seed, **params)
+    for c in range(classes):          # compile kernels, find categories
         gen.render(c, 0)
-    ids = [(k % NUM_CLASSES, 1 + k // NUM_CLASSES) for k in range(images)]
+    ids = [(k % classes, 1 + k // classes) for k in range(images)]
     render_cpu = encode_cpu = 0.0
     nbytes = 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -78,11 +77,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="bench.py synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help='print {"fractaldb": img/s/core, ...}')
     p.add_argument("--images", type=int, default=200, help="images per generator")
+    p.add_argument("--classes", type=int, default=20, help="classes cycled over")
     p.add_argument("--kinds", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
     args = p.parse_args(argv)
-    if args.images < 1:
-        p.error(f"--images must be >= 1, got {args.images}")
-    results = [measure(kind, args.images) for kind in args.kinds]
+    if args.images < 1 or args.classes < 1:
+        p.error(f"--images and --classes must be >= 1, got {args.images}, {args.classes}")
+    results = [measure(kind, args.images, args.classes) for kind in args.kinds]
     if args.json:
         print(json.dumps({r["kind"]: round(r["img_per_s_per_core"], 2) for r in results}))
         return 0

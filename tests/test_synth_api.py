@@ -96,6 +96,6 @@ def test_render_png_decodes_to_render(kind):
 def test_bench_json_smoke(capsys):
     # runs the benchmark code path only; speed itself is not asserted here
     from minivit.synth import bench
-    assert bench.main(["--json", "--images", "2", "--kinds", "newton"]) == 0
+    assert bench.main(["--json", "--images", "2", "--classes", "2", "--kinds", "newton"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"newton"} and result["newton"] > 0
