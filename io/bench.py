@@ -114,13 +114,15 @@ def run_webdataset(shards, batch):
 def best_interleaved(repeat, readers):
     """Best images/s per reader over ``repeat`` rounds after one warm-up round.
 
-    Readers alternate within each round, so a load change on a shared
-    machine hits all of them alike rather than one.
+    Readers alternate within each round, in a rotating order, so a load
+    change on a shared machine hits all of them alike rather than one.
     """
     best = {name: 0.0 for name in readers}
+    names = list(readers)
     for round_no in range(repeat + 1):
-        for name, fn in readers.items():
-            rate = fn()
+        shift = round_no % len(names)   # rotate who goes first: no position bias
+        for name in names[shift:] + names[:shift]:
+            rate = readers[name]()
             if round_no:   # round 0 warms the page cache, imports and threads
                 best[name] = max(best[name], rate)
     return best
