@@ -7,7 +7,9 @@ loss stops the run on every rank and names the last good checkpoint.
 """
 from pathlib import Path
 
-from minivit.checkpoint import checkpoint_path, prune_checkpoints
+import json
+
+from minivit.checkpoint import CheckpointError, CheckpointReader, checkpoint_path, prune_checkpoints
 
 from .checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 
@@ -34,13 +36,12 @@ class CheckpointManager:
         self.save_every, self.keep_last, self.meta = save_every, keep_last, meta
         self.last_path = None
 
-    def resume(self, run_dir):
-        """Load the newest valid checkpoint of ``run_dir/ckpt``; returns its metadata.
+    def load(self, path):
+        """Load checkpoint ``path`` into every rank's state; returns its metadata.
 
-        Raises CheckpointError on every rank when there is none, or it does not
-        fit the model (first mismatch named).
+        Raises CheckpointError on every rank when it does not fit the model
+        (the first mismatch is named: preset, architecture, name, shape, dtype).
         """
-        path = find_resume_checkpoint(Path(run_dir) / "ckpt", self.world)
         meta = load_checkpoint(path, self.adapter, self.world, preset=self.preset,
                                config=self.config)
         self.last_path = Path(path)
@@ -92,3 +93,81 @@ def run_in_chunks(train, manager, start, steps):
         if manager.should_save(stop, steps):
             manager.save(stop)
     return records
+
+
+def add_checkpoint_flags(parser):
+    """``--save-every``, ``--keep-last`` and ``--resume`` on an argparse parser."""
+    parser.add_argument("--save-every", type=int, default=0,
+                        help="write OUT/ckpt/step_XXXXXXX.h5 every K optimizer steps and after "
+                             "the last; 0: only after the last; -1: never")
+    parser.add_argument("--keep-last", type=int, default=0,
+                        help="keep only the newest K checkpoints (0 keeps all)")
+    parser.add_argument("--resume", default=None, metavar="OUT",
+                        help="continue the run in OUT from its newest valid checkpoint "
+                             "(any layout; corrupt files are skipped with a warning); "
+                             "--out defaults to OUT")
+
+
+def check_checkpoint_flags(args, parser):
+    """Flag arithmetic only (identical verdict on every rank); parser.error exits 2."""
+    if args.save_every < -1:
+        parser.error(f"--save-every {args.save_every}: expected >= 1, 0 (final only) or -1")
+    if args.keep_last < 0:
+        parser.error(f"--keep-last {args.keep_last}: expected >= 0 (0 keeps all)")
+    if args.resume is not None and not Path(args.resume).is_dir():
+        parser.error(f"--resume {args.resume}: no such run directory")
+
+
+def resume_point(run_dir, world):
+    """``(path, metadata)`` of the newest valid checkpoint in ``run_dir/ckpt``, on every rank.
+
+    Raises CheckpointError on every rank when there is none.
+    """
+    path = find_resume_checkpoint(Path(run_dir) / "ckpt", world)
+    with CheckpointReader(path) as reader:
+        return path, reader.meta
+
+
+def data_state(batches, global_batch):
+    """JSON-able position of the training data after the last step.
+
+    A ``minivit.io.Loader`` (``batches.loader``) stores its ``state_dict``; the
+    position is also kept in samples so another micro-batch x dp can resume it.
+    The in-memory ``StepBatches`` is a pure function of the step.
+    """
+    loader = getattr(batches, "loader", None)
+    if loader is None:
+        return {"kind": "steps", "global_batch": global_batch}
+    state = loader.state_dict()
+    return {"kind": "loader", **state, "samples": state["step"] * loader.global_batch,
+            "global_batch": global_batch}
+
+
+def restore_loader(loader, state, global_batch, path):
+    """Move ``loader`` to the saved position; raises CheckpointError if it cannot be exact."""
+    if state.get("kind") != "loader":
+        raise CheckpointError(f"{path}: data state {state.get('kind')!r}, this run reads "
+                              "through a Loader: expected the same --data")
+    check_global_batch(state, global_batch, path)
+    if state["samples"] % loader.global_batch:
+        raise CheckpointError(f"{path}: data position {state['samples']} samples is not a "
+                              f"multiple of micro-batch x dp = {loader.global_batch}")
+    loader.load_state_dict({"epoch": state["epoch"], "seed": state["seed"],
+                            "step": state["samples"] // loader.global_batch})
+
+
+def check_global_batch(state, global_batch, path):
+    if state.get("global_batch") != global_batch:
+        raise CheckpointError(f"{path}: saved with global batch {state.get('global_batch')}, "
+                              f"this run uses {global_batch}: expected the same --global-batch "
+                              "to resume the data order exactly")
+
+
+def truncate_metrics(path, step):
+    """Drop ``metrics.jsonl`` records of steps after ``step`` (they are about to be redone)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))

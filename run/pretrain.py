@@ -37,6 +37,12 @@ from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard
 from minivit.parallel.step import ParallelTrainer, train_loop
+from minivit.checkpoint import CheckpointError
+from minivit.parallel.checkpoint import DataParallelState
+from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
+                                     check_checkpoint_flags, check_global_batch, data_state,
+                                     restore_loader, resume_point, run_in_chunks,
+                                     truncate_metrics)
 
 DEFAULT_DATA = "synthetic:fractaldb"
 
@@ -119,6 +125,7 @@ def build_parser():
     p.add_argument("--log-every", type=int, default=10,
                    help="print a progress line every N steps (metrics.jsonl has every step)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_checkpoint_flags(p)
     return p
 
 
@@ -169,12 +176,17 @@ def check_args(args, parser, world_size=1):
         parser.error(f"--bucket-mb {args.bucket_mb}: expected a positive size")
     if args.warmup < 0:
         parser.error(f"--warmup {args.warmup}: expected >= 0")
+    check_checkpoint_flags(args, parser)
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label-smoothing {args.label_smoothing}: expected 0 <= s < 1")
 
 
-def make_data(args, grid):
-    """``(model config, step batches, held-out dataset or None, description)`` on this rank."""
+def make_data(args, grid, resume=None):
+    """``(model config, step batches, held-out dataset or None, description)`` on this rank.
+
+    resume : ``(path, metadata)`` of the checkpoint to continue from, or None.
+    """
+    start = resume[1]["step"] if resume else 0
     overrides = {"dtype": args.dtype}
     if args.data == "random":
         if args.classes is not None:
@@ -183,7 +195,9 @@ def make_data(args, grid):
         dataset = RandomImages(args.random_samples, config.image_size, config.in_chans,
                                config.num_classes, seed=args.seed, dtype=args.dtype)
         batches = StepBatches(dataset, args.global_batch, args.micro_batch,
-                              rank=grid.dp_rank, world_size=grid.dp).iterate()
+                              rank=grid.dp_rank, world_size=grid.dp).iterate(start)
+        if resume:
+            check_global_batch(resume[1].get("loader", {}), args.global_batch, resume[0])
         return config, batches, None, f"random ({args.random_samples} images)"
     preset = get_config(args.model)
     classes = args.classes
@@ -196,6 +210,8 @@ def make_data(args, grid):
     loader = Loader(splits.train, args.micro_batch, rank=grid.dp_rank, world_size=grid.dp,
                     seed=args.seed, augment=args.augment or None, image_size=config.image_size,
                     num_threads=args.loader_threads)
+    if resume:
+        restore_loader(loader, resume[1].get("loader", {}), args.global_batch, resume[0])
     return config, LoaderSteps(loader, args.accum, args.dtype), splits.eval, splits.description
 
 
@@ -203,11 +219,14 @@ def train(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=args.dp, tp=args.tp, pp=args.pp)
     guard.label = grid.coords
     root = grid.rank == 0          # world rank 0 alone prints and writes files
-    config, batches, heldout, description = make_data(args, grid)
+    resume = resume_point(args.resume, grid.world) if args.resume else None
+    start = resume[1]["step"] if resume else 0
+    config, batches, heldout, description = make_data(args, grid, resume)
     evaluator = (Evaluator(heldout, grid.dp_group, args.eval_batch, config.image_size,
                            args.dtype, num_threads=args.loader_threads)
                  if heldout is not None else None)
-    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    out = Path(args.out or args.resume
+               or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     flags = {a.dest: getattr(args, a.dest) for a in parser._actions
              if a.dest not in ("help", "config")}
     if root:
@@ -216,6 +235,7 @@ def train(args, world_comm, guard, parser):
             {"args": vars(args), "model": asdict(config)}, indent=2) + "\n")
         write_toml(out / "config.toml", flags,
                    header="resolved flags of run/pretrain.py; rerun with --config this-file")
+        truncate_metrics(out / "metrics.jsonl", start)   # steps after the checkpoint are redone
 
     model = ViT(config, seed=args.seed)
     trainer = ParallelTrainer(
@@ -224,6 +244,17 @@ def train(args, world_comm, guard, parser):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         max_grad_norm=args.clip if args.clip > 0 else None, smoothing=args.label_smoothing)
     schedule = WarmupCosine(args.lr, args.warmup, args.steps, args.min_lr)
+    ckpt = CheckpointManager(
+        out / "ckpt", DataParallelState(trainer), grid.world, preset=args.model, config=config,
+        save_every=args.save_every, keep_last=args.keep_last,
+        meta=lambda step: {"scheduler": schedule.state_dict(),
+                           "loader": data_state(batches, args.global_batch),
+                           "rng": {"seed": args.seed, "data_seed": args.data_seed},
+                           "run_config": flags})
+    if resume:
+        ckpt.load(resume[0])
+        if root:
+            print(f"resumed from {resume[0]} at step {start}", flush=True)
     peak = blas_peak(grid.world, args.dtype)
     grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:
@@ -269,11 +300,13 @@ def train(args, world_comm, guard, parser):
         say("\n".join(lines))
 
     try:
-        if evaluator is not None:
+        if evaluator is not None and not resume:
             evaluate(0, 0)   # the untrained baseline, so the curve starts at chance
-        records = train_loop(trainer, schedule, batches, args.steps,
-                             global_batch=args.global_batch, log=log,
-                             audit=audit if args.audit else None)
+        records = run_in_chunks(
+            lambda first, stop: train_loop(trainer, schedule, batches, stop,
+                                           global_batch=args.global_batch, start_step=first,
+                                           log=log, audit=audit if args.audit else None),
+            ckpt, start, args.steps)
     finally:
         runlog.close()
         if evaluator is not None:
@@ -281,13 +314,14 @@ def train(args, world_comm, guard, parser):
         loader = getattr(batches, "loader", None)
         if loader is not None:
             loader.close()
-    if root:
+    if root and records:
         evals = runlog.evals
         held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> {evals[-1]['accuracy']:.1%}"
                 if evals else "")
         print(f"loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}{held}\n"
               f"wrote {out / 'metrics.jsonl'}, {out / 'config.toml'} and {out / 'config.json'}"
-              f" (plot: python run/plot.py {out / 'metrics.jsonl'})", flush=True)
+              f" (plot: python run/plot.py {out / 'metrics.jsonl'})"
+              + (f"; last checkpoint {ckpt.last_path}" if ckpt.last_path else ""), flush=True)
     grid.free()
 
 
@@ -301,7 +335,13 @@ def main(argv=None):
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
     with threadpool_limits(limits=threads, user_api="blas"):
-        train(args, world_comm, guard, parser)
+        try:
+            train(args, world_comm, guard, parser)
+        except (CheckpointError, FloatingPointError) as exc:
+            # raised on every rank alike (agreed by a collective): exit, no abort needed
+            print(f"[minivit rank {world_comm.Get_rank()}] error: {exc}", file=sys.stderr,
+                  flush=True)
+            return 1
     return 0
 
 
