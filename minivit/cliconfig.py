@@ -39,11 +39,11 @@ def toml_defaults(parser, path):
     for key, value in data.items():
         dest = key.replace("-", "_")
         where = f"--config {path!r}: key {key!r}"
+        if isinstance(value, dict):
+            parser.error(f"{where}: tables are not supported, expected a flat file of flags")
         if dest == "config" or dest not in actions:
             known = ", ".join(sorted(d.replace("_", "-") for d in actions if d != "config"))
             parser.error(f"{where} is not a flag of this script; expected one of: {known}")
-        if isinstance(value, dict):
-            parser.error(f"{where}: tables are not supported, expected a flat value")
         out[dest] = _convert(parser, actions[dest], value, where)
     return out
 

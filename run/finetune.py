@@ -60,6 +60,9 @@ def build_parser():
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction per class")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the digits split")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps (smoke tests); the schedule "
+                        "still spans them")
     p.add_argument("--micro-batch", type=int, default=32, help="images per forward per rank")
     p.add_argument("--global-batch", type=int, default=None,
                    help="images per optimizer step (micro x accumulation x dp); "
@@ -98,6 +101,8 @@ def check_args(args, parser, world_size):
             check_source(args.eval_data)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps {args.max_steps}: expected >= 1")
     for flag in ("epochs", "micro_batch", "loader_threads", "eval_batch", "log_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
@@ -142,6 +147,8 @@ def finetune(args, world_comm, guard, parser):
         raise ValueError(f"{len(splits.train)} training images give no full global batch of "
                          f"{args.global_batch}: lower --global-batch")
     steps = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        steps = min(steps, args.max_steps)
     evaluator = Evaluator(splits.eval, grid.dp_group, args.eval_batch, image_size, args.dtype,
                           num_threads=args.loader_threads)
     trainer = ParallelTrainer(model, grid, accum=args.accum, weight_decay=args.weight_decay,
@@ -176,8 +183,9 @@ def finetune(args, world_comm, guard, parser):
 
     def log(record):
         runlog.train(record)
-        if record["step"] % steps_per_epoch == 0:   # collective: every rank evaluates
-            evaluate(record["step"], record["step"] // steps_per_epoch)
+        step = record["step"]
+        if step % steps_per_epoch == 0 or step == steps:   # collective: every rank evaluates
+            evaluate(step, round(step / steps_per_epoch, 3))   # epochs completed
 
     try:
         first = evaluate(0, 0)
