@@ -14,7 +14,6 @@ N.  Runs without mpirun (or without mpi4py) as a single process.
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path

@@ -16,7 +16,6 @@ import io
 import json
 import time
 
-import numpy as np
 from PIL import Image
 
 from . import make_generator

@@ -17,7 +17,6 @@ where the paper leaves units open (documented in docs/data.md):
 - line width w in [0, 0.1] draws strokes ``1 + floor(w * 0.04 * size)`` pixels
   wide (1..3 px at 512 px).
 """
-import math
 from dataclasses import dataclass
 
 import numba
