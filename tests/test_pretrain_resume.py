@@ -1,0 +1,106 @@
+"""run/pretrain.py --save-every/--keep-last/--resume end to end (float32, vit-nano):
+same-layout resume bitwise, cross-layout resume to 1e-6, fallback past a corrupt
+newest checkpoint, and the clear every-rank errors (no valid checkpoint,
+another preset, non-finite loss)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+from minivit.checkpoint import latest_valid_checkpoint
+
+PRETRAIN = str(ROOT / "run" / "pretrain.py")
+COMMON = ["--model", "vit-nano", "--data", "random", "--micro-batch", "4", "--global-batch",
+          "16", "--steps", "6", "--warmup", "2", "--lr", "3e-3", "--random-samples", "64",
+          "--threads", "1", "--no-progress", "--save-every", "2"]
+
+
+def _losses(out):
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r.get("kind", "train") == "train"}
+
+
+def _single(args, cwd=ROOT):
+    return subprocess.run([sys.executable, PRETRAIN, *map(str, args)], capture_output=True,
+                          text=True, timeout=180, cwd=cwd)
+
+
+def test_resume_same_layout_bitwise_and_other_layout_close(run_mpi, tmp_path):
+    full = tmp_path / "full"
+    run_mpi(2, [PRETRAIN, *COMMON, "--zero", "3", "--keep-last", "2", "--out", full],
+            timeout=180)
+    assert sorted(p.name for p in (full / "ckpt").iterdir()) == ["step_0000004.h5",
+                                                                   "step_0000006.h5"]
+    reference = _losses(full)
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+
+    # an interrupted run: its newest checkpoint is corrupt, so resume falls back to step 4
+    cut = tmp_path / "cut"
+    (cut / "ckpt").mkdir(parents=True)
+    shutil.copy(full / "ckpt" / "step_0000004.h5", cut / "ckpt")
+    (cut / "ckpt" / "step_0000006.h5").write_bytes(
+        (full / "ckpt" / "step_0000006.h5").read_bytes()[:5000])          # truncated
+    lines = [ln for ln in (full / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln).get("step", 0) <= 5]
+    (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")          # died after step 5
+    proc = run_mpi(2, [PRETRAIN, *COMMON, "--zero", "3", "--resume", cut], timeout=180)
+    assert proc.stderr.count("skipping invalid checkpoint") == 1, proc.stderr   # rank 0 only
+    assert "step_0000006.h5: not a readable HDF5 file" in proc.stderr
+    assert "at step 4" in proc.stdout
+    resumed = _losses(cut)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]                  # step 5 redone, not doubled
+    assert [resumed[s] for s in (5, 6)] == [reference[s] for s in (5, 6)]     # bitwise
+    assert latest_valid_checkpoint(cut / "ckpt") == cut / "ckpt" / "step_0000006.h5"
+
+    # another layout: one process, plain AdamW, from the dp=2 x ZeRO-3 checkpoint of step 4
+    other = tmp_path / "other"
+    (other / "ckpt").mkdir(parents=True)
+    shutil.copy(full / "ckpt" / "step_0000004.h5", other / "ckpt")
+    proc = _single([*COMMON, "--resume", other])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = _losses(other)
+    np.testing.assert_allclose([got[5], got[6]], [reference[5], reference[6]], rtol=1e-6)
+
+    # and dp=2 x ZeRO-1 from the same file
+    zero1 = tmp_path / "zero1"
+    (zero1 / "ckpt").mkdir(parents=True)
+    shutil.copy(full / "ckpt" / "step_0000004.h5", zero1 / "ckpt")
+    run_mpi(2, [PRETRAIN, *COMMON, "--zero", "1", "--resume", zero1], timeout=180)
+    got = _losses(zero1)
+    np.testing.assert_allclose([got[5], got[6]], [reference[5], reference[6]], rtol=1e-6)
+
+
+def test_resume_errors_on_every_rank(run_mpi, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "ckpt").mkdir(parents=True)
+    (empty / "ckpt" / "step_0000002.h5").write_bytes(b"\x89HDF junk")
+    proc = run_mpi(2, [PRETRAIN, *COMMON, "--resume", empty], timeout=120, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"error: no valid checkpoint in {empty / 'ckpt'}") == 2, proc.stderr
+
+    # a checkpoint of vit-nano resumed as vit-micro: the preset is the first mismatch
+    run = tmp_path / "nano"
+    proc = _single([*COMMON, "--steps", "2", "--out", run])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    micro = [a if a != "vit-nano" else "vit-micro" for a in COMMON]
+    proc = run_mpi(2, [PRETRAIN, *micro, "--resume", run], timeout=120, check=False)
+    assert proc.returncode != 0
+    message = "checkpoint of model preset 'vit-nano', but this run builds 'vit-micro'"
+    assert proc.stderr.count(message) == 2, proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(run_mpi, tmp_path):
+    out = tmp_path / "nan"
+    args = [a for a in COMMON]
+    args[args.index("--lr") + 1] = "1e30"          # the first update overflows the weights
+    args[args.index("--save-every") + 1] = "1"
+    proc = run_mpi(2, [PRETRAIN, *args, "--out", out], timeout=120, check=False)
+    assert proc.returncode != 0
+    good = out / "ckpt" / "step_0000001.h5"
+    message = f"loss became nan at step 2; stopped, last good checkpoint: {good}"
+    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]
+    assert latest_valid_checkpoint(out / "ckpt") == good
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step_0000001.h5"]
