@@ -44,7 +44,7 @@ class MultiHeadAttention(Module):
         scores *= self.scale
         p = kernels.softmax_forward(scores.reshape(-1, t)).reshape(b, h, t, t)
         o = np.matmul(p, v)                                    # (B, H, T, hd)
-        o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, t, d)
+        o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, t, h * hd)
         y, proj_ctx = self.proj.forward(o)
         return y, (qkv_ctx, q, k, v, p, proj_ctx)
 
@@ -61,5 +61,5 @@ class MultiHeadAttention(Module):
         dq = np.matmul(ds, k)
         dk = np.matmul(ds.transpose(0, 1, 3, 2), q)
         # (3, B, H, T, hd) -> (B, T, 3, H, hd), the qkv output layout
-        dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(b, t, 3 * self.dim)
+        dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(b, t, 3 * h * hd)
         return self.qkv.backward(np.ascontiguousarray(dqkv), qkv_ctx)
