@@ -205,3 +205,23 @@ def vit_unit_sizes(cfg):
     block = 4 * d + 3 * d * d + 3 * d + d * d + d + d * m + m + m * d + d
     head = 2 * d + d * cfg.num_classes + cfg.num_classes
     return [embed] + [block] * cfg.depth + [head]
+
+
+# ------------------------------------------- TP / PP, exact bytes of this code base
+def tp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, recompute=False):
+    """Bytes one tp rank sends per step in the blocks' all-reduces (Megatron section 3).
+
+    Per block and micro-batch: ``g`` after attention and after the MLP in the
+    forward, ``f`` before qkv and fc1 in the backward, each an all-reduce of
+    ``b*s*h`` elements; recompute runs the forward (2 more) again in backward.
+    layers : blocks on this rank's stage.  Returns 0 for tp == 1.
+    """
+    count = (6 if recompute else 4) * layers * micro_batches
+    return count * allreduce_bytes(b * s * h, tp, itemsize)
+
+
+def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next):
+    """Bytes one pipeline stage sends per step: the ``(b, s, h)`` activation to the
+    next stage and its gradient to the previous one, per micro-batch (Narayanan
+    et al. 2021, section 2.2)."""
+    return (int(bool(has_prev)) + int(bool(has_next))) * micro_batches * b * s * h * itemsize

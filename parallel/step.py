@@ -14,10 +14,12 @@ import numpy as np
 
 from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
-from minivit.optim import SGD, AdamW, clip_grad_norm_, grad_sumsq
+from minivit.optim import SGD, AdamW, clip_coefficient, clip_grad_norm_, grad_sumsq
 
 from . import cost
 from .data_parallel import DataParallel
+from .model_parallel import weighted_sumsq
+from .pipeline import Pipeline, check_schedule
 from .zero import ZeroOptimizer
 
 
@@ -38,6 +40,8 @@ class ParallelTrainer:
     max_grad_norm : global-norm clipping threshold, or None for no clipping
         (the norm is measured and returned either way).
     smoothing : label smoothing of the cross-entropy.
+    schedule : pipeline schedule "gpipe" or "1f1b" (used when ``grid.pp > 1``;
+        ``model`` is then a ``model_parallel.ModelShard``, as it must be for tp > 1).
 
     The constructor broadcasts rank 0's parameters over dp and verifies the
     replicas are bitwise identical.  Raises ValueError for a bad stage, accum,
@@ -46,7 +50,8 @@ class ParallelTrainer:
 
     def __init__(self, model, grid, *, zero=0, accum=1, bucket_bytes=25 * 2**20,
                  overlap=False, optimizer="adamw", betas=(0.9, 0.999), eps=1e-8,
-                 momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0):
+                 momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0,
+                 schedule="1f1b"):
         if zero not in (0, 1, 2, 3):
             raise ValueError(f"zero={zero!r}: expected a ZeRO stage 0, 1, 2 or 3")
         if overlap and zero >= 2:
@@ -74,6 +79,11 @@ class ParallelTrainer:
         else:
             self.optimizer = ZeroOptimizer(model, self.comm, zero, **hyper)
         self.step_count = 0
+        self.pipeline = None
+        if grid.pp > 1:
+            check_schedule(schedule, accum, grid.pp)
+            self.pipeline = Pipeline(model, grid, schedule)
+        self.schedule = schedule
 
     def train_step(self, micro_batches, lr):
         """One optimizer step on this rank's slice of the global batch.
@@ -94,6 +104,10 @@ class ParallelTrainer:
         scale = 1.0 / (self.accum * self.comm.size)
         totals = np.zeros(2, dtype=np.float64)   # scaled loss, correct top-1 predictions
         images = 0
+        if self.pipeline is not None:
+            totals, images = self.pipeline.run(micro_batches, scale, self.smoothing,
+                                               before_last_backward=self.dp.arm)
+            micro_batches = ()   # every stage syncs its gradients over dp once, below
         for i, (x, y) in enumerate(micro_batches):
             logits, ctx = self.model.forward(x)
             loss, loss_ctx = cross_entropy_forward(logits, y, self.smoothing)
@@ -107,6 +121,8 @@ class ParallelTrainer:
         self.step_count += 1
         norm = self._optimizer_step(lr)
         # one float64 all-reduce carries both logged numbers
+        if self.grid.pp > 1:      # only the last stage computed the loss
+            self.grid.pp_group.allreduce(totals)
         loss, correct = self.comm.allreduce(totals)
         entries = self.comm.ledger.since(mark)
         return {"loss": float(loss), "accuracy": float(correct) / (images * self.comm.size),
@@ -117,8 +133,18 @@ class ParallelTrainer:
     def _optimizer_step(self, lr):
         if self.zero == 0:
             grad = self.model.flat.grad
-            norm = (clip_grad_norm_(grad, self.max_grad_norm) if self.max_grad_norm
-                    else math.sqrt(grad_sumsq(grad)))
+            groups = getattr(self.model, "norm_groups", ())
+            if groups:   # tensor/pipeline parallel: the norm spans every shard and stage
+                local = weighted_sumsq(grad, self.model.norm_weight)
+                for comm in groups:
+                    local = comm.allreduce_scalar(local)
+                norm = math.sqrt(local)
+                coef = clip_coefficient(norm, self.max_grad_norm) if self.max_grad_norm else 1
+                if coef < 1:
+                    grad *= grad.dtype.type(coef)
+            else:
+                norm = (clip_grad_norm_(grad, self.max_grad_norm) if self.max_grad_norm
+                        else math.sqrt(grad_sumsq(grad)))
             self.optimizer.step(lr)
             self.model.flat.zero_grad()
             return norm

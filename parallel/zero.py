@@ -27,6 +27,7 @@ import numpy as np
 
 from minivit.optim import adamw_update, clip_coefficient, grad_sumsq
 
+from .model_parallel import weighted_sumsq
 from .shard import ShardLayout
 
 
@@ -56,6 +57,11 @@ class ZeroOptimizer:
         self.exp_avg = np.zeros(self.layout.numel, self.dtype)
         self.exp_avg_sq = np.zeros(self.layout.numel, self.dtype)
         self.decay_shard = self.layout.extract(flat.decay_mask)
+        # tensor/pipeline parallel: count replicated tensors once, sum over tp and pp
+        self.norm_weight = getattr(model, "norm_weight", None)
+        self.norm_groups = list(getattr(model, "norm_groups", ()))
+        if self.norm_weight is not None and stage >= 2:
+            self.norm_weight = self.layout.extract(self.norm_weight)
         self.grad_shard = None
         self.param_shard = None
         if stage >= 2:
@@ -92,10 +98,17 @@ class ZeroOptimizer:
 
         Stage 1 holds the full all-reduced gradient, so the norm is local;
         stages 2-3 all-reduce the sum of squares of their shards (padding is zero).
+        Under tensor/pipeline parallelism (``ModelShard``) the sum of squares is
+        further all-reduced over tp and pp, tp-replicated tensors weighted once.
         """
-        if self.stage == 1:
-            return float(np.sqrt(grad_sumsq(self.model.flat.grad)))
-        return float(np.sqrt(self.comm.allreduce_scalar(grad_sumsq(self.grad_shard))))
+        grad = self.model.flat.grad if self.stage == 1 else self.grad_shard
+        local = (grad_sumsq(grad) if self.norm_weight is None
+                 else weighted_sumsq(grad, self.norm_weight))
+        if self.stage >= 2:
+            local = self.comm.allreduce_scalar(local)
+        for comm in self.norm_groups:
+            local = comm.allreduce_scalar(local)
+        return float(np.sqrt(local))
 
     def step(self, lr, step, max_grad_norm=None):
         norm = self.grad_norm()      # measured even without clipping, for the log

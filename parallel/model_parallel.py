@@ -1,0 +1,148 @@
+"""The part of a ViT one rank holds under tensor and pipeline parallelism.
+
+Pipeline stages follow GPipe (Huang et al. 2019, section 2.2) and Megatron-LM
+(Narayanan et al. 2021, section 2.2): the units ``[embed, blocks..., head]``
+are cut into ``pp`` contiguous stages, balanced by parameter count (each stage
+gets at least one block; embedding on the first stage, head on the last).
+Within a stage, blocks are tensor-parallel over ``tp`` (Shoeybi et al. 2019,
+section 3; ``tensor_parallel.py``).
+
+``ModelShard`` has the interface of ``minivit.model.ViT`` that data
+parallelism, ZeRO and ``ParallelTrainer`` use (``units``, ``flat``,
+``unit_ranges()``, ``forward``/``backward``), so they work on it unchanged.
+"""
+import numpy as np
+
+from minivit.model import Block, Embed, Head
+from minivit.params import FlatParams
+
+from .cost import vit_unit_sizes
+from .recompute import Recompute
+from .tensor_parallel import TensorParallelBlock, check_divisible
+
+
+def balance_stages(unit_sizes, pp):
+    """Cut units ``[embed, block_0..block_{L-1}, head]`` into ``pp`` contiguous stages.
+
+    unit_sizes : parameter count of each unit (``cost.vit_unit_sizes``).
+    Returns ``[(lo, hi)]`` block index ranges, one per stage, minimising the
+    largest stage parameter count (embed counted on stage 0, head on the last);
+    ties go to the earlier cut.  Exact dynamic programme, O(pp L^2).
+    Raises ValueError when there are fewer blocks than stages.
+    """
+    embed, blocks, head = unit_sizes[0], list(unit_sizes[1:-1]), unit_sizes[-1]
+    depth = len(blocks)
+    if pp < 1 or depth < pp:
+        raise ValueError(f"pp={pp} pipeline stages but depth={depth} blocks: expected "
+                         "1 <= pp <= depth (each stage holds at least one block)")
+    prefix = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
+
+    def cost(s, lo, hi):
+        return (prefix[hi] - prefix[lo] + (embed if s == 0 else 0)
+                + (head if s == pp - 1 else 0))
+
+    inf = float("inf")
+    best = [[inf] * (depth + 1) for _ in range(pp + 1)]   # best[s][i]: stages < s cover blocks < i
+    cut = [[0] * (depth + 1) for _ in range(pp + 1)]
+    best[0][0] = 0
+    for s in range(pp):
+        for hi in range(s + 1, depth + 1):
+            for lo in range(s, hi):
+                value = max(best[s][lo], cost(s, lo, hi))
+                if value < best[s + 1][hi]:
+                    best[s + 1][hi], cut[s + 1][hi] = value, lo
+    ranges, hi = [], depth
+    for s in range(pp, 0, -1):
+        lo = cut[s][hi]
+        ranges.append((lo, hi))
+        hi = lo
+    return ranges[::-1]
+
+
+class ModelShard:
+    """This rank's stage of the ViT, tensor-parallel over ``grid.tp_group``.
+
+    config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
+    grid : ProcessGrid; recompute : wrap each block in ``recompute.Recompute``.
+
+    forward(x): stage 0 takes images (B, C, H, W); later stages the (B, T, D)
+    activation; the last stage returns logits (B, K), others (B, T, D).
+    backward(dy, ctx) -> dx of the stage input (the images' gradient on stage 0).
+    Attributes: ``units``, ``unit_names``, ``flat``, ``stage_blocks`` (lo, hi),
+    ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
+    global gradient norm, or None when tp == 1), ``norm_groups`` (communicators
+    over which the squared norm is summed: tp and pp when > 1).
+    Raises ValueError on heads / MLP width not divisible by tp, or depth < pp.
+    """
+
+    def __init__(self, config, seed, grid, recompute=False):
+        tp = grid.tp
+        if tp > 1:
+            check_divisible("heads", config.heads, tp)
+            check_divisible("mlp_dim", config.mlp_dim, tp)
+        self.config, self.seed, self.grid = config, seed, grid
+        self.stages = balance_stages(vit_unit_sizes(config), grid.pp)
+        lo, hi = self.stages[grid.pp_rank]
+        self.stage_blocks = (lo, hi)
+        units, names = [], []
+        if grid.is_first_stage:
+            units.append(Embed(config, seed))
+            names.append("embed")
+        for i in range(lo, hi):
+            block = (TensorParallelBlock(f"blocks.{i}", config, seed, grid.tp_group) if tp > 1
+                     else Block(f"blocks.{i}", config, seed))
+            units.append(Recompute(block) if recompute else block)
+            names.append(f"blocks.{i}")
+        if grid.is_last_stage:
+            units.append(Head(config, seed))
+            names.append("head")
+        self.units, self.unit_names = units, names
+        self.flat = FlatParams(self.parameters(), config.dtype)
+        self.norm_weight = None
+        if tp > 1:
+            self.norm_weight = np.zeros(self.flat.numel, config.dtype)
+            for prm in self.parameters():
+                start, stop, _ = self.flat.offsets[prm.name]
+                # replicated tensors are counted on tp rank 0 only
+                if getattr(prm, "tp_sharded", False) or grid.tp_rank == 0:
+                    self.norm_weight[start:stop] = 1.0
+        self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+
+    def parameters(self):
+        return [p for u in self.units for p in u.parameters()]
+
+    def unit_ranges(self):
+        ranges = []
+        for u in self.units:
+            ps = u.parameters()
+            ranges.append((self.flat.offsets[ps[0].name][0], self.flat.offsets[ps[-1].name][1]))
+        return ranges
+
+    @property
+    def num_params(self):
+        """Parameters held by this rank (a shard of the model)."""
+        return self.flat.numel
+
+    def zero_grad(self):
+        self.flat.zero_grad()
+
+    def forward(self, x):
+        ctxs = []
+        for unit in self.units:
+            x, ctx = unit.forward(x)
+            ctxs.append(ctx)
+        return x, ctxs
+
+    def backward(self, dy, ctx):
+        # forward: y = unit_n(... unit_1(x)) over this stage's units
+        for unit, c in zip(reversed(self.units), reversed(ctx)):
+            dy = unit.backward(dy, c)
+        return dy
+
+
+def weighted_sumsq(grad, weight):
+    """Sum of ``weight * grad**2`` in float64 (``weight`` None: plain sum of squares)."""
+    g = np.asarray(grad, dtype=np.float64).ravel()
+    if weight is None:
+        return float(np.dot(g, g))
+    return float(np.dot(g * np.asarray(weight, dtype=np.float64).ravel(), g))

@@ -1,0 +1,135 @@
+"""Pipeline parallelism: GPipe and 1F1B schedules over the pp group.
+
+GPipe: Huang et al. 2019, "GPipe: Efficient Training of Giant Neural Networks
+using Pipeline Parallelism", section 2.2 (all forwards, then all backwards).
+1F1B: Narayanan et al. 2021, "Efficient Large-Scale Language Model Training
+on GPU Clusters Using Megatron-LM", section 2.2.1 (PipeDream-Flush: warm-up of
+``pp - stage - 1`` forwards, steady state of one forward and one backward,
+cool-down of the remaining backwards).  Both flush at the end of every step,
+so the update is the synchronous one of the serial model.
+
+Bubble fraction (idle share of a stage's step time, equal-cost micro-batches,
+Narayanan et al. eq. 1): ``(p - 1) / (m + p - 1)`` for both schedules; 1F1B
+only bounds the contexts alive per stage by ``pp`` instead of ``m``.
+
+Transport: stage ``s`` sends its output activation ``(b, T, D)`` to ``s + 1``
+and receives the gradient of that activation back, through the audited pp
+communicator (``isend`` + blocking ``recv``; the sends are completed at the
+end of the schedule, so no pair of stages can block each other).
+"""
+import time
+
+import numpy as np
+
+from minivit.loss import cross_entropy_backward, cross_entropy_forward
+
+from .recompute import ctx_nbytes
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def check_schedule(schedule, micro_batches, pp):
+    """Raise ValueError for an unknown schedule, or 1F1B with fewer micro-batches than stages."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
+    if schedule == "1f1b" and pp > 1 and micro_batches < pp:
+        raise ValueError(
+            f"1F1B with {micro_batches} micro-batches on pp={pp} stages: expected at least pp "
+            "micro-batches per step (raise --global-batch or lower --micro-batch; "
+            "accumulation = micro-batches of the pipeline)")
+
+
+def schedule_order(schedule, m, pp, stage):
+    """The list of ``("F"|"B", micro_batch)`` operations stage ``stage`` runs in a step."""
+    if schedule == "gpipe":
+        return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
+    warmup = min(pp - stage - 1, m)
+    ops = [("F", i) for i in range(warmup)]
+    for i in range(m - warmup):
+        ops += [("F", warmup + i), ("B", i)]
+    return ops + [("B", i) for i in range(m - warmup, m)]
+
+
+class Pipeline:
+    """Run one step's forward and backward passes of ``model`` (a ModelShard) on its stage.
+
+    grid : ProcessGrid (pp_group, prev/next stage).  schedule : "gpipe" or "1f1b".
+    After :meth:`run`, ``events`` holds ``(kind 0=F/1=B, micro-batch, start_s, end_s)``
+    rows (``time.perf_counter``, a clock shared by the processes of one host),
+    ``peak_contexts`` the most micro-batch contexts alive at once on this stage
+    and ``peak_activation_bytes`` their largest total ``ctx_nbytes``.
+    """
+
+    def __init__(self, model, grid, schedule):
+        check_schedule(schedule, grid.pp, grid.pp)   # name check; m is checked per step
+        self.model, self.grid, self.schedule = model, grid, schedule
+        self.comm = grid.pp_group
+        self.events = np.zeros((0, 4))
+        self.peak_contexts = 0
+        self.peak_activation_bytes = 0
+
+    def run(self, micro_batches, scale, smoothing=0.0, before_last_backward=None):
+        """Forward and backward of every micro-batch; gradients accumulate in the model.
+
+        micro_batches : list of ``(x (b, C, H, W), y (b,))`` (every stage gets the
+            same list; the first uses x, the last y).
+        scale : loss-gradient scale (1 / (accum * dp)).
+        before_last_backward : optional callable run before the last backward
+            (arms overlapped dp all-reduces).
+        Returns ``(totals, images)``: float64 [sum of scaled losses, correct top-1]
+        (non-zero on the last stage only) and the number of images.
+        Raises ValueError (same on every rank, before any send) for 1F1B with
+        fewer micro-batches than stages.
+        """
+        grid, model = self.grid, self.model
+        m = len(micro_batches)
+        check_schedule(self.schedule, m, grid.pp)
+        cfg = model.config
+        dtype = np.dtype(cfg.dtype)
+        stage, last = grid.pp_rank, grid.is_last_stage
+        ctxs, sends, events = {}, [], []
+        totals = np.zeros(2, dtype=np.float64)
+        peak_n = peak_bytes = 0
+        ops = schedule_order(self.schedule, m, grid.pp, stage)
+        n_backward = 0
+        for kind, i in ops:
+            x, y = micro_batches[i]
+            shape = (len(y), cfg.seq_len, cfg.dim)
+            if kind == "F":
+                if not grid.is_first_stage:
+                    x = self.comm.recv(np.empty(shape, dtype), stage - 1, tag=2 * i)
+                t0 = time.perf_counter()
+                out, ctx = model.forward(x)
+                if last:
+                    loss, loss_ctx = cross_entropy_forward(out, y, smoothing)
+                    totals += (loss * scale, int((out.argmax(axis=1) == y).sum()))
+                    ctx = (ctx, loss_ctx)
+                ctxs[i] = ctx
+                events.append((0, i, t0, time.perf_counter()))
+                peak_n = max(peak_n, len(ctxs))
+                peak_bytes = max(peak_bytes, sum(ctx_nbytes(c) for c in ctxs.values()))
+                if not last:
+                    buf = np.ascontiguousarray(out)   # kept referenced until the send completes
+                    sends.append((buf, self.comm.isend(buf, stage + 1, tag=2 * i)))
+            else:
+                if last:
+                    ctx, loss_ctx = ctxs.pop(i)
+                    dy = cross_entropy_backward(loss_ctx, scale)
+                else:
+                    ctx = ctxs.pop(i)
+                    dy = self.comm.recv(np.empty(shape, dtype), stage + 1, tag=2 * i + 1)
+                n_backward += 1
+                if n_backward == m and before_last_backward is not None:
+                    before_last_backward()
+                t0 = time.perf_counter()
+                dx = model.backward(dy, ctx)
+                events.append((1, i, t0, time.perf_counter()))
+                if not grid.is_first_stage:
+                    buf = np.ascontiguousarray(dx)
+                    sends.append((buf, self.comm.isend(buf, stage - 1, tag=2 * i + 1)))
+        for _, request in sends:
+            request.wait()
+        self.events = np.array(events, dtype=np.float64)
+        self.peak_contexts, self.peak_activation_bytes = peak_n, peak_bytes
+        images = sum(len(y) for _, y in micro_batches)
+        return totals, images

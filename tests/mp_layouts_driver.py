@@ -1,0 +1,158 @@
+"""MPI driver for tests/test_tp_pp.py: many (dp, tp, pp) layouts in one mpirun launch.
+
+    mpirun -n N python tests/mp_layouts_driver.py '<json list of layouts>'
+
+For each layout (keys dp, tp, pp, zero, schedule, recompute, micro_batch), every rank
+trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
+1e-10 relative, the losses, gradient norms and its parameter shard with a
+single-process ViT trained in the same process on the same global batch.  It
+also checks: tp-replicated parameters bitwise identical over tp; the ledger's tp
+all-reduce and pp send bytes equal cost.py; 1F1B peak contexts <= pp.  A layout
+with ``"grads": true`` instead checks that after one pipelined step the dp
+replicas of every stage hold identical gradients.  Rank 0 prints one
+``OK <layout> ...`` line per layout; any failure raises (the guard ends all ranks).
+"""
+import json
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from minivit.config import get_config
+from minivit.data import RandomImages, StepBatches
+from minivit.model import ViT
+from minivit.parallel import cost
+from minivit.parallel.data_parallel import parameter_digest
+from minivit.parallel.grid import ProcessGrid
+from minivit.parallel.guard import install_guard
+from minivit.parallel.model_parallel import ModelShard
+from minivit.parallel.step import ParallelTrainer
+from minivit.parallel.tensor_parallel import shard_index
+
+GLOBAL_BATCH, STEPS, LR, CLIP = 8, 3, 1e-2, 0.05
+CONFIG = get_config("vit-nano", dtype="float64")
+
+
+def batches(dp_rank, dp, micro_batch):
+    data = RandomImages(32, CONFIG.image_size, CONFIG.in_chans, CONFIG.num_classes, seed=1,
+                        dtype="float64")
+    return StepBatches(data, GLOBAL_BATCH, micro_batch, rank=dp_rank, world_size=dp).iterate(0)
+
+
+def reference():
+    """Losses, grad norms and final parameters of the single-process run."""
+    grid = ProcessGrid(MPI.COMM_SELF, dp=1)
+    model = ViT(CONFIG, seed=3)
+    trainer = ParallelTrainer(model, grid, accum=4, max_grad_norm=CLIP)
+    it = batches(0, 1, 2)
+    outs = [trainer.train_step(next(it)[1], LR) for _ in range(STEPS)]
+    grid.free()
+    return ([o["loss"] for o in outs], [o["grad_norm"] for o in outs],
+            model.flat.state_dict())
+
+
+def reference_grads():
+    model = ViT(CONFIG, seed=3)
+    for x, y in next(batches(0, 1, 2))[1]:
+        from minivit.loss import cross_entropy_backward, cross_entropy_forward
+        logits, ctx = model.forward(x)
+        _, lctx = cross_entropy_forward(logits, y)
+        model.backward(cross_entropy_backward(lctx, 1.0 / 4), ctx)
+    return model.flat.named_arrays(model.flat.grad)
+
+
+def close(a, b, what):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    err = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+    if not err <= 1e-10:
+        raise AssertionError(f"{what}: relative error {err:.3e} > 1e-10")
+    return err
+
+
+def run_layout(lay, ref, world):
+    dp, tp, pp = lay["dp"], lay["tp"], lay["pp"]
+    micro = lay.get("micro_batch", 2)
+    grid = ProcessGrid(world, dp=dp, tp=tp, pp=pp)
+    model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
+    accum = GLOBAL_BATCH // (micro * dp)
+    trainer = ParallelTrainer(model, grid, zero=lay.get("zero", 0), accum=accum,
+                              max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"))
+    it = batches(grid.dp_rank, dp, micro)
+    if lay.get("grads"):
+        return check_grads(trainer, grid, next(it)[1], accum)
+    worst = 0.0
+    for step in range(STEPS):
+        mark = grid.ledger.mark()
+        out = trainer.train_step(next(it)[1], LR)
+        worst = max(worst, close(out["loss"], ref[0][step], f"loss step {step + 1}"),
+                    close(out["grad_norm"], ref[1][step], f"grad norm step {step + 1}"))
+        check_ledger(grid, model, trainer, lay, micro, accum, mark)
+    full = trainer.full_parameters()
+    for name, value in model.flat.named_arrays(full).items():
+        expected = ref[2][name][shard_index(name, CONFIG, tp, grid.tp_rank)]
+        worst = max(worst, close(value, expected, f"parameter {name}"))
+    check_replicated(model, grid, full)
+    peak = trainer.pipeline.peak_contexts if trainer.pipeline else 1
+    if pp > 1 and trainer.schedule == "1f1b" and peak > pp:
+        raise AssertionError(f"1F1B peak contexts {peak} > pp={pp}")
+    peaks = grid.world.allgather(np.array([peak], np.int64), np.empty(grid.world_size, np.int64))
+    grid.free()
+    return f"max rel err {worst:.1e}; peak contexts per rank {peaks.tolist()} (m={accum})"
+
+
+def check_ledger(grid, model, trainer, lay, micro, accum, mark):
+    """tp all-reduces of activations and pp sends equal cost.py exactly."""
+    b, s, h, item = micro, CONFIG.seq_len, CONFIG.dim, 8
+    layers = model.stage_blocks[1] - model.stage_blocks[0]
+    entries = grid.ledger.since(mark)
+    act = b * s * h
+    tp_bytes = sum(e.bytes for e in entries if e.group == "tp" and e.op == "allreduce"
+                   and e.bytes == cost.allreduce_bytes(act, grid.tp, item))
+    want = cost.tp_step_bytes(b, s, h, layers, accum, grid.tp, item, lay.get("recompute", False))
+    if grid.tp > 1 and tp_bytes != want:
+        raise AssertionError(f"tp all-reduce bytes {tp_bytes} != cost.py {want}")
+    pp_bytes = sum(e.bytes for e in entries if e.group == "pp" and e.op == "send")
+    want = cost.pp_step_bytes(b, s, h, accum, item, not grid.is_first_stage,
+                              not grid.is_last_stage)
+    if pp_bytes != want:
+        raise AssertionError(f"pp send bytes {pp_bytes} != cost.py {want}")
+
+
+def check_replicated(model, grid, full):
+    if grid.tp == 1:
+        return
+    replicated = [full[lo:hi] for n, (lo, hi, _) in model.flat.offsets.items()
+                  if isinstance(shard_index(n, CONFIG, grid.tp, 0), slice)]
+    digest = parameter_digest(np.concatenate(replicated))
+    digests = grid.tp_group.allgather(digest, np.empty(grid.tp, np.uint64))
+    if len(set(digests.tolist())) != 1:
+        raise AssertionError(f"tp-replicated parameters differ across tp: {digests.tolist()}")
+
+
+def check_grads(trainer, grid, micro_batches, accum):
+    trainer.pipeline.run(micro_batches, 1.0 / (accum * grid.dp))
+    trainer.dp.sync_gradients()
+    grad = trainer.model.flat.grad
+    digests = grid.dp_group.allgather(parameter_digest(grad), np.empty(grid.dp, np.uint64))
+    if len(set(digests.tolist())) != 1:
+        raise AssertionError(f"stage {grid.pp_rank}: dp gradient replicas differ")
+    ref = reference_grads()
+    worst = max(close(g, ref[n], f"gradient {n}")
+                for n, g in trainer.model.flat.named_arrays(grad).items())
+    grid.free()
+    return f"dp gradient replicas bitwise identical on every stage; max rel err {worst:.1e}"
+
+
+def main():
+    world = MPI.COMM_WORLD
+    install_guard(world)
+    layouts = json.loads(sys.argv[1])
+    ref = reference()
+    for lay in layouts:
+        message = run_layout(lay, ref, world)
+        if world.Get_rank() == 0:
+            print(f"OK {json.dumps(lay, sort_keys=True)} {message}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
