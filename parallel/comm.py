@@ -34,6 +34,21 @@ class Ledger:
 
     def __init__(self):
         self.entries = []
+        # What this process is blocked in right now, and a counter bumped at every
+        # call entry and exit: the watchdog (parallel/watchdog.py) reads both from
+        # its own thread to tell "waiting in a collective" from "no progress".
+        self.in_flight = None       # (op, group, bytes, time.monotonic() at entry) or None
+        self.progress = 0
+
+    def begin(self, op, group, nbytes):
+        """Mark ``op`` on ``group`` as in flight (called by the wrapper on entry)."""
+        self.in_flight = (op, group, int(nbytes), time.monotonic())
+        self.progress += 1
+
+    def end(self):
+        """Clear the in-flight mark (called by the wrapper when the call returns)."""
+        self.in_flight = None
+        self.progress += 1
 
     def record(self, op, group, nbytes, seconds):
         entry = Entry(op, group, int(nbytes), float(seconds))
@@ -89,7 +104,9 @@ class Request:
     def wait(self):
         if not self.done:
             start = time.perf_counter()
+            self._ledger.begin(*self._info)
             self._request.Wait()
+            self._ledger.end()
             self.done = True
             self._ledger.record(*self._info, time.perf_counter() - start)
 
@@ -123,7 +140,9 @@ class Communicator:
         if self.before_op is not None:
             self.before_op(op)
         start = time.perf_counter()
+        self.ledger.begin(op, self.name, nbytes)
         call()
+        self.ledger.end()
         self.ledger.record(op, self.name, nbytes, time.perf_counter() - start)
 
     def _post(self, op, nbytes, call):

@@ -14,7 +14,7 @@ import numpy as np
 
 from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
-from minivit.optim import SGD, AdamW, clip_coefficient, clip_grad_norm_, grad_sumsq
+from minivit.optim import SGD, AdamW, clip_coefficient, grad_sumsq
 
 from . import cost
 from .data_parallel import DataParallel
@@ -93,9 +93,11 @@ class ParallelTrainer:
         lr : learning rate of this step.
         Returns dict ``loss`` (mean over the global batch), ``accuracy`` (top-1
         over the global batch, in [0, 1]), ``grad_norm`` (global norm of the
-        mean gradient, before clipping), ``comm_bytes`` (bytes this rank sent
-        in the step, all groups), ``comm_seconds`` (seconds blocked in
-        communication).
+        mean gradient, before clipping), ``finite`` (False when the loss or the
+        norm is NaN/inf: then no update ran, the gradients were dropped and
+        ``step_count`` did not advance; every rank returns the same value),
+        ``comm_bytes`` (bytes this rank sent in the step, all groups),
+        ``comm_seconds`` (seconds blocked in communication).
         Raises ValueError unless there are ``accum`` micro-batches.
         """
         if len(micro_batches) != self.accum:
@@ -118,37 +120,57 @@ class ParallelTrainer:
             self.model.backward(cross_entropy_backward(loss_ctx, scale), ctx)
         if self.zero <= 1:
             self.dp.sync_gradients()
-        self.step_count += 1
-        norm = self._optimizer_step(lr)
-        # one float64 all-reduce carries both logged numbers
+        # one float64 all-reduce carries both logged numbers; it runs before the
+        # update so that the loss and the gradient norm, which are all-reduced values
+        # and hence bitwise the same on every rank, decide on every rank alike
+        # whether the update may run (the non-finite guard)
         if self.grid.pp > 1:      # only the last stage computed the loss
             self.grid.pp_group.allreduce(totals)
         loss, correct = self.comm.allreduce(totals)
+        norm = self._grad_norm()
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.step_count += 1
+            self._optimizer_step(lr, norm)
+        else:
+            self._drop_gradients()      # parameters and optimizer state stay untouched
         entries = self.comm.ledger.since(mark)
         return {"loss": float(loss), "accuracy": float(correct) / (images * self.comm.size),
-                "grad_norm": norm,
+                "grad_norm": norm, "finite": finite,
                 "comm_bytes": sum(e.bytes for e in entries),
                 "comm_seconds": sum(e.seconds for e in entries)}
 
-    def _optimizer_step(self, lr):
+    def _grad_norm(self):
+        """Global L2 norm of the synchronised mean gradient (collective at ZeRO 2-3)."""
+        if self.zero:
+            return self.optimizer.grad_norm()
+        groups = getattr(self.model, "norm_groups", ())
+        if not groups:
+            return math.sqrt(grad_sumsq(self.model.flat.grad))
+        # tensor/pipeline parallel: the norm spans every shard and stage, with
+        # tp-replicated tensors counted once
+        local = weighted_sumsq(self.model.flat.grad, self.model.norm_weight)
+        for comm in groups:
+            local = comm.allreduce_scalar(local)
+        return math.sqrt(local)
+
+    def _drop_gradients(self):
+        if self.zero == 0:
+            self.model.flat.zero_grad()
+        else:
+            self.optimizer.drop_gradients()
+
+    def _optimizer_step(self, lr, norm):
         if self.zero == 0:
             grad = self.model.flat.grad
-            groups = getattr(self.model, "norm_groups", ())
-            if groups:   # tensor/pipeline parallel: the norm spans every shard and stage
-                local = weighted_sumsq(grad, self.model.norm_weight)
-                for comm in groups:
-                    local = comm.allreduce_scalar(local)
-                norm = math.sqrt(local)
-                coef = clip_coefficient(norm, self.max_grad_norm) if self.max_grad_norm else 1
-                if coef < 1:
+            if self.max_grad_norm:
+                coef = clip_coefficient(norm, self.max_grad_norm)
+                if coef < 1.0:      # as minivit.optim.clip_grad_norm_, from the measured norm
                     grad *= grad.dtype.type(coef)
-            else:
-                norm = (clip_grad_norm_(grad, self.max_grad_norm) if self.max_grad_norm
-                        else math.sqrt(grad_sumsq(grad)))
             self.optimizer.step(lr)
             self.model.flat.zero_grad()
-            return norm
-        return self.optimizer.step(lr, self.step_count, self.max_grad_norm)
+            return
+        self.optimizer.step(lr, self.step_count, self.max_grad_norm, norm=norm)
 
     # ------------------------------------------------------------ audit
     def predicted_step_bytes(self):
@@ -198,7 +220,7 @@ class ParallelTrainer:
 
 
 def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_step=0,
-               log=None, audit=None):
+               log=None, audit=None, skip_nonfinite=0, stop=None):
     """Run optimizer steps ``start_step .. steps - 1``; returns the metric records.
 
     step_batches : iterator of ``(epoch, [(x, y), ...])`` for this rank
@@ -207,14 +229,27 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
     log : optional ``f(record)``; audit : optional ``f(step, ledger_mark)`` run
         after each step (prints the ``--audit`` tables).  The ledger is cleared
         after each step, so it never holds more than one step of entries.
+    skip_nonfinite : how many steps with a non-finite loss or gradient norm may be
+        skipped (no update, gradients dropped, data and schedule move on, as a
+        mixed-precision loss scaler skips an overflowing step); 0 stops at the first.
+    stop : optional collective ``f(steps_done) -> bool`` run on every rank after
+        each step, after the ledger is cleared (so outside the audited step);
+        True ends the loop early (``parallel.preempt.Preemption.agree``).
     Record keys as ``minivit.train.train_loop``: step, epoch, loss, accuracy
-    (train-batch top-1), lr, grad_norm, step_time_s, images_per_s, gflops_per_s, comm_bytes (this rank),
-    plus comm_s (seconds blocked in communication).
-    Raises FloatingPointError when the loss stops being finite (on every rank:
-    the loss is all-reduced, so all ranks stop together).
+    (train-batch top-1), lr, grad_norm, step_time_s, images_per_s, gflops_per_s,
+    comm_bytes (this rank), plus comm_s (seconds blocked in communication); a
+    skipped step adds ``skipped: true`` and ``skipped_total`` (count so far).
+    Raises FloatingPointError naming the step when a non-finite loss or gradient
+    norm exceeds the ``skip_nonfinite`` budget.  The check runs before the
+    optimizer update on all-reduced values, so every rank raises at the same
+    step and the parameters are still those of the last good step.
+    Raises ValueError for a negative ``skip_nonfinite``.
     """
+    if isinstance(skip_nonfinite, bool) or not isinstance(skip_nonfinite, int) \
+            or skip_nonfinite < 0:
+        raise ValueError(f"skip_nonfinite={skip_nonfinite!r}: expected an integer >= 0")
     flops = train_flops(trainer.model.config, global_batch)
-    records = []
+    records, skipped = [], 0
     for step in range(start_step, steps):
         t0 = time.perf_counter()
         epoch, micro_batches = next(step_batches)
@@ -228,6 +263,9 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
                   "images_per_s": global_batch / seconds,
                   "gflops_per_s": flops / seconds / 1e9, "comm_bytes": out["comm_bytes"],
                   "comm_s": out["comm_seconds"]}
+        if not out["finite"]:
+            skipped += 1
+            record.update(skipped=True, skipped_total=skipped)
         records.append(record)
         if log is not None:
             log(record)
@@ -236,6 +274,12 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
         # keep one step of ledger entries: a long run would otherwise grow it without
         # bound (per-step totals are already in the records)
         trainer.comm.ledger.clear()
-        if not math.isfinite(out["loss"]):
-            raise FloatingPointError(f"loss became {out['loss']} at step {step + 1}")
+        if not out["finite"] and skipped > skip_nonfinite:
+            what = (f"loss became {out['loss']}" if not math.isfinite(out["loss"])
+                    else f"gradient norm became {out['grad_norm']}")
+            budget = (f" (non-finite step {skipped}, --skip-nonfinite allows {skip_nonfinite})"
+                      if skip_nonfinite else "")
+            raise FloatingPointError(f"{what} at step {step + 1}{budget}")
+        if stop is not None and stop(step + 1):
+            break
     return records

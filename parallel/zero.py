@@ -39,8 +39,8 @@ class ZeroOptimizer:
     model's full gradient buffer (stage >= 2) and parameter buffer (stage 3).
     Call after the initial parameter broadcast.
 
-    step(lr, step, max_grad_norm=None) -> global gradient norm (float, before
-    clipping).  Hyper-parameters as in ``minivit.optim.AdamW``;
+    step(lr, step, max_grad_norm=None, norm=None) -> global gradient norm (float,
+    before clipping; ``norm`` passes one already measured by :meth:`grad_norm`).  Hyper-parameters as in ``minivit.optim.AdamW``;
     clipping follows ``minivit.optim.clip_grad_norm_`` (PyTorch ``clip_grad_norm_``).
     Raises ValueError for a stage outside 1..3.
     """
@@ -110,8 +110,10 @@ class ZeroOptimizer:
             local = comm.allreduce_scalar(local)
         return float(np.sqrt(local))
 
-    def step(self, lr, step, max_grad_norm=None):
-        norm = self.grad_norm()      # measured even without clipping, for the log
+    def step(self, lr, step, max_grad_norm=None, norm=None):
+        # norm: the caller may have measured it already (the non-finite guard in
+        # parallel/step.py does, before deciding to update), saving a collective
+        norm = self.grad_norm() if norm is None else norm   # measured even without clipping
         coef = clip_coefficient(norm, max_grad_norm) if max_grad_norm else 1.0
         coef = self.dtype.type(coef)
         lay, flat = self.layout, self.model.flat
@@ -143,6 +145,13 @@ class ZeroOptimizer:
         else:
             self.grad_shard.fill(0)
         return norm
+
+    def drop_gradients(self):
+        """Discard the accumulated gradients without updating (a skipped step)."""
+        if self.stage == 1:
+            self.model.flat.zero_grad()
+        else:
+            self.grad_shard.fill(0)
 
     def _allgather_params(self):
         lay, data = self.layout, self.model.flat.data
