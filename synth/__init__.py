@@ -2,7 +2,10 @@
 
 Every generator is a pure function ``(dataset_seed, class_id, instance_id) ->
 uint8 image (H, W, 3)``.  Imports nothing from ``minivit`` model code,
-``minivit.parallel`` or mpi4py (DESIGN.md section 1).
+``minivit.parallel`` or mpi4py (DESIGN.md section 1).  The Numba kernels
+release the GIL (``nogil=True``), so a loader's thread pool renders in
+parallel; generator objects may be shared between threads (their caches only
+ever gain entries that are the same whoever computes them).
 
     >>> gen = make_generator("fractaldb", num_classes=10, size=64, seed=0)
     >>> img = gen.render(3, 17)          # uint8 (64, 64, 3)

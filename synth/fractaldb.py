@@ -252,9 +252,10 @@ class FractalDBGenerator(GeneratorBase):
         weight, flip, patch_id = self.decompose(instance_id)
         system = self.category(class_id)
         factor = None if weight == 0 else float(self.params.factors()[(weight - 1) % 4])
-        key = (class_id, weight, patch_id)
-        if key not in self._status:
-            self._orbit(*key)
+        # render() normally left the status here; another thread may have
+        # cleared the dict meanwhile, then it is recomputed
+        status = self._status.get((class_id, weight, patch_id)) or self._orbit(
+            class_id, weight, patch_id)[5]
         return {
             "kind": self.kind, "seed": self.seed, "class_id": class_id,
             "instance_id": instance_id, "size": self.size,
@@ -262,5 +263,5 @@ class FractalDBGenerator(GeneratorBase):
             "weight": weight, "perturbed_param": None if weight == 0 else "abcdef"[(weight - 1) // 4],
             "factor": factor, "flip": ["none", "up-down", "left-right", "both"][flip],
             "patch": patch_id, "num_points": self.params.num_points, "mode": self.params.mode,
-            "orbit": self._status[key],
+            "orbit": status,
         }

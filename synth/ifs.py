@@ -66,7 +66,7 @@ class IFSystem:
         return det / total
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def chaos_game(maps, cum_probs, num_points, seed, discard):
     """Run the chaos game from (0, 0).
 
@@ -125,7 +125,7 @@ def _pixel_scale(lo, hi, size, pad):
 _BATCH = 512
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def mark_points(mark, size, xs, ys, ks, bounds, pad):
     """Mark the pixel of each point: ``mark[row * size + col] = ks[i] + 1``.
 
@@ -152,7 +152,7 @@ def mark_points(mark, size, xs, ys, ks, bounds, pad):
             mark[buf[i]] = ks[start + i] + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _stamp_marks(flat, mark, nch, offsets, lut):
     """Write the patch of every marked pixel, in raster order (see ``stamp_points``)."""
     for p in range(mark.shape[0]):

@@ -62,7 +62,7 @@ class NewtonParams:
 _BLOCK = 4096  # pixels iterated together (whole rows): the work arrays stay in L2
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, nogil=True)
 def newton_counts(size, x0, y0, step, cr, ci, max_iter, tol):
     """Newton's method for the polynomial with complex coefficients ``cr + i ci``
     (float32 (d+1,), highest power first) from every pixel of a (size, size) grid
@@ -176,7 +176,7 @@ def shade_table(palette, max_iter, gamma):
     return np.round(palette[:, None, :] * v[None, :, None]).astype(np.uint8)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def shade(zr, zi, cnt, roots_r, roots_i, table, radius):
     """Colour pixels by nearest root: uint8 (S, S, 3) with ``table[root, count]``.
 

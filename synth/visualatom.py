@@ -74,7 +74,7 @@ class VisualAtomParams:
             raise ValueError(f"grey range must lie in [0, 255], got {self.grey}")
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def draw_atom(img, cx, cy, sx, sy, radii, greys, grads, cos_t, sin_t, wave, coef, half):
     """Draw all orbits of one atom into uint8 (S, S) ``img``.
 

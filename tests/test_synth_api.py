@@ -101,3 +101,14 @@ def test_bench_json_smoke(capsys):
     assert bench.main(["--json", "--images", "2", "--classes", "2", "--kinds", "newton"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"newton"} and result["newton"] > 0
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATORS))
+def test_threads_sharing_a_generator_get_the_same_bytes(kind):
+    from concurrent.futures import ThreadPoolExecutor
+    ids = [(c, i) for c in range(3) for i in range(3)]
+    shared = make_generator(kind, 3, 20, seed=4, **FAST[kind])
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda ci: shared.render(*ci).tobytes(), ids))
+    fresh = make_generator(kind, 3, 20, seed=4, **FAST[kind])
+    assert threaded == [fresh.render(*ci).tobytes() for ci in ids]
