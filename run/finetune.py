@@ -2,6 +2,7 @@
 
     python run/finetune.py --checkpoint runs/pre/ckpt/step_0000750.h5 --data digits --epochs 10
     python run/finetune.py --checkpoint runs/pre --data digits --epochs 10 --from-scratch
+    python run/finetune.py --model vit-micro --data digits --epochs 10 --from-scratch
     mpirun -n 2 python run/finetune.py --checkpoint CKPT --data shards/train \\
         --eval-data shards/test --epochs 5
 
@@ -22,12 +23,14 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from minivit.checkpoint import CheckpointError
 from minivit.cliconfig import parse_with_config, write_toml
+from minivit.config import PRESETS, get_config
 from minivit.data import accumulation_steps
 from minivit.flops import train_flops
 from minivit.io import Loader
@@ -51,6 +54,8 @@ def build_parser():
                    help="pre-trained checkpoint: a step_XXXXXXX.h5 file, a ckpt/ folder or a "
                         "run folder (newest valid checkpoint); with --from-scratch only its "
                         "architecture is used")
+    p.add_argument("--model", default=None, choices=sorted(PRESETS),
+                   help="with --from-scratch and no --checkpoint: the preset to train")
     p.add_argument("--from-scratch", action="store_true",
                    help="baseline: same architecture, budget and seed, random initialisation")
     p.add_argument("--data", default="digits",
@@ -90,10 +95,13 @@ def build_parser():
 
 def check_args(args, parser, world_size):
     """Flag checks every rank can do alone, before any collective (exit 2 on error)."""
-    if args.checkpoint is None:
-        parser.error("--checkpoint is required (also with --from-scratch: it fixes the "
-                     "architecture)")
-    if not os.path.exists(args.checkpoint):
+    if args.checkpoint is None and not (args.from_scratch and args.model):
+        parser.error("--checkpoint is required (or --from-scratch --model PRESET for a "
+                     "baseline without one)")
+    if args.checkpoint is not None and args.model is not None:
+        parser.error(f"--model {args.model} with --checkpoint: the checkpoint fixes the "
+                     "architecture; expected only one of them")
+    if args.checkpoint is not None and not os.path.exists(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint!r}: no such file or directory")
     try:
         check_source(args.data)
@@ -119,11 +127,16 @@ def check_args(args, parser, world_size):
 
 
 def build_model(args, reader, num_classes):
-    """The ViT with a ``num_classes`` head: backbone from ``reader`` unless --from-scratch."""
+    """The ViT with a ``num_classes`` head: backbone from ``reader`` unless --from-scratch
+    (``reader`` None: the --model preset)."""
+    scratch = f"from scratch (random init, seed {args.seed})"
+    if reader is None:
+        config = get_config(args.model, num_classes=num_classes, dtype=args.dtype)
+        return config, ViT(config, seed=args.seed), scratch
     config = pretrained_config(reader, num_classes, args.dtype)
     model = ViT(config, seed=args.seed)
     if args.from_scratch:
-        return config, model, "from scratch (random init, seed %d)" % args.seed
+        return config, model, scratch
     loaded, kept = load_backbone(model, reader)
     return config, model, (f"{len(loaded)} tensors from {reader.path} (step {reader.step}), "
                            f"new head {', '.join(kept)}")
@@ -133,12 +146,15 @@ def finetune(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=world_comm.Get_size())
     guard.label = grid.coords
     root = grid.rank == 0
-    with open_pretrained(args.checkpoint) as reader:
-        image_size = int(reader.meta["model_config"]["image_size"])
+    with (open_pretrained(args.checkpoint) if args.checkpoint else nullcontext()) as reader:
+        if reader is None:
+            preset, image_size = args.model, get_config(args.model).image_size
+        else:
+            preset = reader.meta.get("preset")
+            image_size = int(reader.meta["model_config"]["image_size"])
         splits = open_data(args.data, image_size=image_size, holdout=args.holdout,
                            eval_spec=args.eval_data, split_seed=args.split_seed)
         config, model, origin = build_model(args, reader, splits.num_classes)
-        preset = reader.meta.get("preset")
     loader = Loader(splits.train, args.micro_batch, rank=grid.dp_rank, world_size=grid.dp,
                     seed=args.seed, augment=args.augment or None, image_size=image_size,
                     num_threads=args.loader_threads)
@@ -205,7 +221,7 @@ def finetune(args, world_comm, guard, parser):
                   "data_description": splits.description, "split_seed": args.split_seed}
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"{mode}: held-out top-1 {final['accuracy']:.2%} ({final['samples']} images, "
-              f"loss {final['loss']:.4f}) after {args.epochs} epochs / {steps} steps\n"
+              f"loss {final['loss']:.4f}) after {steps} steps ({steps / steps_per_epoch:g} epochs)\n"
               f"wrote {out / 'result.json'} and {out / 'metrics.jsonl'}", flush=True)
     grid.free()
 

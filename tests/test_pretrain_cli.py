@@ -81,17 +81,18 @@ def _checkpoint(path, classes=7):
 def test_finetune_digits_from_checkpoint_and_scratch(tmp_path):
     ckpt = tmp_path / "pre" / "ckpt" / "step_0000004.h5"
     _checkpoint(ckpt)
-    common = ["--checkpoint", tmp_path / "pre", "--data", "digits", "--epochs", "1",
+    common = ["--data", "digits", "--epochs", "1",
               "--max-steps", "2", "--micro-batch", "16", "--threads", "1", "--no-progress",
               "--eval-batch", "128"]
-    proc = _run([FINETUNE, *common, "--out", tmp_path / "ft"])
+    proc = _run([FINETUNE, "--checkpoint", tmp_path / "pre", *common, "--out", tmp_path / "ft"])
     result = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert result["mode"] == "pretrained" and result["steps"] == 2
     assert result["heldout_samples"] == 364 and 0 <= result["top1"] <= 1
     assert f"tensors from {ckpt}" in result["origin"] and "new head head.weight" in proc.stdout
     evals = [r for r in _lines(tmp_path / "ft") if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 2] and evals[-1]["accuracy"] == result["top1"]
-    _run([FINETUNE, *common, "--from-scratch", "--out", tmp_path / "sc"])
+    # the baseline: same preset and budget, no checkpoint needed
+    _run([FINETUNE, "--model", "vit-nano", *common, "--from-scratch", "--out", tmp_path / "sc"])
     scratch = json.loads((tmp_path / "sc" / "result.json").read_text())
     assert scratch["mode"] == "scratch" and scratch["steps"] == result["steps"]
     # a different starting point: the first losses differ
@@ -110,6 +111,9 @@ def test_finetune_bad_checkpoint(tmp_path):
                            "--out", tmp_path / "x"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "no valid step_XXXXXXX.h5" in proc.stderr
+    proc = subprocess.run([sys.executable, FINETUNE, "--model", "vit-nano",
+                           "--out", tmp_path / "x"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "--checkpoint is required" in proc.stderr
     assert not (tmp_path / "x").exists()
 
 
