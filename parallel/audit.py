@@ -13,13 +13,18 @@ _STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi
 _MEMORY_FORMULA = {0: "16 Psi", 1: "8 Psi + 8 Psi/p", 2: "4 Psi + 12 Psi/p", 3: "16 Psi/p"}
 
 
-def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1):
+def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1, other=None):
     """Lines of the per-step communication audit.
 
     summary : ``Ledger.summary(since=mark)`` of the step.
     predicted : ``{op: bytes}`` from ``ParallelTrainer.predicted_step_bytes()``.
     psi, p, stage, itemsize, accum : for the closed-form total.
+    other : ``{(op, group): bytes}`` predicted on the tp and pp groups
+        (``mp_cli.predicted_group_bytes``); checked per group, apart from dp.
     """
+    other = other or {}
+    summary = dict(summary)
+    extra = {k: summary.pop(k) for k in list(summary) if k[1] in ("tp", "pp")}
     lines = [f"[audit] step {step}: ZeRO-{stage}, dp={p}, accumulation {accum}, "
              f"Psi={psi:,} parameters x {itemsize} B",
              f"[audit]   {'op':<15}{'group':<7}{'count':>6}{'bytes sent':>14}{'predicted':>14}"]
@@ -35,6 +40,11 @@ def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1):
         else "MISMATCH"
     lines.append(f"[audit]   {'total':<28}{total:>14,}{pred_total:>14,}  {verdict}; closed form "
                  f"{_STAGE_FORMULA[stage]} x {itemsize} B = {closed:,.0f}")
+    for key in sorted(set(extra) | set(other)):
+        row = extra.get(key, {"count": 0, "bytes": 0})
+        ok = "OK" if row["bytes"] == other.get(key, 0) else "MISMATCH"
+        lines.append(f"[audit]   {key[0]:<15}{key[1]:<7}{row['count']:>6}{row['bytes']:>14,}"
+                     f"{other.get(key, 0):>14,}  {ok} (cost.py tp/pp)")
     return lines
 
 

@@ -50,13 +50,15 @@ class DataParallelState:
     gathered per unit from the shards at stages 1-3.
     """
 
-    def __init__(self, trainer):
-        if trainer.grid.tp != 1 or trainer.grid.pp != 1:
+    def __init__(self, trainer, local=False):
+        # local=True: the adapter of this rank's own tensors (its stage and tp slice)
+        # inside ``checkpoint_mp.ModelParallelState``; gather returns on dp rank 0
+        if not local and (trainer.grid.tp != 1 or trainer.grid.pp != 1):
             raise ValueError(f"tp={trainer.grid.tp}, pp={trainer.grid.pp}: DataParallelState "
-                             "expects tp = pp = 1")
+                             "expects tp = pp = 1 (ModelParallelState handles tp/pp)")
         self.trainer, self.model, self.comm = trainer, trainer.model, trainer.comm
         self.stage = trainer.zero
-        self.root = trainer.grid.rank == 0
+        self.root = (trainer.grid.dp_rank if local else trainer.grid.rank) == 0
         opt = trainer.optimizer
         self.kind = "sgd" if type(opt).__name__ == "SGD" else "adamw"
         names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")

@@ -133,3 +133,28 @@ class Pipeline:
         self.peak_contexts, self.peak_activation_bytes = peak_n, peak_bytes
         images = sum(len(y) for _, y in micro_batches)
         return totals, images
+
+
+class PipelineForward:
+    """Forward-only view of a pipelined ``ModelShard`` for evaluation.
+
+    forward(x (B, C, H, W)) -> ``(logits (B, K), None)`` on every rank: the stages
+    run one after the other (no micro-batching: evaluation is cheap next to
+    training), then the last stage broadcasts the logits over pp so every rank
+    can score them (``parallel.evaluate.Evaluator`` takes any such ``model``).
+    """
+
+    def __init__(self, model, grid):
+        self.model, self.grid, self.config = model, grid, model.config
+
+    def forward(self, x):
+        grid, cfg = self.grid, self.config
+        comm, stage = grid.pp_group, grid.pp_rank
+        dtype = np.dtype(cfg.dtype)
+        if not grid.is_first_stage:
+            x = comm.recv(np.empty((x.shape[0], cfg.seq_len, cfg.dim), dtype), stage - 1)
+        out, _ = self.model.forward(x)
+        if not grid.is_last_stage:
+            comm.send(np.ascontiguousarray(out), stage + 1)
+            out = np.empty((x.shape[0], cfg.num_classes), dtype)
+        return comm.broadcast(np.ascontiguousarray(out), root=grid.pp - 1), None

@@ -29,16 +29,15 @@ from minivit.data import RandomImages, StepBatches, accumulation_steps
 from minivit.flops import train_flops
 from minivit.io import Loader
 from minivit.io.sources import SYNTHETIC_KINDS, LoaderSteps, check_source, open_data
-from minivit.model import ViT
 from minivit.optim import WarmupCosine
 from minivit.parallel import audit as audit_tables
+from minivit.parallel import mp_cli
 from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard
 from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.checkpoint import CheckpointError
-from minivit.parallel.checkpoint import DataParallelState
 from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
                                      check_checkpoint_flags, check_global_batch, data_state,
                                      restore_loader, resume_point, run_in_chunks,
@@ -96,8 +95,7 @@ def build_parser():
                         "default: --micro-batch x dp")
     p.add_argument("--dp", type=int, default=None,
                    help="data-parallel size; default: world size / (tp x pp)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (only 1 so far)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (only 1 so far)")
+    mp_cli.add_model_parallel_flags(p)   # --tp --pp --schedule --recompute --offload-dir --timeline
     p.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3],
                    help="ZeRO stage over the dp group: 0 plain DP, 1 optimizer state, "
                         "2 + gradients, 3 + parameters sharded")
@@ -150,9 +148,6 @@ def check_args(args, parser, world_size=1):
         parser.error(f"--eval-every {args.eval_every}: expected >= 0")
     if not 0.0 <= args.holdout < 1.0:
         parser.error(f"--holdout {args.holdout}: expected 0 <= fraction < 1")
-    if args.tp != 1 or args.pp != 1:
-        parser.error(f"--tp {args.tp} --pp {args.pp}: tensor and pipeline parallelism are not "
-                     "yet supported (Parallelism II); expected --tp 1 --pp 1")
     if args.dp is None:
         args.dp = world_size // (args.tp * args.pp)
     try:
@@ -166,6 +161,8 @@ def check_args(args, parser, world_size=1):
                      f"{args.micro_batch} x dp {args.dp} = {args.micro_batch * args.dp}: "
                      "expected a multiple of it (global = micro x accumulation x dp)")
     args.accum = accumulation_steps(args.global_batch, args.micro_batch, args.dp)
+    preset = get_config(args.model)
+    mp_cli.check_model_parallel_flags(args, parser, (preset.heads, preset.mlp_dim, preset.depth))
     if args.optimizer == "sgd" and args.zero:
         parser.error(f"--optimizer sgd --zero {args.zero}: ZeRO here shards AdamW state; "
                      "expected --optimizer adamw or --zero 0")
@@ -237,15 +234,18 @@ def train(args, world_comm, guard, parser):
                    header="resolved flags of run/pretrain.py; rerun with --config this-file")
         truncate_metrics(out / "metrics.jsonl", start)   # steps after the checkpoint are redone
 
-    model = ViT(config, seed=args.seed)
+    model = mp_cli.build_model(args, config, grid)   # ViT, or this rank's tp/pp ModelShard
     trainer = ParallelTrainer(
         model, grid, zero=args.zero, accum=args.accum,
         bucket_bytes=int(args.bucket_mb * 2**20), overlap=args.overlap,
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-        max_grad_norm=args.clip if args.clip > 0 else None, smoothing=args.label_smoothing)
+        max_grad_norm=args.clip if args.clip > 0 else None, smoothing=args.label_smoothing,
+        schedule=args.schedule)
+    offload = mp_cli.attach_offload(args, trainer, grid)
     schedule = WarmupCosine(args.lr, args.warmup, args.steps, args.min_lr)
     ckpt = CheckpointManager(
-        out / "ckpt", DataParallelState(trainer), grid.world, preset=args.model, config=config,
+        out / "ckpt", mp_cli.state_adapter(trainer), grid.world, preset=args.model,
+        config=config,
         save_every=args.save_every, keep_last=args.keep_last,
         meta=lambda step: {"scheduler": schedule.state_dict(),
                            "loader": data_state(batches, args.global_batch),
@@ -275,7 +275,7 @@ def train(args, world_comm, guard, parser):
 
     def evaluate(step, epoch):
         t0 = time.perf_counter()
-        result = evaluator.evaluate(trainer.model)
+        result = evaluator.evaluate(mp_cli.eval_model(trainer))
         runlog.eval(step, epoch, result, time.perf_counter() - t0)
 
     def log(record):
@@ -292,7 +292,9 @@ def train(args, world_comm, guard, parser):
         lines = audit_tables.comm_table(
             step, grid.ledger.summary(since=mark), trainer.predicted_step_bytes(),
             psi=model.num_params, p=grid.dp, stage=args.zero, itemsize=trainer.itemsize,
-            accum=args.accum)
+            accum=args.accum,
+            other=mp_cli.predicted_group_bytes(trainer, args.micro_batch, args.recompute))
+        lines += mp_cli.audit_lines(trainer, args.micro_batch, args.recompute, offload)
         if step == 1:
             exact, closed = trainer.predicted_memory()
             lines += audit_tables.memory_table(trainer.memory(), exact, closed,
@@ -314,6 +316,9 @@ def train(args, world_comm, guard, parser):
         loader = getattr(batches, "loader", None)
         if loader is not None:
             loader.close()
+    mp_cli.write_timeline(args, trainer, root)       # collective over pp; no-op without --pp
+    if offload is not None:
+        offload.close()
     if root and records:
         evals = runlog.evals
         held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> {evals[-1]['accuracy']:.1%}"

@@ -1,0 +1,126 @@
+"""Layout-free checkpoints for tensor- and pipeline-parallel runs.
+
+The state adapter of ``parallel/checkpoint.py`` for a ``ModelShard`` trainer:
+the file holds full tensors by serial name, so a run saved at
+``(dp, tp, pp) = (2, 2, 2)`` resumes at ``(1, 1, 1)`` or any other layout.
+
+gather(u): the stage owning unit ``u`` gathers each tensor over dp (ZeRO
+shards, through ``DataParallelState(local=True)``), all-gathers the tp slices
+and assembles the full tensor on its (tp 0, dp 0) rank, which sends it to
+world rank 0 (blocking point-to-point on the audited world communicator;
+ranks of other stages return at once).  load(u): every rank of the owning
+stage reads the full tensor and keeps its tp slice (and ZeRO shard).
+"""
+import numpy as np
+
+from .checkpoint import DataParallelState
+from .tensor_parallel import shard_index
+
+
+def vit_param_specs(config):
+    """``[[(name, full_shape), ...] per unit]`` of the serial ViT, units
+    ``[embed, blocks..., head]`` in flat-buffer order, without building it."""
+    c = config
+    d, m, p = c.dim, c.mlp_dim, c.patch_size
+    embed = ([("cls_token", (1, 1, d))] if c.class_token else []) + [
+        ("pos_embed", (1, c.seq_len, d)), ("patch_embed.proj.weight", (d, c.in_chans, p, p)),
+        ("patch_embed.proj.bias", (d,))]
+    units = [embed]
+    for i in range(c.depth):
+        b = f"blocks.{i}"
+        units.append([(f"{b}.norm1.weight", (d,)), (f"{b}.norm1.bias", (d,)),
+                      (f"{b}.attn.qkv.weight", (3 * d, d)), (f"{b}.attn.qkv.bias", (3 * d,)),
+                      (f"{b}.attn.proj.weight", (d, d)), (f"{b}.attn.proj.bias", (d,)),
+                      (f"{b}.norm2.weight", (d,)), (f"{b}.norm2.bias", (d,)),
+                      (f"{b}.mlp.fc1.weight", (m, d)), (f"{b}.mlp.fc1.bias", (m,)),
+                      (f"{b}.mlp.fc2.weight", (d, m)), (f"{b}.mlp.fc2.bias", (d,))])
+    norm = "norm" if c.class_token else "fc_norm"
+    units.append([(f"{norm}.weight", (d,)), (f"{norm}.bias", (d,)),
+                  ("head.weight", (c.num_classes, d)), ("head.bias", (c.num_classes,))])
+    return units
+
+
+class ModelParallelState:
+    """State adapter (see ``parallel/checkpoint.py``) for a tp/pp ``ParallelTrainer``."""
+
+    def __init__(self, trainer):
+        self.trainer, self.grid = trainer, trainer.grid
+        self.model, self.config = trainer.model, trainer.model.config
+        self.local = DataParallelState(trainer, local=True)
+        self.groups, self.kind = self.local.groups, self.local.kind
+        self.specs = vit_param_specs(self.config)
+        # global unit index -> index among this rank's units (None: another stage)
+        lo, hi = self.model.stage_blocks
+        first = 0 if self.grid.is_first_stage else 1 + lo
+        owned = range(first, 1 + hi + (1 if self.grid.is_last_stage else 0))
+        self.local_index = {u: i for i, u in enumerate(owned)}
+        self.owner = {}
+        for s, (a, b) in enumerate(self.model.stages):
+            for u in range(0 if s == 0 else 1 + a, 1 + b + (1 if s == self.grid.pp - 1 else 0)):
+                self.owner[u] = s
+
+    def units(self):
+        return [list(u) for u in self.specs]
+
+    def _leader(self, stage):
+        """World rank of (tp 0, dp 0) of ``stage``."""
+        return stage * self.grid.tp * self.grid.dp
+
+    def gather(self, u, group):
+        grid, world = self.grid, self.grid.world
+        stage = self.owner[u]
+        leader = self._leader(stage)
+        full = None
+        if u in self.local_index:
+            parts = self.local.gather(self.local_index[u], group)   # on dp rank 0 only
+            if grid.dp_rank == 0:
+                full = self._assemble(parts, u)
+        if grid.rank == leader and leader != 0:
+            for name, _ in self.specs[u]:
+                world.send(np.ascontiguousarray(full[name]), 0, tag=u)
+            return None
+        if grid.rank == 0 and leader != 0:
+            dtype = np.dtype(self.config.dtype)
+            full = {name: world.recv(np.empty(shape, dtype), leader, tag=u)
+                    for name, shape in self.specs[u]}
+        return full if grid.rank == 0 else None
+
+    def _assemble(self, parts, u):
+        """Full tensors from this rank's tp slices (all-gather over tp); tp rank 0 keeps them."""
+        grid = self.grid
+        if grid.tp == 1:
+            return parts
+        out = {}
+        for name, value in parts.items():
+            index = shard_index(name, self.config, grid.tp, 0)
+            if isinstance(index, slice):       # replicated: every tp rank holds it all
+                out[name] = value
+                continue
+            value = np.ascontiguousarray(value)
+            slices = grid.tp_group.allgather(value, np.empty((grid.tp,) + value.shape,
+                                                             value.dtype))
+            shape = dict(self.specs[u])[name]
+            full = np.empty(shape, value.dtype)
+            for r in range(grid.tp):
+                full[shard_index(name, self.config, grid.tp, r)] = slices[r]
+            out[name] = full
+        return out
+
+    def load(self, u, group, read):
+        if u not in self.local_index:
+            return
+        cfg, grid = self.config, self.grid
+        self.local.load(self.local_index[u], group,
+                        lambda name: np.ascontiguousarray(
+                            read(name)[shard_index(name, cfg, grid.tp, grid.tp_rank)]))
+
+    def optimizer_meta(self):
+        return self.local.optimizer_meta()
+
+    def set_step(self, step):
+        self.local.set_step(step)
+
+    def layout(self):
+        g = self.grid
+        return {"world": g.world_size, "dp": g.dp, "tp": g.tp, "pp": g.pp,
+                "zero": self.trainer.zero}
