@@ -184,7 +184,8 @@ def finetune(args, world_comm, guard, parser):
     grid.ledger.clear()
     runlog = RunLog(root, out / "metrics.jsonl", steps, peak, args.log_every,
                     progress=not args.no_progress)
-    runlog.header(script="finetune", mode=mode, checkpoint=str(args.checkpoint), origin=origin,
+    runlog.header(script="finetune", mode=mode, checkpoint=args.checkpoint and str(args.checkpoint),
+                  origin=origin,
                   preset=preset, num_params=model.num_params, dtype=args.dtype,
                   world_size=grid.world_size, global_batch=args.global_batch, steps=steps,
                   epochs=args.epochs, data=args.data, data_description=splits.description,
@@ -217,11 +218,13 @@ def finetune(args, world_comm, guard, parser):
                   "heldout_samples": final["samples"], "top1_before": first["accuracy"],
                   "train_loss_last": records[-1]["loss"], "epochs": args.epochs, "steps": steps,
                   "global_batch": args.global_batch, "lr": args.lr, "seed": args.seed,
-                  "checkpoint": str(args.checkpoint), "origin": origin, "data": args.data,
+                  "checkpoint": args.checkpoint and str(args.checkpoint), "origin": origin,
+                  "data": args.data,
                   "data_description": splits.description, "split_seed": args.split_seed}
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"{mode}: held-out top-1 {final['accuracy']:.2%} ({final['samples']} images, "
-              f"loss {final['loss']:.4f}) after {steps} steps ({steps / steps_per_epoch:g} epochs)\n"
+              f"loss {final['loss']:.4f}) after {steps} steps "
+              f"({steps / steps_per_epoch:g} epochs)\n"
               f"wrote {out / 'result.json'} and {out / 'metrics.jsonl'}", flush=True)
     grid.free()
 
