@@ -262,3 +262,16 @@ class LoaderSteps:
             x, y = self.loader.next_batch()
             micro.append((x.astype(self.dtype, copy=False), y))
         return epoch, micro
+
+
+def spread_subset(dataset, n):
+    """At most ``n`` samples of ``dataset`` at evenly spaced indices (all if it has fewer).
+
+    Held-out sets here are class-major with equal counts per class, so the
+    spread keeps every class about equally represented.  Raises ValueError for n < 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n={n!r}: expected a positive number of samples")
+    if len(dataset) <= n:
+        return dataset
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(np.int64))

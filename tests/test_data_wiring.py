@@ -206,3 +206,13 @@ def test_plot_writes_a_png(tmp_path):
     png = plot_runs([("a", path), ("b", path)], tmp_path / "out" / "m.png")
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_spread_subset_keeps_classes_balanced():
+    from minivit.io.sources import spread_subset
+    s = open_data("synthetic:fractaldb", classes=4, image_size=16, instances=50, holdout=0.5)
+    sub = spread_subset(s.eval, 20)
+    assert len(sub) == 20 and np.bincount(s.eval.labels[sub.indices]).tolist() == [5] * 4
+    assert spread_subset(s.eval, 1000) is s.eval
+    with pytest.raises(ValueError, match="positive number"):
+        spread_subset(s.eval, 0)
