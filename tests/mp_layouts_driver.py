@@ -2,7 +2,7 @@
 
     mpirun -n N python tests/mp_layouts_driver.py '<json list of layouts>'
 
-For each layout (keys dp, tp, pp, zero, schedule, recompute, micro_batch), every rank
+For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, micro_batch), every rank
 trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
 1e-10 relative, the losses, gradient norms and its parameter shard with a
 single-process ViT trained in the same process on the same global batch.  It
@@ -14,6 +14,7 @@ replicas of every stage hold identical gradients.  Rank 0 prints one
 """
 import json
 import sys
+import tempfile
 
 import numpy as np
 from mpi4py import MPI
@@ -26,6 +27,7 @@ from minivit.parallel.data_parallel import parameter_digest
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.guard import install_guard
 from minivit.parallel.model_parallel import ModelShard
+from minivit.parallel.offload import Offload
 from minivit.parallel.step import ParallelTrainer
 from minivit.parallel.tensor_parallel import shard_index
 
@@ -77,6 +79,9 @@ def run_layout(lay, ref, world):
     accum = GLOBAL_BATCH // (micro * dp)
     trainer = ParallelTrainer(model, grid, zero=lay.get("zero", 0), accum=accum,
                               max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"))
+    offload = None
+    if lay.get("offload"):   # the optimizer state in numpy.memmap files: equal results
+        offload = Offload(trainer, tempfile.mkdtemp(prefix="offload"), grid.rank)
     it = batches(grid.dp_rank, dp, micro)
     if lay.get("grads"):
         return check_grads(trainer, grid, next(it)[1], accum)
@@ -96,6 +101,8 @@ def run_layout(lay, ref, world):
     if pp > 1 and trainer.schedule == "1f1b" and peak > pp:
         raise AssertionError(f"1F1B peak contexts {peak} > pp={pp}")
     peaks = grid.world.allgather(np.array([peak], np.int64), np.empty(grid.world_size, np.int64))
+    if offload is not None:
+        offload.close()
     grid.free()
     return f"max rel err {worst:.1e}; peak contexts per rank {peaks.tolist()} (m={accum})"
 

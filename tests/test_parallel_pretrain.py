@@ -60,8 +60,9 @@ def test_bad_global_batch_fails_on_every_rank(run_mpi, tmp_path):
 
 
 def test_layout_errors(run_mpi, tmp_path):
-    proc = run_mpi(2, [PRETRAIN, "--tp", "2", "--out", tmp_path / "x"], timeout=60, check=False)
-    assert proc.returncode != 0 and proc.stderr.count("not yet supported") == 2
+    proc = run_mpi(3, [PRETRAIN, "--tp", "3", "--out", tmp_path / "x"], timeout=60, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("the model's heads=4 is not divisible by tp=3") == 3, proc.stderr
     proc = run_mpi(2, [PRETRAIN, "--dp", "3", "--out", tmp_path / "x"], timeout=60, check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("dp=3 x tp=1 x pp=1 = 3 ranks, but the world has 2 ranks") == 2

@@ -1,0 +1,274 @@
+"""Tensor and pipeline parallelism, recompute and offload (issue 6).
+
+The equivalence matrix runs in three mpirun launches (world 2, 4 and 8), each
+looping over its layouts in tests/mp_layouts_driver.py: losses, gradient norms
+and final parameters after 3 steps equal the single-process run to 1e-10
+relative in float64, the ledger equals cost.py for tp and pp, 1F1B keeps at
+most pp contexts alive.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from conftest import ROOT
+from minivit.config import get_config
+from minivit.data import RandomImages, StepBatches
+from minivit.loss import cross_entropy_backward, cross_entropy_forward
+from minivit.model import Block, ViT
+from minivit.parallel import cost
+from minivit.parallel.checkpoint_mp import vit_param_specs
+from minivit.parallel.grid import ProcessGrid
+from minivit.parallel.model_parallel import ModelShard, balance_stages
+from minivit.parallel.mp_cli import add_model_parallel_flags, check_model_parallel_flags
+from minivit.parallel.offload import Offload
+from minivit.parallel.pipeline import check_schedule, schedule_order
+from minivit.parallel.recompute import ctx_nbytes
+from minivit.parallel.step import ParallelTrainer
+from minivit.parallel.tensor_parallel import (TensorParallelAttention, TensorParallelBlock,
+                                              shard_index)
+from minivit.parallel.timeline import measured_bubble, theoretical_bubble
+
+DRIVER = str(ROOT / "tests" / "mp_layouts_driver.py")
+PRETRAIN = str(ROOT / "run" / "pretrain.py")
+NANO = get_config("vit-nano", dtype="float64")
+
+
+def _run_driver(run_mpi, n, layouts):
+    proc = run_mpi(n, [DRIVER, json.dumps(layouts)], timeout=240)
+    ok = [ln for ln in proc.stdout.splitlines() if ln.startswith("OK ")]
+    assert len(ok) == len(layouts), proc.stdout
+    return ok
+
+
+def _peaks(line):
+    return json.loads(re.search(r"peak contexts per rank (\[[^\]]*\])", line).group(1))
+
+
+def test_layouts_world2(run_mpi):
+    ok = _run_driver(run_mpi, 2, [
+        {"dp": 1, "tp": 2, "pp": 1},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "gpipe"},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "1f1b"},
+        {"dp": 1, "tp": 2, "pp": 1, "recompute": True},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "1f1b", "recompute": True, "offload": True}])
+    assert _peaks(ok[1]) == [4, 4]          # GPipe keeps all m = 4 micro-batches
+    assert _peaks(ok[2]) == [2, 1]          # 1F1B: pp - stage
+
+
+def test_layouts_world4(run_mpi):
+    ok = _run_driver(run_mpi, 4, [
+        {"dp": 1, "tp": 1, "pp": 4, "schedule": "1f1b"},
+        {"dp": 2, "tp": 2, "pp": 1, "zero": 0},
+        {"dp": 2, "tp": 2, "pp": 1, "zero": 3},
+        {"dp": 2, "tp": 1, "pp": 2, "zero": 1, "schedule": "1f1b"},
+        {"dp": 1, "tp": 2, "pp": 2},
+        {"dp": 2, "tp": 2, "pp": 1, "zero": 3, "offload": True},
+        {"dp": 2, "tp": 1, "pp": 2, "schedule": "1f1b", "grads": True}])
+    assert _peaks(ok[0]) == [4, 3, 2, 1] and max(_peaks(ok[0])) <= 4
+    assert "dp gradient replicas bitwise identical on every stage" in ok[-1]
+
+
+def test_layouts_world8(run_mpi):
+    ok = _run_driver(run_mpi, 8, [{"dp": 2, "tp": 2, "pp": 2, "zero": 2, "schedule": "1f1b"}])
+    assert max(_peaks(ok[0])) <= 2
+
+
+# ------------------------------------------------------------ single process
+class FakeComm:
+    """Only ``size``/``rank`` are read while building TP layers."""
+
+    def __init__(self, size, rank):
+        self.size, self.rank = size, rank
+
+
+def test_tp_shards_are_slices_of_the_serial_init():
+    serial = {p.name: p.data for p in Block("blocks.0", NANO, 7).parameters()}
+    for rank in range(2):
+        block = TensorParallelBlock("blocks.0", NANO, 7, FakeComm(2, rank))
+        names = [p.name for p in block.parameters()]
+        assert names == list(serial)
+        for p in block.parameters():
+            expected = serial[p.name][shard_index(p.name, NANO, 2, rank)]
+            assert np.array_equal(p.data, expected), p.name
+            assert getattr(p, "tp_sharded", False) == (not isinstance(
+                shard_index(p.name, NANO, 2, rank), slice))
+
+
+def test_tp_divisibility_errors():
+    with pytest.raises(ValueError, match="heads=3 is not divisible by tp=2"):
+        TensorParallelAttention("a", 48, 3, "float64", 0, FakeComm(2, 0))
+    cfg = get_config("vit-nano", mlp_dim=66)
+    with pytest.raises(ValueError, match="mlp_dim=66 is not divisible by tp=4"):
+        TensorParallelBlock("b", cfg, 0, FakeComm(4, 0))
+
+
+def test_balance_stages_by_parameter_count():
+    sizes = cost.vit_unit_sizes(NANO)
+    assert balance_stages(sizes, 1) == [(0, 4)]
+    assert balance_stages(sizes, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    # a heavy embedding pushes blocks to the later stages
+    heavy = [10_000, 100, 100, 100, 100, 100, 100, 10]
+    stages = balance_stages(heavy, 2)
+    assert stages == [(0, 1), (1, 6)]
+    with pytest.raises(ValueError, match="pp=5 pipeline stages but depth=4 blocks"):
+        balance_stages(sizes, 5)
+
+
+def test_schedules_and_micro_batch_error():
+    assert schedule_order("gpipe", 3, 2, 0) == [("F", 0), ("F", 1), ("F", 2),
+                                                 ("B", 0), ("B", 1), ("B", 2)]
+    ops = schedule_order("1f1b", 4, 3, 0)
+    assert ops[:3] == [("F", 0), ("F", 1), ("F", 2)] and ops[3] == ("B", 0)
+    for stage in range(3):                 # every F and B exactly once, F before its B
+        ops = schedule_order("1f1b", 5, 3, stage)
+        assert sorted(ops) == sorted([("F", i) for i in range(5)] + [("B", i) for i in range(5)])
+        assert all(ops.index(("F", i)) < ops.index(("B", i)) for i in range(5))
+        alive = peak = 0
+        for kind, _ in ops:
+            alive += 1 if kind == "F" else -1
+            peak = max(peak, alive)
+        assert peak == 3 - stage
+    with pytest.raises(ValueError, match="1F1B with 1 micro-batches on pp=2 stages"):
+        check_schedule("1f1b", 1, 2)
+    check_schedule("gpipe", 1, 2)
+    with pytest.raises(ValueError, match="schedule='zb'"):
+        check_schedule("zb", 4, 2)
+
+
+def test_cli_errors_name_the_numbers():
+    parser = argparse.ArgumentParser()
+    add_model_parallel_flags(parser)
+    parser.add_argument("--overlap", action="store_true")
+    parser.add_argument("--zero", type=int, default=0)
+
+    def check(argv, accum, message, shape=(4, 64, 4)):
+        args = parser.parse_args(argv)
+        args.accum = accum
+        with pytest.raises(SystemExit):
+            check_model_parallel_flags(args, parser, shape)
+        return message
+
+    import contextlib
+    import io
+    for argv, accum, message in (
+            (["--pp", "2"], 1, "1F1B with 1 micro-batches on pp=2 stages"),
+            (["--tp", "3"], 1, "heads=4 is not divisible by tp=3"),
+            (["--pp", "5", "--schedule", "gpipe"], 5, "depth=4 blocks"),
+            (["--timeline", "x.png"], 1, "expected --pp > 1")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            check(argv, accum, message)
+        assert message in err.getvalue(), err.getvalue()
+
+
+def _self_grid():
+    return ProcessGrid(MPI.COMM_SELF, dp=1)
+
+
+def _one_backward(model, x, y):
+    logits, ctx = model.forward(x)
+    _, lctx = cross_entropy_forward(logits, y)
+    model.backward(cross_entropy_backward(lctx, 1.0), ctx)
+    return ctx
+
+
+def test_recompute_gradients_bitwise_equal_and_fewer_activation_bytes():
+    cfg = get_config("vit-nano", dtype="float32")
+    data = RandomImages(8, cfg.image_size, cfg.in_chans, cfg.num_classes, seed=2)
+    x, y = next(StepBatches(data, 8, 8).iterate(0))[1][0]
+    grid = _self_grid()
+    plain, again = ModelShard(cfg, 5, grid), ModelShard(cfg, 5, grid, recompute=True)
+    ctx_plain = _one_backward(plain, x, y)
+    ctx_again = _one_backward(again, x, y)
+    assert np.array_equal(plain.flat.grad, again.flat.grad)
+    assert np.array_equal(plain.flat.grad, _serial_grad(cfg, x, y))
+    kept, full = ctx_nbytes(ctx_again), ctx_nbytes(ctx_plain)
+    # per block only the (B, T, D) input stays
+    assert kept < full / 3
+    grid.free()
+
+
+def _serial_grad(cfg, x, y):
+    model = ViT(cfg, seed=5)
+    _one_backward(model, x, y)
+    return model.flat.grad
+
+
+def test_offload_equal_results_and_files(tmp_path):
+    data = RandomImages(16, NANO.image_size, NANO.in_chans, NANO.num_classes, seed=1,
+                        dtype="float64")
+    results = []
+    for offload in (False, True):
+        grid = _self_grid()
+        model = ViT(NANO, seed=1)
+        trainer = ParallelTrainer(model, grid, accum=2, max_grad_norm=0.1)
+        off = Offload(trainer, tmp_path / "off", 0) if offload else None
+        it = StepBatches(data, 8, 4).iterate(0)
+        losses = [trainer.train_step(next(it)[1], 1e-2)["loss"] for _ in range(3)]
+        if off is not None:
+            assert off.nbytes == 2 * model.flat.data.nbytes       # exp_avg + exp_avg_sq
+            assert sorted(p.name for p in off.files) == ["rank0.exp_avg.bin",
+                                                           "rank0.exp_avg_sq.bin"]
+            assert isinstance(trainer.optimizer.state["exp_avg"].base, np.memmap) or \
+                trainer.optimizer.state["exp_avg"].base is not None
+            off.close()
+            assert not any((tmp_path / "off").iterdir())
+        results.append((losses, model.flat.data.copy()))
+        grid.free()
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_param_specs_match_the_serial_model():
+    for cfg in (NANO, get_config("vit-nano", class_token=False, num_classes=7)):
+        model = ViT(cfg)
+        specs = [(n, tuple(s)) for unit in vit_param_specs(cfg) for n, s in unit]
+        assert specs == [(n, tuple(s)) for n, (_, _, s) in model.flat.offsets.items()]
+
+
+def test_bubble_formula_and_measurement():
+    assert theoretical_bubble(4, 8) == pytest.approx(3 / 11)
+    # two stages, two micro-batches, unit-time ops: a perfect GPipe diagram
+    tl = np.array([[[0, 0, 0, 1], [0, 1, 1, 2], [1, 0, 4, 5], [1, 1, 5, 6]],
+                   [[0, 0, 1, 2], [0, 1, 2, 3], [1, 0, 3, 4], [1, 1, 4, 5]]], float)
+    assert measured_bubble(tl) == pytest.approx(1 - 4 / 6)
+
+
+# ------------------------------------------------------------ end to end
+def test_pretrain_tp_pp_equals_one_process_with_audit_timeline_checkpoint(run_mpi, tmp_path):
+    common = ["--model", "vit-nano", "--data", "random", "--dtype", "float64",
+              "--micro-batch", "2", "--global-batch", "8", "--steps", "3", "--warmup", "1",
+              "--lr", "1e-2", "--random-samples", "32", "--threads", "1", "--no-progress"]
+    single = subprocess.run([sys.executable, PRETRAIN, *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert single.returncode == 0, single.stderr[-3000:]
+    png = tmp_path / "gpipe.png"
+    proc = run_mpi(4, [PRETRAIN, *common, "--tp", "2", "--pp", "2", "--schedule", "gpipe",
+                       "--recompute", "--audit", "--timeline", png, "--out", tmp_path / "four"],
+                   timeout=180)
+    assert "world 4 = dp 1 x tp 2 x pp 2" in proc.stdout
+
+    def records(out):
+        rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if r.get("kind") == "train"]
+    one, four = records(tmp_path / "one"), records(tmp_path / "four")
+    np.testing.assert_allclose([r["loss"] for r in four], [r["loss"] for r in one], rtol=1e-10)
+    np.testing.assert_allclose([r["grad_norm"] for r in four], [r["grad_norm"] for r in one],
+                               rtol=1e-10)
+    checks = [ln for ln in proc.stdout.splitlines() if "(cost.py tp/pp)" in ln]
+    assert len(checks) >= 3 * 3 and all(" OK " in ln for ln in checks), checks
+    assert png.exists() and png.stat().st_size > 10_000
+    assert re.search(r"bubble measured [\d.]+% vs \(p-1\)/\(m\+p-1\) = 20.0%", proc.stdout)
+    # the final checkpoints hold the same full tensors (layout-free format)
+    from minivit.checkpoint import CheckpointReader
+    with CheckpointReader(tmp_path / "one" / "ckpt" / "step_0000003.h5") as a, \
+            CheckpointReader(tmp_path / "four" / "ckpt" / "step_0000003.h5") as b:
+        for name in a.names("params"):
+            np.testing.assert_allclose(b.read("params", name), a.read("params", name),
+                                       rtol=1e-10, atol=1e-13)
