@@ -13,7 +13,7 @@ pickling happens; they must be C-contiguous (a strided view would be silently
 copied by some MPI paths and not others), receive buffers must be writable.
 """
 import time
-from collections import namedtuple
+from collections import deque, namedtuple
 
 import numpy as np
 from mpi4py import MPI
@@ -39,6 +39,7 @@ class Ledger:
         # its own thread to tell "waiting in a collective" from "no progress".
         self.in_flight = None       # (op, group, bytes, time.monotonic() at entry) or None
         self.progress = 0
+        self.recent = deque(maxlen=8)   # last entries, kept across clear() for reports
 
     def begin(self, op, group, nbytes):
         """Mark ``op`` on ``group`` as in flight (called by the wrapper on entry)."""
@@ -53,6 +54,7 @@ class Ledger:
     def record(self, op, group, nbytes, seconds):
         entry = Entry(op, group, int(nbytes), float(seconds))
         self.entries.append(entry)
+        self.recent.append(entry)
         return entry
 
     def mark(self):

@@ -75,23 +75,32 @@ class CheckpointManager:
         return path
 
 
-def run_in_chunks(train, manager, start, steps):
+def run_in_chunks(train, manager, start, steps, preempted=None):
     """Call ``train(chunk_start, chunk_stop)`` up to each checkpoint boundary and save there.
 
     Returns the list of records ``train`` returned, concatenated.  A
     FloatingPointError (non-finite loss, raised on every rank) is re-raised
     naming the last good checkpoint, which is kept.
+    preempted : optional ``f() -> bool``, True on every rank alike once the ranks
+        agreed to stop (``parallel.preempt.Preemption.stopped``); ``train`` then
+        returned early, and a checkpoint is written at the last completed step
+        (even with ``--save-every -1``: preemption must not lose the work) before
+        returning.
     """
     records, current = [], start
     for stop in manager.boundaries(start, steps):
         try:
-            records += train(current, stop)
+            chunk = train(current, stop)
         except FloatingPointError as exc:
             kept = manager.last_path or "none saved yet"
             raise FloatingPointError(f"{exc}; stopped, last good checkpoint: {kept}") from None
-        current = stop
-        if manager.should_save(stop, steps):
-            manager.save(stop)
+        records += chunk
+        early = preempted is not None and preempted()
+        current = chunk[-1]["step"] if chunk else current
+        if manager.should_save(current, steps) or (early and current > start):
+            manager.save(current)
+        if early:
+            break
     return records
 
 

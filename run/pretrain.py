@@ -36,6 +36,8 @@ from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard
+from minivit.parallel.preempt import Preemption
+from minivit.parallel.watchdog import Watchdog
 from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.checkpoint import CheckpointError
 from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
@@ -124,6 +126,13 @@ def build_parser():
                    help="print a progress line every N steps (metrics.jsonl has every step)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     add_checkpoint_flags(p)
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="watchdog: abort the job (reporting which rank waits in which "
+                        "collective) after S seconds without progress; must exceed the "
+                        "longest step or checkpoint write; 0 disables")
+    p.add_argument("--skip-nonfinite", type=int, default=0,
+                   help="skip (no update) up to N steps whose loss or gradient norm is "
+                        "NaN/inf, logged in metrics.jsonl; 0 stops at the first, naming it")
     return p
 
 
@@ -174,6 +183,10 @@ def check_args(args, parser, world_size=1):
     if args.warmup < 0:
         parser.error(f"--warmup {args.warmup}: expected >= 0")
     check_checkpoint_flags(args, parser)
+    if not 0.0 <= args.timeout < float("inf"):
+        parser.error(f"--timeout {args.timeout}: expected seconds >= 0 (0 disables)")
+    if args.skip_nonfinite < 0:
+        parser.error(f"--skip-nonfinite {args.skip_nonfinite}: expected >= 0")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label-smoothing {args.label_smoothing}: expected 0 <= s < 1")
 
@@ -215,6 +228,8 @@ def make_data(args, grid, resume=None):
 def train(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=args.dp, tp=args.tp, pp=args.pp)
     guard.label = grid.coords
+    # SIGTERM/SIGUSR1 from here on set a flag; the ranks agree after each step
+    preempt = Preemption(grid.world).install()
     root = grid.rank == 0          # world rank 0 alone prints and writes files
     resume = resume_point(args.resume, grid.world) if args.resume else None
     start = resume[1]["step"] if resume else 0
@@ -281,7 +296,13 @@ def train(args, world_comm, guard, parser):
     def log(record):
         # every rank: the held-out evaluation is collective
         runlog.train(record)
+        if dog is not None:
+            dog.beat()
         step = record["step"]
+        if record.get("skipped") and record["skipped_total"] <= args.skip_nonfinite:
+            say(f"step {step}: loss {record['loss']} grad norm {record['grad_norm']}, update "
+                f"skipped ({record['skipped_total']} of --skip-nonfinite "
+                f"{args.skip_nonfinite})")
         if evaluator is not None and (step == args.steps or
                                       (args.eval_every and step % args.eval_every == 0)):
             evaluate(step, record["epoch"])
@@ -301,15 +322,22 @@ def train(args, world_comm, guard, parser):
                                                p=grid.dp, stage=args.zero)
         say("\n".join(lines))
 
+    dog = (Watchdog(args.timeout, grid.ledger, world_comm, label=grid.coords).start()
+           if args.timeout else None)
     try:
         if evaluator is not None and not resume:
             evaluate(0, 0)   # the untrained baseline, so the curve starts at chance
         records = run_in_chunks(
             lambda first, stop: train_loop(trainer, schedule, batches, stop,
                                            global_batch=args.global_batch, start_step=first,
-                                           log=log, audit=audit if args.audit else None),
-            ckpt, start, args.steps)
+                                           log=log, audit=audit if args.audit else None,
+                                           skip_nonfinite=args.skip_nonfinite,
+                                           stop=preempt.agree),
+            ckpt, start, args.steps, preempted=lambda: preempt.stopped)
     finally:
+        if dog is not None:
+            dog.stop()
+        preempt.uninstall()
         runlog.close()
         if evaluator is not None:
             evaluator.close()
@@ -327,6 +355,9 @@ def train(args, world_comm, guard, parser):
               f"wrote {out / 'metrics.jsonl'}, {out / 'config.toml'} and {out / 'config.json'}"
               f" (plot: python run/plot.py {out / 'metrics.jsonl'})"
               + (f"; last checkpoint {ckpt.last_path}" if ckpt.last_path else ""), flush=True)
+    if root and preempt.stopped:
+        print(f"{preempt.describe()}: wrote {ckpt.last_path}; continue with --resume {out}",
+              flush=True)
     grid.free()
 
 
