@@ -28,7 +28,8 @@ from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
 from minivit.flops import train_flops
 from minivit.io import Loader
-from minivit.io.sources import SYNTHETIC_KINDS, LoaderSteps, check_source, open_data
+from minivit.io.sources import (SYNTHETIC_KINDS, LoaderSteps, check_source, open_data,
+                                spread_subset)
 from minivit.optim import WarmupCosine
 from minivit.parallel import audit as audit_tables
 from minivit.parallel import mp_cli
@@ -57,7 +58,7 @@ def build_parser():
                    help="model preset (DESIGN.md section 2)")
     p.add_argument("--classes", type=int, default=None,
                    help="number of classes; default: the preset's (10 nano/micro, 1000 others)")
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps to run")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps to run")
     p.add_argument("--data", default=DEFAULT_DATA,
                    help="DIR (tar shards: a folder, its index.json or one .tar), "
                         f"synthetic:KIND rendered on the fly (KIND in {', '.join(SYNTHETIC_KINDS)}), "
@@ -78,10 +79,13 @@ def build_parser():
                    help="random-resized-crop + horizontal flip on the training images")
     p.add_argument("--loader-threads", type=int, default=1,
                    help="decoding/rendering threads per rank")
-    p.add_argument("--eval-every", type=int, default=20,
+    p.add_argument("--eval-every", type=int, default=15,
                    help="held-out evaluation every N optimizer steps (and after the last); "
                         "0: only after the last step")
     p.add_argument("--eval-batch", type=int, default=64, help="images per eval forward per rank")
+    p.add_argument("--eval-samples", type=int, default=200,
+                   help="evaluate on at most N held-out images, evenly spread over the "
+                        "classes; 0: all of them")
     p.add_argument("--random-samples", type=int, default=1024,
                    help="size of one epoch of --data random, in images")
     p.add_argument("--out", default=None,
@@ -89,7 +93,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the init and the data order")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="parameter and activation dtype")
-    p.add_argument("--micro-batch", type=int, default=32,
+    p.add_argument("--micro-batch", type=int, default=16,
                    help="images per forward/backward pass (per rank)")
     p.add_argument("--global-batch", type=int, default=None,
                    help="images per optimizer step over all ranks; a multiple of "
@@ -111,7 +115,7 @@ def build_parser():
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="optimizer")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the cosine")
-    p.add_argument("--warmup", type=int, default=10, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=5, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.05,
                    help="decoupled weight decay (AdamW) or L2 (SGD); never on biases, "
                         "LayerNorm, position embedding, class token")
@@ -153,6 +157,8 @@ def check_args(args, parser, world_size=1):
                  "eval_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
+    if args.eval_samples < 0:
+        parser.error(f"--eval-samples {args.eval_samples}: expected >= 0 (0: all)")
     if args.eval_every < 0:
         parser.error(f"--eval-every {args.eval_every}: expected >= 0")
     if not 0.0 <= args.holdout < 1.0:
@@ -234,6 +240,8 @@ def train(args, world_comm, guard, parser):
     resume = resume_point(args.resume, grid.world) if args.resume else None
     start = resume[1]["step"] if resume else 0
     config, batches, heldout, description = make_data(args, grid, resume)
+    if heldout is not None and args.eval_samples:
+        heldout = spread_subset(heldout, args.eval_samples)
     evaluator = (Evaluator(heldout, grid.dp_group, args.eval_batch, config.image_size,
                            args.dtype, num_threads=args.loader_threads)
                  if heldout is not None else None)
@@ -303,11 +311,22 @@ def train(args, world_comm, guard, parser):
             say(f"step {step}: loss {record['loss']} grad norm {record['grad_norm']}, update "
                 f"skipped ({record['skipped_total']} of --skip-nonfinite "
                 f"{args.skip_nonfinite})")
-        if evaluator is not None and (step == args.steps or
-                                      (args.eval_every and step % args.eval_every == 0)):
+        last_epoch[0] = record["epoch"]
+        if not args.audit and eval_due(step):
             evaluate(step, record["epoch"])
 
+    last_epoch = [0]
+
+    def eval_due(step):
+        return evaluator is not None and bool(
+            step == args.steps or (args.eval_every and step % args.eval_every == 0))
+
     def audit(step, mark):
+        audit_root(step, mark)
+        if eval_due(step):   # after the table: it shows the step's own traffic only
+            evaluate(step, last_epoch[0])
+
+    def audit_root(step, mark):
         if not root:
             return
         lines = audit_tables.comm_table(
