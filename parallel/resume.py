@@ -20,7 +20,8 @@ class CheckpointManager:
     adapter : state adapter (``parallel.checkpoint.DataParallelState``).
     world : world :class:`Communicator`.  preset, config : the run's model.
     save_every : steps between checkpoints (the final step is always saved);
-        0 saves only the final step; < 0 never saves.  keep_last : keep only the newest K files (0 = all).
+        0 saves only the final step; < 0 never saves.
+    keep_last : keep only the newest K files (0 = all).
     meta : ``f(step) -> dict`` of the extra metadata (scheduler, loader, rng,
         run_config) at the moment of saving.
     Raises ValueError for keep_last < 0.
@@ -48,7 +49,7 @@ class CheckpointManager:
         return meta
 
     def boundaries(self, start, steps):
-        """Steps (1-based counts) in ``(start, steps]`` after which to save; always ends at steps."""
+        """Steps (1-based counts) in ``(start, steps]`` that end a chunk; the last is ``steps``."""
         if start >= steps:
             return []
         if self.save_every > 0:
