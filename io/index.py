@@ -61,12 +61,60 @@ def read_shard_index(path, obj=None):
         raise ValueError(f"{path}: expected format {SHARD_FORMAT!r}")
     if obj.get("version") != VERSION:
         raise ValueError(f"{path}: unsupported shard index version {obj.get('version')!r}")
-    n = len(obj["samples"])
-    for field in ("labels", "crc32"):
-        if obj.get(field) is not None and len(obj[field]) != n:
-            raise ValueError(f"{path}: {field} has {len(obj[field])} entries, "
+    shard_bytes = obj.get("shard_bytes")
+    if not _is_int(shard_bytes) or shard_bytes < 0:
+        raise ValueError(f"{path}: shard_bytes {shard_bytes!r}, expected an integer >= 0")
+    samples = obj.get("samples")
+    if not isinstance(samples, list):
+        raise ValueError(f"{path}: samples is {type(samples).__name__}, expected a list")
+    for i, entry in enumerate(samples):
+        _check_entry(path, i, entry, shard_bytes)
+    n = len(samples)
+    for field, kind in (("labels", int), ("crc32", dict)):
+        values = obj.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError(f"{path}: {field} has {_count(values)} entries, "
                              f"expected {n} (one per sample)")
+        bad = next((v for v in values if not (_is_int(v) if kind is int
+                                              else isinstance(v, dict))), None)
+        if bad is not None:
+            raise ValueError(f"{path}: {field} holds {bad!r}, expected {kind.__name__} values")
     return obj
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(values):
+    return len(values) if isinstance(values, list) else type(values).__name__
+
+
+def _check_entry(path, i, entry, shard_bytes):
+    """Raise ValueError unless sample ``i`` lies inside the shard, members inside the sample.
+
+    An index is read from disk and may be hostile: an offset past the file, or
+    a size of terabytes, would otherwise reach ``os.pread`` (which allocates
+    the size it is asked for) or read another sample's bytes.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        raise ValueError(f"{path}: sample {i} is {entry!r:.80}, expected "
+                         "{'key': str, 'offset', 'end', 'members'}")
+    start, end, members = entry.get("offset"), entry.get("end"), entry.get("members")
+    if not (_is_int(start) and _is_int(end) and 0 <= start <= end <= shard_bytes):
+        raise ValueError(f"{path}: sample {i} spans bytes {start!r}..{end!r}, expected "
+                         f"0 <= offset <= end <= shard_bytes {shard_bytes}")
+    if not isinstance(members, dict) or not members:
+        raise ValueError(f"{path}: sample {i} members {members!r:.80}, expected "
+                         "{ext: [offset, size]}")
+    for ext, span in members.items():
+        ok = (isinstance(span, list) and len(span) == 2 and all(map(_is_int, span))
+              and start <= span[0] and span[1] >= 0 and span[0] + span[1] <= end)
+        if not ok:
+            raise ValueError(f"{path}: sample {i} member {ext!r} at {span!r:.80}, expected "
+                             f"[offset, size] inside the sample's bytes {start}..{end}")
 
 
 def write_dataset_index(index_path, shard_paths, class_names=None, tables=None, inline=True):

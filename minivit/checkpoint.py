@@ -34,9 +34,6 @@ FORMAT_VERSION = 1
 STEP_FILE = re.compile(r"^step_(\d{7,})\.h5$")
 META_KEYS = ("step", "preset", "model_config", "param_names", "optimizer", "scheduler",
              "loader", "rng", "run_config", "layout")
-# model_config fields that change the tensors; dtype is checked per dataset instead
-ARCH_FIELDS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes",
-               "in_chans", "class_token")
 
 
 class CheckpointError(ValueError):
@@ -214,8 +211,21 @@ class CheckpointReader:
         if not isinstance(ds, h5py.Dataset):
             raise CheckpointError(f"{self.path}: dataset {key!r} missing")
         try:
+            # Hostile-file limits, checked before any byte is read: only plain numeric
+            # arrays (no object, string or compound dtypes), and no more bytes than
+            # the file holds -- the writer stores tensors uncompressed, so a larger
+            # claim is a compression bomb or a forged shape, not a checkpoint.
+            if ds.dtype.kind not in "biufc" or ds.dtype.fields is not None:
+                raise CheckpointError(f"{self.path}: dataset {key!r} has dtype {ds.dtype}, "
+                                      "expected a numeric array")
+            if ds.size * ds.dtype.itemsize > self.path.stat().st_size:
+                raise CheckpointError(f"{self.path}: dataset {key!r} claims shape {ds.shape} "
+                                      f"({ds.size * ds.dtype.itemsize} bytes), more than "
+                                      "the file holds")
             array = ds[()]
             digest = ds.attrs.get("sha256")
+        except CheckpointError:
+            raise
         except Exception as exc:   # noqa: BLE001 - HDF5 raises assorted errors on damage
             raise CheckpointError(f"{self.path}: dataset {key!r} unreadable ({exc})") from None
         if verify and digest is None:
@@ -250,48 +260,6 @@ class CheckpointReader:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def check_compatible(reader, preset, config, specs):
-    """Raise CheckpointError for the FIRST way ``reader`` does not fit this model.
-
-    preset: this run's preset name.  config: its ``ViTConfig`` (or a dict).
-    specs: ``[(name, shape, dtype)]`` of the parameters in model order.
-    Order of checks: preset, architecture fields, then per parameter
-    presence, shape, dtype, then parameters the model does not have.
-    """
-    path = reader.path
-    stored = reader.meta.get("preset")
-    if stored != preset:
-        raise CheckpointError(f"{path}: checkpoint of model preset {stored!r}, but this run "
-                              f"builds {preset!r}: expected the same preset")
-    cfg = config if isinstance(config, dict) else vars(config)
-    saved = reader.meta.get("model_config", {})
-    for field in ARCH_FIELDS:
-        if field in saved and saved[field] != cfg.get(field):
-            raise CheckpointError(f"{path}: model_config.{field} is {saved[field]!r} in the "
-                                  f"checkpoint, {cfg.get(field)!r} in this run: expected equal")
-    for name, shape, dtype in specs:
-        got = reader.spec("params", name)
-        if got is None:
-            raise CheckpointError(f"{path}: parameter {name!r} missing from the checkpoint")
-        if got[0] != tuple(shape):
-            raise CheckpointError(f"{path}: parameter {name!r} has shape {got[0]} in the "
-                                  f"checkpoint, expected {tuple(shape)}")
-        if got[1] != np.dtype(dtype):
-            raise CheckpointError(f"{path}: parameter {name!r} has dtype {got[1]} in the "
-                                  f"checkpoint, expected {np.dtype(dtype)}")
-    known = {name for name, _, _ in specs}
-    extra = [n for n in reader.names("params") if n not in known]
-    if extra:
-        raise CheckpointError(f"{path}: parameter {extra[0]!r} in the checkpoint is not in "
-                              "the model")
-
-
-def param_specs(model):
-    """``[(name, shape, dtype)]`` of ``model``'s parameters in model order (full shapes)."""
-    dtype = np.dtype(model.config.dtype)
-    return [(name, shape, dtype) for name, (_, _, shape) in model.flat.offsets.items()]
 
 
 def list_checkpoints(directory):
