@@ -1,4 +1,4 @@
-"""One-process save and load of a model (and optimizer) with ``minivit.checkpoint``.
+"""Model-level checkpoint checks, and one-process save and load with ``minivit.checkpoint``.
 
 For tools that run without MPI: ``run/export.py`` (safetensors export and
 import), fine-tuning from a pre-trained file, tests.  The multi-rank path is
@@ -9,7 +9,53 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .checkpoint import CheckpointReader, CheckpointWriter, check_compatible, param_specs
+from .checkpoint import CheckpointError, CheckpointReader, CheckpointWriter
+
+# model_config fields that change the tensors; dtype is checked per dataset instead
+ARCH_FIELDS = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes",
+               "in_chans", "class_token")
+
+
+def check_compatible(reader, preset, config, specs):
+    """Raise CheckpointError for the FIRST way ``reader`` does not fit this model.
+
+    preset: this run's preset name.  config: its ``ViTConfig`` (or a dict).
+    specs: ``[(name, shape, dtype)]`` of the parameters in model order.
+    Order of checks: preset, architecture fields, then per parameter
+    presence, shape, dtype, then parameters the model does not have.
+    """
+    path = reader.path
+    stored = reader.meta.get("preset")
+    if stored != preset:
+        raise CheckpointError(f"{path}: checkpoint of model preset {stored!r}, but this run "
+                              f"builds {preset!r}: expected the same preset")
+    cfg = config if isinstance(config, dict) else vars(config)
+    saved = reader.meta.get("model_config", {})
+    for field in ARCH_FIELDS:
+        if field in saved and saved[field] != cfg.get(field):
+            raise CheckpointError(f"{path}: model_config.{field} is {saved[field]!r} in the "
+                                  f"checkpoint, {cfg.get(field)!r} in this run: expected equal")
+    for name, shape, dtype in specs:
+        got = reader.spec("params", name)
+        if got is None:
+            raise CheckpointError(f"{path}: parameter {name!r} missing from the checkpoint")
+        if got[0] != tuple(shape):
+            raise CheckpointError(f"{path}: parameter {name!r} has shape {got[0]} in the "
+                                  f"checkpoint, expected {tuple(shape)}")
+        if got[1] != np.dtype(dtype):
+            raise CheckpointError(f"{path}: parameter {name!r} has dtype {got[1]} in the "
+                                  f"checkpoint, expected {np.dtype(dtype)}")
+    known = {name for name, _, _ in specs}
+    extra = [n for n in reader.names("params") if n not in known]
+    if extra:
+        raise CheckpointError(f"{path}: parameter {extra[0]!r} in the checkpoint is not in "
+                              "the model")
+
+
+def param_specs(model):
+    """``[(name, shape, dtype)]`` of ``model``'s parameters in model order (full shapes)."""
+    dtype = np.dtype(model.config.dtype)
+    return [(name, shape, dtype) for name, (_, _, shape) in model.flat.offsets.items()]
 
 
 def _optimizer_groups(optimizer):

@@ -25,7 +25,8 @@ import json
 import numpy as np
 
 from minivit.checkpoint import (CheckpointError, CheckpointReader, CheckpointWriter,
-                                check_compatible, latest_valid_checkpoint)
+                                latest_valid_checkpoint)
+from minivit.checkpoint_state import check_compatible
 
 
 def broadcast_text(comm, text, root=0):
