@@ -37,15 +37,17 @@ class MultiHeadAttention(Module):
         b, t, d = x.shape
         h, hd = self.heads, self.head_dim
         qkv, qkv_ctx = self.qkv.forward(x)
-        # (B, T, 3, H, hd) -> (3, B, H, T, hd)
+        # (B, T, 3, H, hd) -> (3, B, H, T, hd): strided views, no copy; each (T, hd)
+        # matrix has unit column stride, so matmul hands it to BLAS as it is
         qkv = qkv.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = np.matmul(q, k.transpose(0, 1, 3, 2))
-        scores *= self.scale
-        p = kernels.softmax_forward(scores.reshape(-1, t)).reshape(b, h, t, t)
-        o = np.matmul(p, v)                                    # (B, H, T, hd)
-        o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, t, h * hd)
-        y, proj_ctx = self.proj.forward(o)
+        scores = np.matmul(q, k.transpose(0, 1, 3, 2))         # (B, H, T, T)
+        # softmax(scale * scores): the scale is fused into the kernel
+        p = kernels.softmax_forward(scores.reshape(-1, t), self.scale).reshape(b, h, t, t)
+        # write A V straight into the (B, T, H, hd) layout proj reads: no transpose copy
+        o = np.empty((b, t, h, hd), dtype=x.dtype)
+        np.matmul(p, v, out=o.transpose(0, 2, 1, 3))
+        y, proj_ctx = self.proj.forward(o.reshape(b, t, h * hd))
         return y, (qkv_ctx, q, k, v, p, proj_ctx)
 
     def backward(self, dy, ctx):
@@ -53,13 +55,14 @@ class MultiHeadAttention(Module):
         qkv_ctx, q, k, v, p, proj_ctx = ctx
         b, h, t, hd = q.shape
         do = self.proj.backward(dy, proj_ctx)                  # (B, T, D)
-        do = do.reshape(b, t, h, hd).transpose(0, 2, 1, 3)     # (B, H, T, hd)
+        do = do.reshape(b, t, h, hd).transpose(0, 2, 1, 3)     # (B, H, T, hd) view
+        # dq, dk, dv are written into their slots of the qkv gradient (B, T, 3, H, hd)
+        dqkv = np.empty((b, t, 3, h, hd), dtype=q.dtype)
+        slots = dqkv.transpose(2, 0, 3, 1, 4)                  # (3, B, H, T, hd) view
         dp = np.matmul(do, v.transpose(0, 1, 3, 2))            # (B, H, T, T)
-        dv = np.matmul(p.transpose(0, 1, 3, 2), do)
-        ds = kernels.softmax_backward(dp.reshape(-1, t), p.reshape(-1, t)).reshape(b, h, t, t)
-        ds *= self.scale
-        dq = np.matmul(ds, k)
-        dk = np.matmul(ds.transpose(0, 1, 3, 2), q)
-        # (3, B, H, T, hd) -> (B, T, 3, H, hd), the qkv output layout
-        dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(b, t, 3 * h * hd)
-        return self.qkv.backward(np.ascontiguousarray(dqkv), qkv_ctx)
+        np.matmul(p.transpose(0, 1, 3, 2), do, out=slots[2])   # dv
+        ds = kernels.softmax_backward(dp.reshape(-1, t), p.reshape(-1, t),
+                                      self.scale).reshape(b, h, t, t)
+        np.matmul(ds, k, out=slots[0])                         # dq
+        np.matmul(ds.transpose(0, 1, 3, 2), q, out=slots[1])   # dk
+        return self.qkv.backward(dqkv.reshape(b, t, 3 * h * hd), qkv_ctx)

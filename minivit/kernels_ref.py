@@ -40,15 +40,15 @@ def gelu_backward(dy, x):
     return (dy.astype(np.float64) * (cdf + x64 * pdf)).astype(x.dtype)
 
 
-def softmax_forward(x):
-    x64 = x.astype(np.float64)
+def softmax_forward(x, scale=1.0):
+    x64 = x.astype(np.float64) * scale
     e = np.exp(x64 - x64.max(-1, keepdims=True))
     return (e / e.sum(-1, keepdims=True)).astype(x.dtype)
 
 
-def softmax_backward(dp, p):
+def softmax_backward(dp, p, scale=1.0):
     dp64, p64 = dp.astype(np.float64), p.astype(np.float64)
-    return (p64 * (dp64 - (dp64 * p64).sum(-1, keepdims=True))).astype(p.dtype)
+    return (scale * p64 * (dp64 - (dp64 * p64).sum(-1, keepdims=True))).astype(p.dtype)
 
 
 def xent_forward(logits, labels, smoothing):

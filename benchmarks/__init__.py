@@ -1,0 +1,1 @@
+"""Reference implementations used only by ``run/bench.py`` (PyTorch is optional)."""

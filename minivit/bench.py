@@ -1,0 +1,193 @@
+"""``run/bench.py train``: time full training steps (forward, loss, backward, AdamW).
+
+    python run/bench.py train [--model vit-tiny] [--image-size 224] [--batch 32]
+        [--threads 2] [--dtype float32] [--steps 10] [--warmup 2] [--vs-torch]
+        [--json] [--breakdown]
+    mpirun -n 2 python run/bench.py train --dp 2      # dp=2 x 1 thread vs 1 x 2 threads
+
+Printed: median and min/max ms/step over ``--steps`` timed steps after
+``--warmup`` untimed ones, images/s, model GFLOP/s (``minivit.flops``, 3x the
+forward matmul FLOPs) and MFU against the float32 GEMM peak measured in the same
+run (best of several square ``matmul`` calls of size ``--peak-n``).
+
+``--vs-torch`` builds the same ViT in PyTorch (``benchmarks/torch_vit.py``,
+loaded with minivit's initial weights) and alternates one minivit step with one
+torch step, so machine load from other processes hits both alike; the ratio is
+minivit median / torch median.  PyTorch is optional: without it the flag
+raises a clear error.
+
+BLAS threads are set with threadpoolctl and Numba threads with
+``numba.set_num_threads`` (at most ``NUMBA_NUM_THREADS`` of the process).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .config import PRESETS, get_config
+from .flops import measure_gemm_peak, train_flops
+from .model import ViT
+from .optim import AdamW
+from .train import train_step
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="bench.py train", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit-tiny", choices=sorted(PRESETS))
+    ap.add_argument("--image-size", type=int, default=None, help="pixels (default: preset's)")
+    ap.add_argument("--batch", type=int, default=32, help="images per step (per rank with --dp)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS/Numba threads (default: cores, or 1 per rank with --dp)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--num-classes", type=int, default=None)
+    ap.add_argument("--peak-n", type=int, default=2048, help="square GEMM size for the peak")
+    ap.add_argument("--vs-torch", action="store_true", help="time PyTorch side by side")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--breakdown", action="store_true", help="time per operator class")
+    ap.add_argument("--dp", type=int, default=1,
+                    help="data-parallel ranks (run under mpirun -n DP); compares with 1 process")
+    args = ap.parse_args(argv)
+    for name in ("batch", "steps", "peak_n", "dp"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
+    if args.warmup < 0:
+        ap.error(f"--warmup {args.warmup}: expected >= 0")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads {args.threads}: expected >= 1")
+    if args.threads is None:
+        args.threads = 1 if args.dp > 1 else (os.cpu_count() or 1)
+    return args
+
+
+def set_threads(n):
+    """Set BLAS (threadpoolctl) and Numba threads to ``n``; returns the threadpool limiter.
+
+    Numba cannot exceed the pool size fixed at import by ``NUMBA_NUM_THREADS``.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+    limiter = threadpool_limits(limits=n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    return limiter
+
+
+def gemm_peak(n, dtype="float32"):
+    """Best GFLOP/s of square ``(n, n)`` matmuls (``minivit.flops.measure_gemm_peak``)."""
+    return measure_gemm_peak(n, dtype) / 1e9
+
+
+def build(args):
+    """``(config, model, optimizer, x, y)`` with seeded random data."""
+    overrides = {"dtype": args.dtype}
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    cfg = get_config(args.model, **overrides)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, cfg.in_chans, cfg.image_size, cfg.image_size))
+    x = x.astype(cfg.dtype)
+    y = rng.integers(0, cfg.num_classes, args.batch)
+    model = ViT(cfg, seed=0)
+    return cfg, model, AdamW(model.flat, lr=1e-4, weight_decay=0.05), x, y
+
+
+def make_step(model, opt, x, y):
+    batches = [(x, y)]
+    return lambda: train_step(model, opt, batches, 1e-4)
+
+
+def time_alternating(steps, fns, warmup):
+    """Run each of ``fns`` ``warmup`` times, then alternate them for ``steps`` rounds.
+
+    Returns one list of seconds per function.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(steps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(seconds, cfg, batch, peak):
+    s = np.asarray(seconds)
+    med = float(np.median(s))
+    gflops = train_flops(cfg, batch) / med / 1e9
+    return {"ms_per_step": med * 1e3, "ms_min": float(s.min()) * 1e3,
+            "ms_max": float(s.max()) * 1e3, "images_per_s": batch / med,
+            "gflops_per_s": gflops, "mfu": gflops / peak, "peak_gflops": peak}
+
+
+def torch_step_fn(cfg, model, x, y, threads):
+    try:
+        import torch
+        from benchmarks.torch_vit import TorchTrainer
+    except ImportError as err:
+        raise SystemExit(f"--vs-torch needs PyTorch and benchmarks/torch_vit.py "
+                         f"(run from the repository root): {err}")
+    torch.set_num_threads(threads)
+    return TorchTrainer(cfg, x, y, state=model.flat.state_dict()).step
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.dp > 1:
+        # the MPI comparison lives with the parallel code (minivit.parallel), which
+        # the model package does not import unless asked for it here
+        import importlib
+        return importlib.import_module("minivit.parallel.bench_dp").main(args)
+    if args.vs_torch and args.breakdown:
+        raise SystemExit("--vs-torch and --breakdown: expected one at a time")
+    sys.path.insert(0, os.getcwd())
+    with set_threads(args.threads):
+        peak = gemm_peak(args.peak_n)
+        cfg, model, opt, x, y = build(args)
+        fns = [make_step(model, opt, x, y)]
+        if args.vs_torch:
+            fns.append(torch_step_fn(cfg, model, x, y, args.threads))
+        if args.breakdown:
+            from .profile import breakdown
+            rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
+        else:
+            times = time_alternating(args.steps, fns, args.warmup)
+        peak = max(peak, gemm_peak(args.peak_n))    # best of before and after
+    if args.breakdown:
+        print(f"breakdown {args.model} {cfg.image_size}px batch {args.batch} {args.dtype} "
+              f"{args.threads} thread(s), median of {args.steps} steps, total "
+              f"{total * 1e3:.1f} ms/step")
+        for name, sec in rows:
+            print(f"  {name:<10} {sec * 1e3:9.1f} ms  {sec / total:6.1%}")
+        return 0
+    out = {"model": args.model, "image_size": cfg.image_size, "batch": args.batch,
+           "dtype": args.dtype, "threads": args.threads, "steps": args.steps,
+           **summarise(times[0], cfg, args.batch, peak),
+           "load_avg": os.getloadavg()[0]}
+    if args.vs_torch:
+        t = summarise(times[1], cfg, args.batch, peak)
+        out.update(torch_ms_per_step=t["ms_per_step"], torch_ms_min=t["ms_min"],
+                   torch_ms_max=t["ms_max"], ratio=out["ms_per_step"] / t["ms_per_step"],
+                   paired_ratio=float(np.median(np.asarray(times[0]) / np.asarray(times[1]))))
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    line = (f"{args.model} {cfg.image_size}px batch {args.batch} {args.dtype} {args.threads}t: "
+            f"{out['ms_per_step']:.1f} ms/step (min {out['ms_min']:.1f}, max "
+            f"{out['ms_max']:.1f}), {out['images_per_s']:.1f} img/s, "
+            f"{out['gflops_per_s']:.1f} GFLOP/s, MFU {out['mfu']:.0%} of "
+            f"{peak:.0f} GFLOP/s peak")
+    if args.vs_torch:
+        line += (f" | torch {out['torch_ms_per_step']:.1f} ms/step (min "
+                 f"{out['torch_ms_min']:.1f}, max {out['torch_ms_max']:.1f}), ratio "
+                 f"minivit/torch {out['ratio']:.2f} (paired median {out['paired_ratio']:.2f})")
+    print(line + f" [load {out['load_avg']:.1f}]")
+    return 0
