@@ -4,6 +4,7 @@
     python run/bench.py io     [--json]     # tar loader vs webdataset vs loose files
     python run/bench.py train  [...]        # training step vs PyTorch
     python run/bench.py scaling [...]       # strong scaling over MPI ranks
+    python run/bench.py memory [...]        # recompute activation bytes, offload RSS
 
 Each subcommand lives in the package that owns the code it measures; this
 script only dispatches.  Speed is measured here, never in timed unit tests.
@@ -17,6 +18,7 @@ SUBCOMMANDS = {
     "io": "minivit.io.bench",
     "train": "minivit.bench",
     "scaling": "minivit.parallel.bench_scaling",
+    "memory": "minivit.parallel.bench_memory",
 }
 
 
