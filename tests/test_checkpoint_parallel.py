@@ -8,7 +8,8 @@ relative).  Each of those layouts saves at step 4 and the files must hold the
 reference's parameters and AdamW moments.  A disk-full write (OSError ENOSPC
 on the writer) raises CheckpointError on both ranks and leaves the previous
 checkpoint valid; a NaN in one rank's shard raises FloatingPointError on both;
-the writer's peak memory while saving ZeRO-3 stays near one unit.
+the writer's peak memory while saving ZeRO-3 stays near one unit; SGD momentum
+survives dp=2 -> 1 rank, and an SGD file refused by an AdamW run on every rank.
 
 ``python tests/test_checkpoint_parallel.py OUTDIR`` is the per-rank driver.
 """
@@ -37,20 +38,24 @@ def test_checkpoint_layouts(run_mpi, tmp_path):
     assert "No space left on device" in summary["disk_full_message"]
     assert summary["previous_valid_after_disk_full"] and summary["no_tmp_left"]
     assert summary["nan"] == ["FloatingPointError", "FloatingPointError"]
+    assert summary["sgd_round_trip"] is True
+    assert summary["optimizer_mismatch"] == [
+        "optimizer 'sgd' in the checkpoint, this run uses 'adamw'"] * 2
     # writer peak while saving ZeRO-3: about one unit (gathered + copies), far from the model
     assert summary["save_peak_bytes"] < 3 * summary["largest_unit_bytes"], summary
     assert summary["save_peak_bytes"] < 0.4 * summary["model_bytes"], summary
 
 
 # --------------------------------------------------------------------------- driver
-def _trainer(comm, dp, zero, **overrides):
+def _trainer(comm, dp, zero, optimizer="adamw", **overrides):
     from minivit.config import get_config
     from minivit.model import ViT
     from minivit.parallel.grid import ProcessGrid
     from minivit.parallel.step import ParallelTrainer
     grid = ProcessGrid(comm, dp=dp)
     model = ViT(get_config("vit-nano", **{**TINY, **overrides}), seed=SEED)
-    return ParallelTrainer(model, grid, zero=zero, accum=4 // dp, max_grad_norm=1.0)
+    return ParallelTrainer(model, grid, zero=zero, accum=4 // dp, max_grad_norm=1.0,
+                           optimizer=optimizer)
 
 
 def _batches(trainer, start):
@@ -179,6 +184,25 @@ def driver(out):
     except FloatingPointError:
         outcome = "FloatingPointError"
     summary["nan"] = world.allgather(outcome)
+
+    # SGD momentum round trip (dp=2 -> 1 rank) and an optimizer-type mismatch on every rank
+    sgd = _trainer(world, 2, 0, optimizer="sgd")
+    _run(sgd, 0, 2)
+    sgd_file = _save(sgd, out / "sgd" / "step_0000002.h5", 2)
+    if rank == 0:
+        one = _trainer(MPI.COMM_SELF, 1, 0, optimizer="sgd")
+        _load(one, sgd_file)
+        summary["sgd_round_trip"] = (
+            bool(np.array_equal(one.model.flat.data, sgd.model.flat.data)) and bool(
+                np.array_equal(one.optimizer.state["momentum_buffer"],
+                               sgd.optimizer.state["momentum_buffer"]))
+            and one.optimizer.step_count == 2)
+    try:
+        _load(_trainer(world, 2, 1), sgd_file)
+        outcome = "loaded"
+    except CheckpointError as exc:
+        outcome = str(exc).split(": ", 1)[1]
+    summary["optimizer_mismatch"] = world.allgather(outcome)
 
     # writer peak memory while saving ZeRO-3 (units large against h5py's fixed overhead)
     big = _trainer(world, 2, 3, dim=64, mlp_dim=256, depth=10)
