@@ -2,7 +2,8 @@
 
     mpirun -n N python tests/mp_layouts_driver.py '<json list of layouts>'
 
-For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, micro_batch), every rank
+For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, overlap,
+micro_batch), every rank
 trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
 1e-10 relative, the losses, gradient norms and its parameter shard with a
 single-process ViT trained in the same process on the same global batch.  It
@@ -78,7 +79,8 @@ def run_layout(lay, ref, world):
     model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
     accum = GLOBAL_BATCH // (micro * dp)
     trainer = ParallelTrainer(model, grid, zero=lay.get("zero", 0), accum=accum,
-                              max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"))
+                              max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
+                              overlap=lay.get("overlap", False), bucket_bytes=4096)
     offload = None
     if lay.get("offload"):   # the optimizer state in numpy.memmap files: equal results
         offload = Offload(trainer, tempfile.mkdtemp(prefix="offload"), grid.rank)

@@ -75,7 +75,13 @@ def test_layouts_world4(run_mpi):
 
 
 def test_layouts_world8(run_mpi):
-    ok = _run_driver(run_mpi, 8, [{"dp": 2, "tp": 2, "pp": 2, "zero": 2, "schedule": "1f1b"}])
+    ok = _run_driver(run_mpi, 8, [
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 2, "schedule": "1f1b"},
+        # beyond the matrix: ZeRO-3 with pp, recompute, overlap with pp
+        {"dp": 2, "tp": 1, "pp": 4, "zero": 3, "schedule": "gpipe"},
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 3, "schedule": "1f1b", "recompute": True},
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "gpipe", "overlap": True},
+        {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1}])
     assert max(_peaks(ok[0])) <= 2
 
 
