@@ -34,11 +34,13 @@ setup(
         "tqdm",
         "threadpoolctl",
         "matplotlib",
+        "scikit-learn",   # the bundled `digits` dataset: the offline fine-tuning default
+        "safetensors",    # run/export.py: timm-compatible weights for PyTorch users
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "webdataset"],
         # Cross-checks and benchmarks only; never a runtime dependency.
         # 2.13.0 is the CPU build available on this project's machines.
-        "torch": ["torch==2.13.0", "safetensors"],
+        "torch": ["torch==2.13.0"],
     },
 )
