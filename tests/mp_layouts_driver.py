@@ -8,7 +8,8 @@ trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
 1e-10 relative, the losses, gradient norms and its parameter shard with a
 single-process ViT trained in the same process on the same global batch.  It
 also checks: tp-replicated parameters bitwise identical over tp; the ledger's tp
-all-reduce and pp send bytes equal cost.py; 1F1B peak contexts <= pp.  A layout
+all-reduce and pp send bytes equal cost.py; 1F1B peak contexts <= pp; the
+evaluation forward (pipelined for pp > 1) gives the serial logits on every rank.  A layout
 with ``"grads": true`` instead checks that after one pipelined step the dp
 replicas of every stage hold identical gradients.  Rank 0 prints one
 ``OK <layout> ...`` line per layout; any failure raises (the guard ends all ranks).
@@ -28,6 +29,7 @@ from minivit.parallel.data_parallel import parameter_digest
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.guard import install_guard
 from minivit.parallel.model_parallel import ModelShard
+from minivit.parallel.mp_cli import eval_model
 from minivit.parallel.offload import Offload
 from minivit.parallel.step import ParallelTrainer
 from minivit.parallel.tensor_parallel import shard_index
@@ -99,6 +101,7 @@ def run_layout(lay, ref, world):
         expected = ref[2][name][shard_index(name, CONFIG, tp, grid.tp_rank)]
         worst = max(worst, close(value, expected, f"parameter {name}"))
     check_replicated(model, grid, full)
+    worst = max(worst, check_eval_forward(trainer, ref[2]))
     peak = trainer.pipeline.peak_contexts if trainer.pipeline else 1
     if pp > 1 and trainer.schedule == "1f1b" and peak > pp:
         raise AssertionError(f"1F1B peak contexts {peak} > pp={pp}")
@@ -125,6 +128,15 @@ def check_ledger(grid, model, trainer, lay, micro, accum, mark):
                               not grid.is_last_stage)
     if pp_bytes != want:
         raise AssertionError(f"pp send bytes {pp_bytes} != cost.py {want}")
+
+
+def check_eval_forward(trainer, ref_state):
+    """The evaluation forward (pipelined when pp > 1) gives the serial logits on every rank."""
+    serial = ViT(CONFIG, seed=3)
+    serial.flat.load_state_dict(ref_state)
+    x, _ = next(batches(0, 1, 4))[1][0]
+    logits, _ = eval_model(trainer).forward(x)
+    return close(logits, serial.forward(x)[0], "evaluation logits")
 
 
 def check_replicated(model, grid, full):
