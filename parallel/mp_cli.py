@@ -70,6 +70,14 @@ def build_model(args, config, grid):
     return ModelShard(config, args.seed, grid, recompute=args.recompute)
 
 
+def param_count_text(model):
+    """``"N parameters"``, plus this rank's share when the model is split over tp/pp."""
+    total = sum(cost.vit_unit_sizes(model.config))
+    if model.num_params == total:
+        return f"{total:,} parameters"
+    return f"{total:,} parameters ({model.num_params:,} on this rank)"
+
+
 def state_adapter(trainer):
     """Checkpoint adapter for the trainer's layout."""
     if trainer.grid.tp == 1 and trainer.grid.pp == 1 and isinstance(trainer.model, ViT):

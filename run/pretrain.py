@@ -281,7 +281,7 @@ def train(args, world_comm, guard, parser):
     peak = blas_peak(grid.world, args.dtype)
     grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:
-        print(f"{args.model}: {model.num_params:,} parameters, {args.dtype}; world "
+        print(f"{args.model}: {mp_cli.param_count_text(model)}, {args.dtype}; world "
               f"{grid.world_size} = dp {grid.dp} x tp {grid.tp} x pp {grid.pp}, ZeRO-{args.zero}; "
               f"global batch {args.global_batch} = micro-batch {args.micro_batch} x accumulation "
               f"{args.accum} x dp {grid.dp}; {args.steps} steps on --data {args.data}: "
