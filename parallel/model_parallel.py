@@ -7,13 +7,13 @@ gets at least one block; embedding on the first stage, head on the last).
 Within a stage, blocks are tensor-parallel over ``tp`` (Shoeybi et al. 2019,
 section 3; ``tensor_parallel.py``).
 
-``ModelShard`` has the interface of ``minivit.model.ViT`` that data
-parallelism, ZeRO and ``ParallelTrainer`` use (``units``, ``flat``,
-``unit_ranges()``, ``forward``/``backward``), so they work on it unchanged.
+``ModelShard`` is a ``minivit.model.ViT`` holding only this rank's units (it
+inherits ``parameters``, ``unit_ranges``, ``zero_grad`` and ``backward``), so
+data parallelism, ZeRO and ``ParallelTrainer`` work on it unchanged.
 """
 import numpy as np
 
-from minivit.model import Block, Embed, Head
+from minivit.model import Block, Embed, Head, ViT
 from minivit.params import FlatParams
 
 from .cost import vit_unit_sizes
@@ -59,7 +59,7 @@ def balance_stages(unit_sizes, pp):
     return ranges[::-1]
 
 
-class ModelShard:
+class ModelShard(ViT):
     """This rank's stage of the ViT, tensor-parallel over ``grid.tp_group``.
 
     config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
@@ -69,7 +69,7 @@ class ModelShard:
     activation; the last stage returns logits (B, K), others (B, T, D).
     backward(dy, ctx) -> dx of the stage input (the images' gradient on stage 0).
     Attributes: ``units``, ``unit_names``, ``flat``, ``stage_blocks`` (lo, hi),
-    ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
+    ``num_params`` (this rank's), ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
     global gradient norm, or None when tp == 1), ``norm_groups`` (communicators
     over which the squared norm is summed: tp and pp when > 1).
     Raises ValueError on heads / MLP width not divisible by tp, or depth < pp.
@@ -108,36 +108,14 @@ class ModelShard:
                     self.norm_weight[start:stop] = 1.0
         self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
 
-    def parameters(self):
-        return [p for u in self.units for p in u.parameters()]
-
-    def unit_ranges(self):
-        ranges = []
-        for u in self.units:
-            ps = u.parameters()
-            ranges.append((self.flat.offsets[ps[0].name][0], self.flat.offsets[ps[-1].name][1]))
-        return ranges
-
-    @property
-    def num_params(self):
-        """Parameters held by this rank (a shard of the model)."""
-        return self.flat.numel
-
-    def zero_grad(self):
-        self.flat.zero_grad()
-
     def forward(self, x):
+        if self.grid.is_first_stage:
+            self.check_input(x)          # later stages receive (B, T, D) activations
         ctxs = []
         for unit in self.units:
             x, ctx = unit.forward(x)
             ctxs.append(ctx)
         return x, ctxs
-
-    def backward(self, dy, ctx):
-        # forward: y = unit_n(... unit_1(x)) over this stage's units
-        for unit, c in zip(reversed(self.units), reversed(ctx)):
-            dy = unit.backward(dy, c)
-        return dy
 
 
 def weighted_sumsq(grad, weight):

@@ -80,7 +80,7 @@ def param_count_text(model):
 
 def state_adapter(trainer):
     """Checkpoint adapter for the trainer's layout."""
-    if trainer.grid.tp == 1 and trainer.grid.pp == 1 and isinstance(trainer.model, ViT):
+    if not isinstance(trainer.model, ModelShard):
         return DataParallelState(trainer)
     return ModelParallelState(trainer)
 
