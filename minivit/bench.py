@@ -156,7 +156,7 @@ def main(argv=None):
         if args.vs_torch:
             fns.append(torch_step_fn(cfg, model, x, y, args.threads))
         if args.breakdown:
-            from .profile import breakdown
+            from .profiler import breakdown
             rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
         else:
             times = time_alternating(args.steps, fns, args.warmup)

@@ -10,20 +10,22 @@ used by tests/test_kernels.py.
 The public functions validate and allocate; the ``_``-prefixed ``njit``
 functions write into the arrays they are given.
 
-Speed (docs/performance.md): row kernels run ``prange`` over rows (or over
-fixed blocks of rows, so reductions across rows are summed in the same order
-for any thread count and results never depend on it).  For float32 data the
-GELU and softmax kernels use branch-free polynomial forms of erf and exp
-(``_erf_rational``, ``_exp_neg``) that LLVM vectorises; libm ``erf``/``exp``
-calls cannot be vectorised and dominated the step.  Their error (below 3e-7
-absolute on GELU, 1e-9 relative on exp) is under float32 rounding of the
-outputs; float64 data keeps the exact libm path, so gradient checks are
-unaffected.
+Speed (docs/performance.md): for float32 data the GELU and softmax kernels
+use branch-free polynomial forms of erf and exp (``_erf_rational``,
+``_exp_neg``) that LLVM vectorises; libm ``erf``/``exp`` calls cannot be
+vectorised and made GELU cost half a GEMM.  Their error (below 3e-7 absolute on
+GELU, 1e-9 relative on exp) is under float32 rounding of the outputs; float64
+data keeps the exact libm path, so gradient checks are unaffected.  The kernels
+are single-threaded on purpose: Numba ``parallel=True`` regions next to
+OpenBLAS's spinning threads made a vit-nano step 40x and a vit-micro step 1.36x
+slower on the 2-core machine (both thread pools fight for the same cores);
+the threads go to BLAS.  Cross-row reductions (LayerNorm dw/db) are summed in
+fixed 64-row blocks.
 """
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -37,10 +39,10 @@ def _rows(x, name):
 
 # ---------------------------------------------------------------- LayerNorm
 # Ba et al., "Layer Normalization", 2016, eq. 4: y = (x - mu) / sqrt(var + eps) * w + b
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
     rows, d = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         s = 0.0
         for j in range(d):
             s += x[r, j]
@@ -59,13 +61,13 @@ def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
 _LN_BLOCK = 64   # rows per partial dw/db sum: fixed, so the sum order ignores thread count
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _layernorm_bwd(dy, x, mean, rstd, w, dx, dw, db):
     rows, d = x.shape
     nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK
     dw_part = np.zeros((nblk, d))
     db_part = np.zeros((nblk, d))
-    for blk in prange(nblk):
+    for blk in range(nblk):
         for r in range(blk * _LN_BLOCK, min(rows, (blk + 1) * _LN_BLOCK)):
             mu = np.float64(mean[r])
             rs = np.float64(rstd[r])
@@ -113,16 +115,16 @@ def layernorm_backward(dy, x, mean, rstd, w, dw, db):
 
 # --------------------------------------------------------------------- GELU
 # Hendrycks & Gimpel, "GELUs", 2016: gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _gelu_fwd(x, y):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = np.float64(x[i])
         y[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _gelu_bwd(dy, x, dx):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = np.float64(x[i])
         # d/dx [x Phi(x)] = Phi(x) + x phi(x)
         dpsi = 0.5 * (1.0 + math.erf(v * _INV_SQRT2)) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
@@ -170,16 +172,16 @@ def _exp_neg(t):
     return e if t >= -32.0 else 0.0
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def _gelu_fwd_fast(x, y):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = np.float64(x[i])
         y[i] = 0.5 * v * (1.0 + _erf_rational(v * _INV_SQRT2))
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def _gelu_bwd_fast(dy, x, dx):
-    for i in prange(x.size):
+    for i in range(x.size):
         v = np.float64(x[i])
         dpsi = 0.5 * (1.0 + _erf_rational(v * _INV_SQRT2)) + v * _exp_neg(-0.5 * v * v) * _INV_SQRT_2PI
         dx[i] = dy[i] * dpsi
@@ -205,10 +207,10 @@ def gelu_backward(dy, x):
 
 
 # ------------------------------------------------------------------ softmax
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _softmax_fwd(x, scale, p):
     rows, n = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         m = np.float64(x[r, 0])
         for j in range(1, n):
             if x[r, j] > m:
@@ -223,10 +225,10 @@ def _softmax_fwd(x, scale, p):
             p[r, j] *= inv
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, fastmath=True)
 def _softmax_fwd_fast(x, scale, p):
     rows, n = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         m = np.float64(x[r, 0])
         for j in range(1, n):
             m = max(m, np.float64(x[r, j]))
@@ -240,10 +242,10 @@ def _softmax_fwd_fast(x, scale, p):
             p[r, j] *= inv
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _softmax_bwd(dp, p, scale, dx):
     rows, n = p.shape
-    for r in prange(rows):
+    for r in range(rows):
         s = 0.0
         for j in range(n):
             s += np.float64(dp[r, j]) * p[r, j]

@@ -13,14 +13,13 @@ so ZeRO can run it on the shard a rank owns.  The classes only hold state.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _adamw_kernel(p, g, m, v, mask, lr, beta1, beta2, eps, wd, step_size, inv_sqrt_bc2):
-    # one fused pass over the flat buffers (reads p, g, m, v, mask; writes p, m, v),
-    # elementwise, so splitting it over threads cannot change any result
-    for i in prange(p.size):
+    # one fused pass over the flat buffers (reads p, g, m, v, mask; writes p, m, v)
+    for i in range(p.size):
         gi = g[i]
         m[i] = beta1 * m[i] + (1.0 - beta1) * gi
         v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
@@ -96,14 +95,14 @@ def sgd_update_reference(param, grad, momentum_buf, decay_mask, lr, momentum, we
     param -= lr * ((d + momentum * momentum_buf) if nesterov else momentum_buf)
 
 
-_SUMSQ_BLOCK = 4096   # elements per partial sum: fixed, so the result ignores thread count
+_SUMSQ_BLOCK = 4096   # elements per partial sum (pairwise-like accuracy, fixed order)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _sumsq_kernel(g):
     nblk = (g.size + _SUMSQ_BLOCK - 1) // _SUMSQ_BLOCK
     part = np.zeros(nblk)
-    for blk in prange(nblk):
+    for blk in range(nblk):
         s = 0.0
         for i in range(blk * _SUMSQ_BLOCK, min(g.size, (blk + 1) * _SUMSQ_BLOCK)):
             v = np.float64(g[i])
@@ -120,7 +119,7 @@ def grad_sumsq(grad):
 
     Sharded clipping all-reduces these partial sums before ``clip_coefficient``.
     A Numba reduction in fixed blocks: no float64 copy of a float32 buffer
-    (46 MB for vit-tiny), and the same bits for any thread count.
+    (46 MB for vit-tiny).
     """
     g = np.ascontiguousarray(grad).ravel()
     if g.size == 0:

@@ -1,4 +1,4 @@
-"""The float32 fast paths (polynomial erf/exp, fused softmax scale, parallel
+"""The float32 fast paths (polynomial erf/exp, fused softmax scale, blocked
 reductions) against their NumPy references, over the whole input range."""
 import numpy as np
 import pytest
