@@ -7,7 +7,9 @@ in float64 even for float32 inputs, so the result does not depend on the row
 width; ``minivit.kernels_ref`` holds the plain-NumPy reference of each kernel,
 used by tests/test_kernels.py.
 
-The public functions validate and allocate; the ``_``-prefixed ``njit``
+``error_model="numpy"`` drops Python's ZeroDivisionError check, whose branch
+kept LLVM from vectorising any loop with a division.  The public functions
+validate and allocate; the ``_``-prefixed ``njit``
 functions write into the arrays they are given.
 
 Speed (docs/performance.md): for float32 data the GELU and softmax kernels
@@ -39,7 +41,7 @@ def _rows(x, name):
 
 # ---------------------------------------------------------------- LayerNorm
 # Ba et al., "Layer Normalization", 2016, eq. 4: y = (x - mu) / sqrt(var + eps) * w + b
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
     rows, d = x.shape
     for r in range(rows):
@@ -61,7 +63,7 @@ def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
 _LN_BLOCK = 64   # rows per partial dw/db sum: fixed, so the sum order ignores thread count
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _layernorm_bwd(dy, x, mean, rstd, w, dx, dw, db):
     rows, d = x.shape
     nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK
@@ -115,14 +117,14 @@ def layernorm_backward(dy, x, mean, rstd, w, dw, db):
 
 # --------------------------------------------------------------------- GELU
 # Hendrycks & Gimpel, "GELUs", 2016: gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gelu_fwd(x, y):
     for i in range(x.size):
         v = np.float64(x[i])
         y[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gelu_bwd(dy, x, dx):
     for i in range(x.size):
         v = np.float64(x[i])
@@ -131,14 +133,16 @@ def _gelu_bwd(dy, x, dx):
         dx[i] = dy[i] * dpsi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _erf_rational(z):
     """erf(z) for float64 z: odd rational minimax form on [-4, 4], +-1 outside.
 
     Coefficients of the float32 rational erf used by Eigen/XLA (z * P(z^2) / Q(z^2));
     absolute error below 2e-7, no libm call, so loops over it vectorise.
     """
-    c = min(max(z, -4.0), 4.0)
+    # ternaries, not min/max: they compile to selects, so the loop vectorises
+    c = -4.0 if z < -4.0 else z
+    c = 4.0 if c > 4.0 else c
     z2 = c * c
     p = -2.72614225801306e-10
     p = p * z2 + 2.77068142495902e-08
@@ -154,17 +158,18 @@ def _erf_rational(z):
     q = q * z2 - 1.42647390514189e-02
     e = c * p / q
     # outside +-4 erf is +-1 to 1.5e-8; the exact +-1 keeps gelu(-100) at 0
-    return -1.0 if z < -4.0 else (1.0 if z > 4.0 else e)
+    e = -1.0 if z < -4.0 else e
+    return 1.0 if z > 4.0 else e
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _exp_neg(t):
     """exp(t) for float64 t <= 0, 0 below -32 (exp(-32) = 1.3e-14).
 
     exp(t) = exp(t / 256) ** 256: a degree-7 Taylor polynomial on [-1/8, 0]
     (error 1.5e-12) squared 8 times (relative error 4e-10).  Branch-free.
     """
-    u = max(t, -32.0) * (1.0 / 256.0)
+    u = (-32.0 if t < -32.0 else t) * (1.0 / 256.0)
     e = 1.0 + u * (1.0 + u * 0.5 * (1.0 + u * (1.0 / 3.0) * (1.0 + u * 0.25 * (
         1.0 + u * 0.2 * (1.0 + u * (1.0 / 6.0) * (1.0 + u * (1.0 / 7.0)))))))
     for _ in range(8):
@@ -172,14 +177,14 @@ def _exp_neg(t):
     return e if t >= -32.0 else 0.0
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _gelu_fwd_fast(x, y):
     for i in range(x.size):
         v = np.float64(x[i])
         y[i] = 0.5 * v * (1.0 + _erf_rational(v * _INV_SQRT2))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _gelu_bwd_fast(dy, x, dx):
     for i in range(x.size):
         v = np.float64(x[i])
@@ -207,7 +212,7 @@ def gelu_backward(dy, x):
 
 
 # ------------------------------------------------------------------ softmax
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax_fwd(x, scale, p):
     rows, n = x.shape
     for r in range(rows):
@@ -225,13 +230,14 @@ def _softmax_fwd(x, scale, p):
             p[r, j] *= inv
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _softmax_fwd_fast(x, scale, p):
     rows, n = x.shape
     for r in range(rows):
         m = np.float64(x[r, 0])
         for j in range(1, n):
-            m = max(m, np.float64(x[r, j]))
+            v = np.float64(x[r, j])
+            m = v if v > m else m
         s = 0.0
         for j in range(n):
             e = _exp_neg((x[r, j] - m) * scale)
@@ -242,7 +248,7 @@ def _softmax_fwd_fast(x, scale, p):
             p[r, j] *= inv
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax_bwd(dp, p, scale, dx):
     rows, n = p.shape
     for r in range(rows):
@@ -286,7 +292,7 @@ def softmax_backward(dp, p, scale=1.0):
 # Label smoothing (Szegedy et al., "Rethinking the Inception Architecture",
 # CVPR 2016, section 7): target = (1 - s) * onehot(y) + s / K.
 # loss_i = lse(z_i) - (1 - s) z_{i,y} - s * mean_k z_{i,k}
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _xent_fwd(z, labels, smoothing, probs, losses):
     rows, k = z.shape
     for r in range(rows):
@@ -306,7 +312,7 @@ def _xent_fwd(z, labels, smoothing, probs, losses):
         losses[r] = lse - (1.0 - smoothing) * z[r, labels[r]] - smoothing * zsum / k
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _xent_bwd(probs, labels, smoothing, scale, dz):
     rows, k = probs.shape
     off = smoothing / k

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adamw_kernel(p, g, m, v, mask, lr, beta1, beta2, eps, wd, step_size, inv_sqrt_bc2):
     # one fused pass over the flat buffers (reads p, g, m, v, mask; writes p, m, v)
     for i in range(p.size):
@@ -68,7 +68,7 @@ def adamw_update_reference(param, grad, exp_avg, exp_avg_sq, decay_mask, lr, bet
     param -= lr / (1.0 - beta1 ** step) * exp_avg / denom
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sgd_kernel(p, g, buf, mask, lr, momentum, wd, nesterov):
     for i in range(p.size):
         d = g[i] + wd * mask[i] * p[i]
@@ -98,7 +98,7 @@ def sgd_update_reference(param, grad, momentum_buf, decay_mask, lr, momentum, we
 _SUMSQ_BLOCK = 4096   # elements per partial sum (pairwise-like accuracy, fixed order)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sumsq_kernel(g):
     nblk = (g.size + _SUMSQ_BLOCK - 1) // _SUMSQ_BLOCK
     part = np.zeros(nblk)
