@@ -132,11 +132,20 @@ class Residual(Module):
 
     def forward(self, x):
         h, ctx = self.inner.forward(x)
-        return x + h, ctx
+        # inner's output is a fresh array nobody else holds (contexts keep inputs),
+        # so the add goes into it instead of allocating a third (B, T, D) array
+        if h.shape != x.shape or h.dtype != x.dtype or np.may_share_memory(h, x):
+            return x + h, ctx
+        h += x
+        return h, ctx
 
     def backward(self, dy, ctx):
         # forward: y = x + inner(x)
-        return dy + self.inner.backward(dy, ctx)
+        dx = self.inner.backward(dy, ctx)
+        if dx.shape != dy.shape or dx.dtype != dy.dtype or np.may_share_memory(dx, dy):
+            return dy + dx
+        dx += dy
+        return dx
 
 
 class MLP(Sequential):
