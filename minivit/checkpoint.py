@@ -195,19 +195,33 @@ class CheckpointReader:
     def step(self):
         return int(self.meta["step"])
 
+    def _damaged(self, what, call):
+        """``call()``, with any HDF5 error on a damaged file turned into CheckpointError."""
+        try:
+            return call()
+        except CheckpointError:
+            raise
+        except Exception as exc:   # noqa: BLE001 - HDF5 raises RuntimeError, KeyError, OSError
+            raise CheckpointError(f"{self.path}: {what} unreadable, damaged file "
+                                  f"({type(exc).__name__}: {exc})") from None
+
     def names(self, group):
         """Dataset names inside ``group`` (empty list if the group is absent)."""
-        g = self._file.get(group)
-        return [] if g is None else list(g.keys())
+        def names():
+            g = self._file.get(group)
+            return [] if g is None else list(g.keys())
+        return self._damaged(f"group {group!r}", names)
 
     def spec(self, group, name):
         """``(shape, dtype)`` of a stored tensor, or None when it is absent."""
-        ds = self._file.get(f"{group}/{name}")
-        return None if ds is None else (tuple(ds.shape), ds.dtype)
+        def spec():
+            ds = self._file.get(f"{group}/{name}")
+            return None if ds is None else (tuple(ds.shape), ds.dtype)
+        return self._damaged(f"dataset {group}/{name}", spec)
 
     def read(self, group, name, verify=True):
         key = f"{group}/{name}"
-        ds = self._file.get(key)
+        ds = self._damaged(f"dataset {key!r}", lambda: self._file.get(key))
         if not isinstance(ds, h5py.Dataset):
             raise CheckpointError(f"{self.path}: dataset {key!r} missing")
         try:
@@ -239,8 +253,8 @@ class CheckpointReader:
         """Re-hash every dataset and the manifest; raises CheckpointError on the first failure."""
         entries = {}
         keys = []
-        self._file.visititems(lambda k, obj: keys.append(k) if isinstance(obj, h5py.Dataset)
-                              else None)
+        self._damaged("object tree", lambda: self._file.visititems(
+            lambda k, obj: keys.append(k) if isinstance(obj, h5py.Dataset) else None))
         for key in keys:
             group, name = key.split("/", 1) if "/" in key else ("", key)
             array = self.read(group, name)
