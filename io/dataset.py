@@ -192,6 +192,8 @@ class ShardDataset:
         try:
             if ext is None:
                 raise DecodeError(f"no image member among {sorted(raw)}")
+            if "cls" not in raw:      # a hostile or foreign shard: no label member
+                raise DecodeError(f"no cls member among {sorted(raw)}")
             image = decode_image(raw[ext], self.max_pixels)
             label = parse_label(raw["cls"])
         except DecodeError as e:

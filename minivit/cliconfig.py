@@ -32,7 +32,8 @@ def toml_defaults(parser, path):
             data = tomllib.load(f)
     except FileNotFoundError:
         parser.error(f"--config {path!r}: no such file")
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        # TOML is UTF-8; tomllib raises UnicodeDecodeError (not TOMLDecodeError) otherwise
         parser.error(f"--config {path!r}: {e}")
     actions = _actions(parser)
     out = {}

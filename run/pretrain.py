@@ -15,6 +15,7 @@ resolved flags, reusable with --config) and config.json (flags and model).
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -189,6 +190,10 @@ def check_args(args, parser, world_size=1):
     if args.warmup < 0:
         parser.error(f"--warmup {args.warmup}: expected >= 0")
     check_checkpoint_flags(args, parser)
+    for flag in ("lr", "min_lr", "weight_decay", "momentum", "clip"):
+        value = getattr(args, flag)    # NaN passes every "<" test, so ask for it by name
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"--{flag.replace('_', '-')} {value}: expected a finite number >= 0")
     if not 0.0 <= args.timeout < float("inf"):
         parser.error(f"--timeout {args.timeout}: expected seconds >= 0 (0 disables)")
     if args.skip_nonfinite < 0:

@@ -7,8 +7,8 @@ PHASE is where rank RANK fails:
 ``forward``   the second unit's forward raises (ZeRO-0)
 ``backward``  the second unit's backward raises (ZeRO-0)
 ``gather``    the ZeRO-3 parameter all-gather raises (comm hook on ``allgather``)
-``send``      a point-to-point send raises (ring exchange through the audited
-              wrapper: the path a pipeline stage boundary takes)
+``send``      a point-to-point send raises (ring exchange through the audited wrapper)
+``pipesend``  a pipeline send raises (pp = 3 stages, 1F1B, ``parallel.pipeline``)
 ``loader``    the dataset raises inside a ``minivit.io.Loader`` decoding thread
 ``sleep``     the rank sleeps 60 s after its first step; the others block in
               the next collective; a ``Watchdog`` with TIMEOUT seconds (default
@@ -84,6 +84,9 @@ def main():
     phase, bad = spec[0], int(spec[1])
     world = MPI.COMM_WORLD
     guard = install_guard(world)
+    if phase == "pipesend":
+        pipeline_run(world, guard, bad)
+        return
     grid = ProcessGrid(world, dp=world.Get_size())
     guard.label = grid.coords
     me = grid.rank == bad
@@ -132,6 +135,35 @@ def main():
     for dog in dogs:
         dog.stop()
     loader.close()
+    print(f"rank {grid.rank}: finished without the fault firing", flush=True)
+
+
+def pipeline_run(world, guard, bad):
+    """pp = world size stages, 1F1B over 3 micro-batches; rank ``bad`` fails in a send."""
+    from minivit.config import get_config
+    from minivit.optim import WarmupCosine
+    from minivit.parallel.grid import ProcessGrid
+    from minivit.parallel.model_parallel import ModelShard
+    from minivit.parallel.step import ParallelTrainer, train_loop
+
+    p = world.Get_size()
+    grid = ProcessGrid(world, dp=1, pp=p)
+    guard.label = grid.coords
+    config = get_config("vit-nano", depth=p, dtype="float64")
+    trainer = ParallelTrainer(ModelShard(config, 0, grid), grid, accum=3, schedule="1f1b")
+    if grid.rank == bad:
+        def before_op(op):
+            if op == "send":   # forward activations (stage < last) or input grads (stage > 0)
+                raise Injected(f"injected fault in a pipeline send on rank {bad}")
+        grid.pp_group.before_op = before_op
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            yield 0, [(rng.standard_normal((2, 3, 16, 16)), rng.integers(0, 10, 2))
+                      for _ in range(3)]
+
+    train_loop(trainer, WarmupCosine(1e-3, 0, 3), batches(), 3, global_batch=6)
     print(f"rank {grid.rank}: finished without the fault firing", flush=True)
 
 

@@ -4,9 +4,8 @@ preemption flag work in-process.
 The mpirun cases use ``tests/fault_driver.py`` (3 ranks: rank 0, the middle
 rank 1 and the last rank 2 fail in turn).  Each must end every rank with a
 non-zero exit within 30 s and print the failing rank's traceback prefixed
-with its grid coordinates.  There is no pipeline-parallel code in the project
-yet, so the "pipeline send" case fails a point-to-point send of the audited
-communicator, the call a stage boundary would make.
+with its grid coordinates.  The pipeline case runs pp = 3 stages (so the
+prefix shows "pp k"); the others dp = 3.
 """
 import io
 import os
@@ -22,7 +21,7 @@ DRIVER = str(ROOT / "tests" / "fault_driver.py")
 PHASES = {"forward": "injected fault in forward on rank {k}",
           "backward": "injected fault in backward on rank {k}",
           "gather": "injected fault in the ZeRO-3 all-gather on rank {k}",
-          "send": "injected fault in a send on rank {k}",
+          "pipesend": "injected fault in a pipeline send on rank {k}",
           "loader": "injected fault in the loader (sample"}
 
 
@@ -36,7 +35,8 @@ def _run_fault(run_mpi, spec):
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_exception_on_rank_k_ends_the_job(run_mpi, phase, k):
     proc, elapsed = _run_fault(run_mpi, f"{phase}:{k}")
-    prefix = f"[minivit rank {k} (tp 0, dp {k}, pp 0)] "
+    coords = f"dp 0, pp {k}" if phase == "pipesend" else f"dp {k}, pp 0"
+    prefix = f"[minivit rank {k} (tp 0, {coords})] "
     assert proc.returncode != 0
     assert elapsed < 30, f"job took {elapsed:.1f} s to end"
     assert prefix + "Injected: " + PHASES[phase].format(k=k) in proc.stderr, proc.stderr[-3000:]
