@@ -1,0 +1,87 @@
+"""run/bench.py train: flags, JSON keys, breakdown, the dp comparison, and that
+the PyTorch reference is the same model (when PyTorch is installed)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SINGLE_THREAD_ENV
+from minivit.bench import main, parse_args
+from minivit.config import get_config
+from minivit.model import ViT
+from minivit.profiler import CLASSES, Profiler, breakdown
+from minivit.optim import AdamW
+
+TINY = ["--model", "vit-nano", "--batch", "4", "--steps", "2", "--warmup", "1",
+        "--threads", "1", "--peak-n", "64"]
+
+
+def test_json_keys_and_values(capsys):
+    assert main(TINY + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("ms_per_step", "images_per_s", "gflops_per_s", "mfu", "peak_gflops"):
+        assert out[key] > 0, key
+    assert out["ms_min"] <= out["ms_per_step"] <= out["ms_max"]
+    assert out["images_per_s"] == pytest.approx(4 / out["ms_per_step"] * 1e3)
+    assert out["mfu"] == pytest.approx(out["gflops_per_s"] / out["peak_gflops"])
+
+
+def test_bad_flags_are_named():
+    with pytest.raises(SystemExit):
+        parse_args(["--batch", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--warmup", "-1"])
+
+
+def test_breakdown_covers_the_step_and_restores_the_model():
+    cfg = get_config("vit-nano")
+    model = ViT(cfg, seed=0)
+    opt = AdamW(model.flat, lr=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 3)
+    rows, total = breakdown(model, opt, x, y, steps=2, warmup=0)
+    assert [k for k, _ in rows] == list(CLASSES)
+    timed = dict(rows)
+    for k in ("matmul", "attention", "softmax", "layernorm", "gelu", "optimizer"):
+        assert timed[k] > 0, k
+    # every module method is the class method again: no wrapper left behind
+    prof = Profiler(model)
+    prof.close()
+    for unit in model.units:
+        assert "forward" not in vars(unit) and "backward" not in vars(unit)
+    from minivit import kernels
+    assert kernels.softmax_forward.__name__ == "softmax_forward"
+
+
+def test_dp_comparison_under_mpirun(run_mpi):
+    proc = run_mpi(2, ["run/bench.py", "train", "--dp", "2", "--json", *TINY[:-4]],
+                   timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["dp"] == 2 and out["global_batch"] == 8 and out["single_threads"] == 2
+    assert out["ratio"] == pytest.approx(out["dp_images_per_s"] / out["single_images_per_s"])
+
+
+def test_dp_rank_mismatch_fails_fast(run_mpi):
+    proc = run_mpi(3, ["run/bench.py", "train", "--dp", "2", *TINY], timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "--dp 2 with 3 MPI ranks" in proc.stderr
+
+
+def test_torch_reference_is_the_same_model():
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_vit import TorchViT, load_minivit_state
+    from minivit.loss import cross_entropy_forward
+    cfg = get_config("vit-nano", dtype="float64")
+    model = ViT(cfg, seed=3)
+    ref = TorchViT(cfg).double()
+    load_minivit_state(ref, model.flat.state_dict())
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16))
+    logits, _ = model.forward(x)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="name mismatch"):
+        load_minivit_state(ref, {"head.bias": np.zeros(10)})
