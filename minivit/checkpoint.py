@@ -13,7 +13,9 @@ name, so any parallel layout can write it and any other can read it::
 Every dataset carries a ``sha256`` attribute of its bytes; the root
 ``checksum`` is the SHA-256 of the manifest (each dataset's path, dtype, shape
 and digest, sorted) plus the metadata, and it is written last: a file without
-it never finished.  Saving follows the usual crash-safe recipe (write a
+it never finished.  The first 512 bytes (an HDF5 user block, ignored by
+HDF5) hold ``MINIVIT-CHECKPOINT``, the length and the SHA-256 of the rest of
+the file, checked before h5py opens it.  Saving follows the usual crash-safe recipe (write a
 temporary file in the same directory, flush, ``fsync``, ``os.replace``,
 ``fsync`` the directory), so a crash or SIGKILL mid-save leaves at worst a
 stray temporary file, never a damaged ``step_*.h5``.  No pickle anywhere: a
@@ -31,6 +33,13 @@ import numpy as np
 
 FORMAT = "minivit-checkpoint"
 FORMAT_VERSION = 1
+# HDF5 user block: bytes the HDF5 library skips.  After the file is closed the
+# writer puts MAGIC, the length and the SHA-256 of everything after the block
+# there, so a reader checks the whole file with hashlib *before* the HDF5
+# parser sees a byte: damaged metadata can crash libhdf5 (segfault), not just
+# raise, so damaged bytes must never reach it.
+USERBLOCK = 512
+MAGIC = b"MINIVIT-CHECKPOINT\n"
 STEP_FILE = re.compile(r"^step_(\d{7,})\.h5$")
 META_KEYS = ("step", "preset", "model_config", "param_names", "optimizer", "scheduler",
              "loader", "rng", "run_config", "layout")
@@ -81,6 +90,59 @@ def _fsync_path(path, directory=False):
         os.close(fd)
 
 
+def _seal(path):
+    """Write MAGIC, the body length and the body's SHA-256 into the user block."""
+    length, digest = _body_digest(path)
+    header = MAGIC + f"{length} {digest}\n".encode()
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(USERBLOCK, b"\0"))
+
+
+HASH_BUFFER = 256 << 10   # bytes; one reused buffer, so hashing adds no memory per model size
+
+
+def _body_digest(path):
+    """``(bytes after the user block, their sha256 hex)``, read through one buffer."""
+    h, length = hashlib.sha256(), 0
+    buf = bytearray(HASH_BUFFER)
+    view = memoryview(buf)
+    with open(path, "rb") as fh:
+        fh.seek(USERBLOCK)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            length += n
+    return length, h.hexdigest()
+
+
+def check_file(path):
+    """Raise CheckpointError unless ``path``'s bytes are exactly those its writer sealed.
+
+    Pure Python (no HDF5): catches truncation, appended bytes, any flipped
+    byte, a file that is not a minivit checkpoint and an unfinished write
+    (whose user block is still zeros).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            block = fh.read(USERBLOCK)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+    if not block.startswith(MAGIC):
+        raise CheckpointError(f"{path}: no minivit checkpoint header (not a checkpoint, or a "
+                              "write that never finished)")
+    try:
+        length, digest = block[len(MAGIC):].split(b"\n", 1)[0].decode().split()
+        length = int(length)
+    except ValueError:
+        raise CheckpointError(f"{path}: damaged checkpoint header") from None
+    if size != USERBLOCK + length:
+        raise CheckpointError(f"{path}: {size} bytes, expected {USERBLOCK + length} "
+                              "(truncated, extended or damaged)")
+    if _body_digest(path)[1] != digest:
+        raise CheckpointError(f"{path}: file checksum mismatch (corrupt bytes)")
+
+
 class CheckpointWriter:
     """Stream tensors into a temporary HDF5 file; ``commit(meta)`` makes it ``path`` atomically.
 
@@ -95,7 +157,7 @@ class CheckpointWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp, "w")
+        self._file = h5py.File(self.tmp, "w", userblock_size=USERBLOCK)
         self._entries = {}
 
     def write(self, group, name, array):
@@ -126,6 +188,7 @@ class CheckpointWriter:
         self._file.flush()
         self._file.close()
         self._file = None
+        _seal(self.tmp)                       # whole-file length + sha256 in the user block
         _fsync_path(self.tmp)                 # data on disk before the name points at it
         os.replace(self.tmp, self.path)
         _fsync_path(self.path.parent, directory=True)   # the rename itself is durable
@@ -159,12 +222,14 @@ class CheckpointReader:
     ``meta`` holds the decoded root attributes (``step`` int, others as stored).
     ``read(group, name)`` returns one array after checking its sha256;
     ``verify()`` re-hashes every dataset and the manifest.
-    Raises CheckpointError naming the file and the reason (not HDF5, truncated,
-    wrong format, no checksum = unfinished write, corrupt dataset).
+    Raises CheckpointError naming the file and the reason (no minivit header,
+    truncated, file checksum mismatch, not HDF5, wrong format, no checksum =
+    unfinished write, corrupt dataset).
     """
 
     def __init__(self, path):
         self.path = Path(path)
+        check_file(self.path)          # before libhdf5 parses anything
         try:
             self._file = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:

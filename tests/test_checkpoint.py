@@ -75,27 +75,39 @@ def test_first_mismatch_is_reported(tmp_path, change, message):
         load_model(path, _model(**change), preset=preset)
 
 
+def _write_params(path, params, **meta):
+    """A checkpoint holding exactly ``params`` (name -> array), through the writer."""
+    with ckpt.CheckpointWriter(path) as writer:
+        for name, array in params.items():
+            writer.write("params", name, array)
+        return writer.commit({"step": 1, "preset": "vit-nano",
+                              "model_config": vars(_model().config), **meta})
+
+
 def test_missing_shape_and_unexpected_names(tmp_path):
     model, _ = _trained()
-    path = save_model(tmp_path / "c.h5", model, step=1, preset="vit-nano")
-    with h5py.File(path, "a") as f:
-        del f["params/blocks.1.mlp.fc2.bias"]
+    good = model.flat.state_dict()
+    missing = {k: v for k, v in good.items() if k != "blocks.1.mlp.fc2.bias"}
     with pytest.raises(CheckpointError, match="parameter 'blocks.1.mlp.fc2.bias' missing"):
-        load_model(path, _model(), preset="vit-nano")
-    with h5py.File(path, "a") as f:
-        f["params/blocks.1.mlp.fc2.bias"] = np.zeros(3, np.float32)
+        load_model(_write_params(tmp_path / "a.h5", missing), _model(), preset="vit-nano")
+    shaped = dict(good, **{"blocks.1.mlp.fc2.bias": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointError, match=r"'blocks.1.mlp.fc2.bias' has shape \(3,\) in the "
                                               r"checkpoint, expected \(16,\)"):
-        load_model(path, _model(), preset="vit-nano")
-    with h5py.File(path, "a") as f:
-        del f["params/blocks.1.mlp.fc2.bias"]
-        f["params/blocks.1.mlp.fc2.bias"] = np.zeros(16, np.float32)
-        f["params/blocks.9.extra"] = np.zeros(2, np.float32)
+        load_model(_write_params(tmp_path / "b.h5", shaped), _model(), preset="vit-nano")
+    extra = dict(good, **{"blocks.9.extra": np.zeros(2, np.float32)})
     with pytest.raises(CheckpointError, match="'blocks.9.extra' in the checkpoint is not in"):
-        load_model(path, _model(), preset="vit-nano")
-    # the edit above also changed bytes without updating the checksums: verify() sees it
-    with CheckpointReader(path) as reader, pytest.raises(CheckpointError, match="sha256|manifest"):
-        reader.verify()
+        load_model(_write_params(tmp_path / "c.h5", extra), _model(), preset="vit-nano")
+    # a shape mismatch comes before a missing name that follows it in model order
+    both = {k: v for k, v in shaped.items() if k != "head.bias"}
+    with pytest.raises(CheckpointError, match="'blocks.1.mlp.fc2.bias' has shape"):
+        load_model(_write_params(tmp_path / "d.h5", both), _model(), preset="vit-nano")
+    # any edit after sealing (here through h5py itself) fails the whole-file check
+    path = _write_params(tmp_path / "e.h5", good)
+    with h5py.File(path, "a") as f:
+        f.attrs["step"] = "2"
+    with pytest.raises(CheckpointError, match=r"expected \d+ \(truncated, extended or "
+                                              r"damaged\)|file checksum mismatch"):
+        CheckpointReader(path)
 
 
 def _corrupt_dataset_bytes(path, name):
@@ -119,26 +131,39 @@ def test_corrupt_and_truncated_files_fall_back_with_a_warning(tmp_path):
     with pytest.warns(UserWarning) as record:
         assert latest_valid_checkpoint(tmp_path) == checkpoint_path(tmp_path, 2)
     messages = [str(w.message) for w in record]
-    assert "step_0000006.h5" in messages[0]
-    assert "'params/blocks.0.mlp.fc1.weight' fails its sha256 checksum" in messages[0]
-    assert "step_0000004.h5" in messages[1] and "truncated or damaged" in messages[1]
-    # a direct load of the corrupt file names the dataset
-    with pytest.raises(CheckpointError, match="blocks.0.mlp.fc1.weight' fails its sha256"):
+    assert "step_0000006.h5: file checksum mismatch (corrupt bytes)" in messages[0]
+    assert "step_0000004.h5" in messages[1] and "(truncated, extended or damaged)" in messages[1]
+    with pytest.raises(CheckpointError, match="file checksum mismatch"):
         load_model(checkpoint_path(tmp_path, 6), _model(), preset="vit-nano")
 
 
-def test_incomplete_file_and_no_valid_checkpoint(tmp_path):
+def test_dataset_checksums_still_guard_each_tensor(tmp_path):
+    """Below the whole-file seal, each dataset's sha256 names a damaged tensor
+    (seen here by re-sealing a file whose tensor bytes were changed)."""
     model, _ = _trained()
-    path = save_model(checkpoint_path(tmp_path, 3), model, step=3, preset="vit-nano")
-    with h5py.File(path, "a") as f:
-        del f.attrs["checksum"]
-    with pytest.warns(UserWarning, match="no checksum attribute .the write never finished"):
+    path = save_model(tmp_path / "x.h5", model, step=1, preset="vit-nano")
+    _corrupt_dataset_bytes(path, "blocks.0.mlp.fc1.weight")
+    ckpt._seal(path)
+    with pytest.raises(CheckpointError, match="'params/blocks.0.mlp.fc1.weight' fails its "
+                                              "sha256 checksum"):
+        load_model(path, _model(), preset="vit-nano")
+
+
+def test_incomplete_file_and_no_valid_checkpoint(tmp_path):
+    # an unfinished write copied into place: its user block was never sealed
+    writer = ckpt.CheckpointWriter(tmp_path / "w.h5")
+    writer.write("params", "x", np.zeros(3, np.float32))
+    writer._file.flush()
+    checkpoint_path(tmp_path, 3).write_bytes(writer.tmp.read_bytes())
+    writer.abort()
+    with pytest.warns(UserWarning, match="no minivit checkpoint header .not a checkpoint, or a "
+                                         "write that never finished"):
         assert latest_valid_checkpoint(tmp_path) is None
     checkpoint_path(tmp_path, 9).write_bytes(b"not hdf5 at all")
     with pytest.warns(UserWarning) as record:
         assert latest_valid_checkpoint(tmp_path) is None
-    assert "step_0000009.h5: not a readable HDF5 file" in str(record[0].message)
-    assert "step_0000003.h5: no checksum" in str(record[1].message)
+    assert "step_0000009.h5: no minivit checkpoint header" in str(record[0].message)
+    assert "step_0000003.h5: no minivit checkpoint header" in str(record[1].message)
     assert latest_valid_checkpoint(tmp_path / "missing") is None
 
 

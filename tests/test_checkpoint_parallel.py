@@ -42,7 +42,8 @@ def test_checkpoint_layouts(run_mpi, tmp_path):
     assert summary["optimizer_mismatch"] == [
         "optimizer 'sgd' in the checkpoint, this run uses 'adamw'"] * 2
     # writer peak while saving ZeRO-3: about one unit (gathered + copies), far from the model
-    assert summary["save_peak_bytes"] < 3 * summary["largest_unit_bytes"], summary
+    from minivit.checkpoint import HASH_BUFFER      # the seal's fixed read buffer
+    assert summary["save_peak_bytes"] < 3 * summary["largest_unit_bytes"] + HASH_BUFFER, summary
     assert summary["save_peak_bytes"] < 0.4 * summary["model_bytes"], summary
 
 
