@@ -23,3 +23,19 @@ def test_tiny_run_reports_every_configuration(capsys):
     for r in rows:
         assert r["images_per_s"] > 0 and r["efficiency"] == pytest.approx(r["speedup"] / r["ranks"])
         assert (r["comm_mib"] > 0) == (r["ranks"] > 1)
+
+
+def test_accumulation_gflops_oversubscription_and_plot(capsys, tmp_path):
+    png = tmp_path / "scaling.png"
+    assert bench_scaling.main(["--ranks", "1,4", "--model", "vit-nano", "--global-batch", "8",
+                               "--micro-batch", "2", "--steps", "1", "--json",
+                               "--plot", str(png)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # the global batch is fixed: one rank accumulates 4 sub-steps of 2, four ranks 1 each
+    assert [(r["ranks"], r["accum"], r["micro_batch"]) for r in rows] == [(1, 4, 2), (4, 1, 2)]
+    assert all(r["gflops_per_s"] > 0 for r in rows)
+    assert [r["oversubscribed"] for r in rows] == [False, 4 > __import__("os").cpu_count()]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        bench_scaling.main(["--ranks", "1,2", "--global-batch", "8", "--micro-batch", "3"])
+    assert "--micro-batch 3 with --ranks 1" in capsys.readouterr().err
