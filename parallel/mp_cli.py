@@ -50,8 +50,10 @@ def check_model_parallel_flags(args, parser, config_heads_mlp_depth=None):
             parser.error(f"--schedule {args.schedule} --pp {args.pp}: {exc}")
     elif args.timeline:
         parser.error(f"--timeline {args.timeline}: expected --pp > 1 (no pipeline to draw)")
-    if args.overlap and args.pp > 1 and args.zero:
-        parser.error("--overlap with --pp > 1: expected --zero 0")
+    if args.offload_dir and Path(args.offload_dir).exists() and \
+            not Path(args.offload_dir).is_dir():
+        parser.error(f"--offload-dir {args.offload_dir}: exists and is not a directory; "
+                     "expected a folder on local disk")
     if config_heads_mlp_depth is not None:
         heads, mlp, depth = config_heads_mlp_depth
         for what, value in (("heads", heads), ("mlp_dim", mlp)):

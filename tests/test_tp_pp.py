@@ -147,7 +147,7 @@ def test_schedules_and_micro_batch_error():
         check_schedule("zb", 4, 2)
 
 
-def test_cli_errors_name_the_numbers():
+def test_cli_errors_name_the_numbers(tmp_path):
     parser = argparse.ArgumentParser()
     add_model_parallel_flags(parser)
     parser.add_argument("--overlap", action="store_true")
@@ -162,11 +162,14 @@ def test_cli_errors_name_the_numbers():
 
     import contextlib
     import io
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
     for argv, accum, message in (
             (["--pp", "2"], 1, "1F1B with 1 micro-batches on pp=2 stages"),
             (["--tp", "3"], 1, "heads=4 is not divisible by tp=3"),
             (["--pp", "5", "--schedule", "gpipe"], 5, "depth=4 blocks"),
-            (["--timeline", "x.png"], 1, "expected --pp > 1")):
+            (["--timeline", "x.png"], 1, "expected --pp > 1"),
+            (["--offload-dir", str(a_file)], 1, "exists and is not a directory")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             check(argv, accum, message)
