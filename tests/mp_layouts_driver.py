@@ -96,11 +96,11 @@ def run_layout(lay, ref, world):
         worst = max(worst, close(out["loss"], ref[0][step], f"loss step {step + 1}"),
                     close(out["grad_norm"], ref[1][step], f"grad norm step {step + 1}"))
         check_ledger(grid, model, trainer, lay, micro, accum, mark)
+        check_replicated(model, grid, trainer.full_parameters())     # after every step
     full = trainer.full_parameters()
     for name, value in model.flat.named_arrays(full).items():
         expected = ref[2][name][shard_index(name, CONFIG, tp, grid.tp_rank)]
         worst = max(worst, close(value, expected, f"parameter {name}"))
-    check_replicated(model, grid, full)
     worst = max(worst, check_eval_forward(trainer, ref[2]))
     peak = trainer.pipeline.peak_contexts if trainer.pipeline else 1
     if pp > 1 and trainer.schedule == "1f1b" and peak > pp:
