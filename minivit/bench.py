@@ -129,6 +129,10 @@ def summarise(seconds, cfg, batch, peak):
 
 
 def torch_step_fn(cfg, model, x, y, threads):
+    # benchmarks/ sits at the repository root, next to this package (editable install)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
     try:
         import torch
         from benchmarks.torch_vit import TorchTrainer
@@ -148,7 +152,6 @@ def main(argv=None):
         return importlib.import_module("minivit.parallel.bench_dp").main(args)
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
-    sys.path.insert(0, os.getcwd())
     with set_threads(args.threads):
         peak = gemm_peak(args.peak_n)
         cfg, model, opt, x, y = build(args)
