@@ -216,3 +216,10 @@ def test_spread_subset_keeps_classes_balanced():
     assert spread_subset(s.eval, 1000) is s.eval
     with pytest.raises(ValueError, match="positive number"):
         spread_subset(s.eval, 0)
+
+
+def test_gemm_peak_arguments():
+    from minivit.flops import measure_gemm_peak
+    assert measure_gemm_peak(8, "float64", repeats=1) > 0     # FLOP/s of a tiny GEMM
+    with pytest.raises(ValueError, match="n=0"):
+        measure_gemm_peak(0)
