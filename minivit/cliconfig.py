@@ -67,6 +67,10 @@ def _convert_one(parser, action, value, where):
         parser.error(f"{where} = {value!r}: expected a number")
     if action.type is int and isinstance(value, float):
         parser.error(f"{where} = {value!r}: expected an integer")
+    if action.type is None and not isinstance(value, str):
+        # argparse's default type is str; TOML would otherwise hand a bool or a
+        # number to code expecting a path or a name
+        parser.error(f"{where} = {value!r}: expected a string")
     try:
         converted = action.type(value) if action.type is not None else value
     except (TypeError, ValueError, argparse.ArgumentTypeError) as e:

@@ -288,6 +288,7 @@ toml_docs = st.one_of(
 @example(b"timeout = inf")
 @example(b"[model]\nname = 1")                 # a table
 @example(b"steps = 1e400")                      # float for an int flag
+@example(b'"offload_dir" = true')               # bool for a string flag (was a TypeError)
 def test_fuzzed_toml_config_parses_or_exits_2(tmp_path_factory, document):
     path = tmp_path_factory.mktemp("toml") / "run.toml"
     path.write_bytes(document)
