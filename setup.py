@@ -38,7 +38,7 @@ setup(
         "safetensors",    # run/export.py: timm-compatible weights for PyTorch users
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "webdataset"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "webdataset"],
         # Cross-checks and benchmarks only; never a runtime dependency.
         # 2.13.0 is the CPU build available on this project's machines.
         "torch": ["torch==2.13.0"],
