@@ -144,12 +144,15 @@ def torch_step_fn(cfg, model, x, y, threads):
 
 
 def main(argv=None):
+    """One-process ``train`` benchmark; ``--dp N`` is routed by ``run/bench.py``."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.dp > 1:
-        # the MPI comparison lives with the parallel code (minivit.parallel), which
-        # the model package does not import unless asked for it here
-        import importlib
-        return importlib.import_module("minivit.parallel.bench_dp").main(args)
+        raise SystemExit("--dp > 1: run `mpirun -n DP python run/bench.py train --dp DP`")
+    return run(args)
+
+
+def run(args):
+    """Time the training step for parsed ``args`` (see ``parse_args``); returns 0."""
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
     with set_threads(args.threads):

@@ -28,8 +28,20 @@ def main(argv=None):
         print(__doc__.strip())
         print("\nsubcommands: " + ", ".join(SUBCOMMANDS))
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if argv[0] == "train":
+        return _train(argv[1:])
     module = importlib.import_module(SUBCOMMANDS[argv[0]])
     return module.main(argv[1:])
+
+
+def _train(argv):
+    """``train --dp N`` compares data parallel with one process; that code lives in
+    ``minivit.parallel`` because ``minivit`` itself never imports it (DESIGN.md s.1)."""
+    from minivit import bench
+    args = bench.parse_args(argv)
+    if args.dp > 1:
+        return importlib.import_module("minivit.parallel.bench_dp").main(args)
+    return bench.run(args)
 
 
 if __name__ == "__main__":
