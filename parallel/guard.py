@@ -15,9 +15,14 @@ Usage (the first lines of a script run under ``mpirun``)::
     grid = ProcessGrid(MPI.COMM_WORLD, dp=...)
     guard.label = grid.coords        # richer prefix once the grid exists
 """
+import os
 import sys
 import threading
+import time
 import traceback
+
+# seconds between writing the report and MPI_Abort (see AbortGuard.__call__)
+FORWARD_GRACE_S = 1.0
 
 
 class AbortGuard:
@@ -37,18 +42,32 @@ class AbortGuard:
         self._previous = None
 
     def report(self, exc_type, exc, tb):
-        """Write the prefixed traceback to stderr and flush both streams."""
+        """Write the prefixed traceback to stderr in one write, after flushing stdout."""
         prefix = f"[minivit {self.label}] "
         lines = "".join(traceback.format_exception(exc_type, exc, tb)).splitlines()
-        sys.stderr.write(f"{prefix}uncaught exception, aborting all ranks\n")
-        sys.stderr.write("".join(f"{prefix}{line}\n" for line in lines))
+        text = "".join(f"{prefix}{line}\n"
+                       for line in ["uncaught exception, aborting all ranks", *lines])
         sys.stdout.flush()
         sys.stderr.flush()
+        # One unbuffered write of the whole report: split writes were seen to
+        # lose the traceback when MPI_Abort killed the job between them.
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):    # a replaced stream (e.g. pytest capture)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            return
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(fd, data):]
 
     def __call__(self, exc_type, exc, tb):
         self.report(exc_type, exc, tb)
         if issubclass(exc_type, KeyboardInterrupt) and self.comm.Get_size() == 1:
             return
+        # mpirun's proxies forward stderr asynchronously and MPI_Abort kills
+        # them too; a short pause lets this rank's report reach the terminal.
+        time.sleep(FORWARD_GRACE_S)
         self.comm.Abort(self.errorcode)
 
     def _thread_hook(self, args):
