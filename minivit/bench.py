@@ -128,19 +128,46 @@ def summarise(seconds, cfg, batch, peak):
             "gflops_per_s": gflops, "mfu": gflops / peak, "peak_gflops": peak}
 
 
-def torch_step_fn(cfg, model, x, y, threads):
-    # benchmarks/ sits at the repository root, next to this package (editable install)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _torch_worker(conn, root, cfg, x, y, state, threads):
+    """Child process: build the PyTorch reference and run one step per request."""
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
         import torch
         from benchmarks.torch_vit import TorchTrainer
     except ImportError as err:
-        raise SystemExit(f"--vs-torch needs PyTorch and benchmarks/torch_vit.py "
-                         f"(run from the repository root): {err}")
+        conn.send(f"--vs-torch needs PyTorch and benchmarks/torch_vit.py: {err}")
+        return
     torch.set_num_threads(threads)
-    return TorchTrainer(cfg, x, y, state=model.flat.state_dict()).step
+    trainer = TorchTrainer(cfg, x, y, state=state)
+    conn.send("ready")
+    while conn.recv() == "step":
+        conn.send(trainer.step())
+
+
+def torch_step_fn(cfg, model, x, y, threads):
+    """A callable running one PyTorch training step of the same ViT in a child process.
+
+    The reference runs in its own process: in one process, PyTorch's OpenMP
+    pool and OpenBLAS's threads contend for the cores after each switch, which
+    made the PyTorch step 5x slower than when run alone (measured).
+    """
+    import multiprocessing as mp
+    # benchmarks/ sits at the repository root, next to this package (editable install)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_torch_worker, daemon=True,
+                       args=(child, root, cfg, x, y, model.flat.state_dict(), threads))
+    proc.start()
+    status = parent.recv()
+    if status != "ready":
+        raise SystemExit(status)
+
+    def step():
+        parent.send("step")
+        return parent.recv()
+    return step
 
 
 def main(argv=None):
