@@ -10,7 +10,7 @@ import pytest
 
 from minivit.io import CorruptSampleError, ShardDataset, ShardError, ShardWarning
 from minivit.io import read_shard_index
-from test_io_support import image, png, write_shards
+from io_support import image, png, write_shards
 
 
 @pytest.fixture

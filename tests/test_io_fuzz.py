@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minivit.io import CorruptSampleError, Loader, ShardDataset, ShardError, ShardWarning
-from test_io_support import image, write_shards
+from io_support import image, write_shards
 
 N = 4
 

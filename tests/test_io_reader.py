@@ -9,7 +9,7 @@ import webdataset as wds
 
 from minivit.io import ShardDataset, read_shard_index
 from minivit.io.walk import walk_shard
-from test_io_support import image, png, write_shards
+from io_support import image, png, write_shards
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minivit.io import Augment, CorruptSampleError, Loader, ShardDataset, ShardWarning, ShardWriter
-from test_io_support import image, png, write_shards
+from io_support import image, png, write_shards
 
 
 @pytest.fixture(scope="module")

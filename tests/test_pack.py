@@ -12,7 +12,7 @@ from PIL import Image
 from minivit.io import ShardDataset
 from minivit.io.pack import main, pack
 from minivit.io.pack_sources import cifar_source, digits_source, image_folder_source
-from test_io_support import image, png
+from io_support import image, png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,7 +27,7 @@ from minivit.checkpoint import (CheckpointError, CheckpointReader, CheckpointWri
                                 latest_valid_checkpoint)
 from minivit.checkpoint_state import check_compatible
 from minivit.io import CorruptSampleError, ShardDataset, ShardError, ShardWarning
-from test_io_support import image, write_shards
+from io_support import image, write_shards
 
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

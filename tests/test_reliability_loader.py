@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from minivit.io import Loader, ShardDataset
-from test_io_support import write_shards
+from io_support import write_shards
 
 N, PER_SHARD, BATCH = 23, 7, 2
 
