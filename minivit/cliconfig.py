@@ -12,6 +12,7 @@ booleans, integers, floats and flat lists of those (TOML 1.0 syntax).
 """
 import argparse
 import math
+import os
 import tomllib
 
 
@@ -19,27 +20,28 @@ def _actions(parser):
     return {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
 
 
-def toml_defaults(parser, path):
+def toml_defaults(parser, path, flag="--config"):
     """Read ``path`` and return ``{dest: value}`` checked against ``parser``'s flags.
 
     Values are converted with the flag's ``type`` and checked against its
     ``choices``; ``store_true``/``store_false`` flags need a TOML boolean.
     Calls ``parser.error`` (exit 2) for a missing/unreadable file, a TOML syntax
-    error, a table, an unknown key or a value of the wrong type.
+    error, a table, an unknown key or a value of the wrong type; ``flag`` names
+    the source of the file in those messages.
     """
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        parser.error(f"--config {path!r}: no such file")
+        parser.error(f"{flag} {path!r}: no such file")
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         # TOML is UTF-8; tomllib raises UnicodeDecodeError (not TOMLDecodeError) otherwise
-        parser.error(f"--config {path!r}: {e}")
+        parser.error(f"{flag} {path!r}: {e}")
     actions = _actions(parser)
     out = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        where = f"--config {path!r}: key {key!r}"
+        where = f"{flag} {path!r}: key {key!r}"
         if isinstance(value, dict):
             parser.error(f"{where}: tables are not supported, expected a flat file of flags")
         if dest == "config" or dest not in actions:
@@ -128,8 +130,22 @@ def dumps_toml(flat, header=None):
 
 
 def write_toml(path, flat, header=None):
-    """Write ``dumps_toml(flat, header)`` to ``path``; ``tomllib`` reads it back to ``flat``."""
+    """Write ``dumps_toml(flat, header)`` to ``path`` atomically (a temporary file in the
+    same folder, then ``os.replace``); ``tomllib`` reads it back to ``flat``."""
     text = dumps_toml(flat, header)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_text_atomic(path, text)
     return text
+
+
+def write_text_atomic(path, text):
+    """Replace ``path`` by ``text`` in one step: readers see the old or the new file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

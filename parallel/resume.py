@@ -115,7 +115,9 @@ def add_checkpoint_flags(parser):
     parser.add_argument("--resume", default=None, metavar="OUT",
                         help="continue the run in OUT from its newest valid checkpoint "
                              "(any layout; corrupt files are skipped with a warning); "
-                             "--out defaults to OUT")
+                             "its OUT/config.toml is the base layer of the flags (below --config "
+                             "and the command line; its resume/out and layout keys ignored); "
+                             "--out defaults to OUT (another --out forks into a new folder)")
 
 
 def check_checkpoint_flags(args, parser):
@@ -171,6 +173,20 @@ def check_global_batch(state, global_batch, path):
         raise CheckpointError(f"{path}: saved with global batch {state.get('global_batch')}, "
                               f"this run uses {global_batch}: expected the same --global-batch "
                               "to resume the data order exactly")
+
+
+def fork_metrics(source, dest, step):
+    """Start ``dest`` (a fork's ``metrics.jsonl``) with ``source``'s records up to ``step``.
+
+    ``source`` is only read.  An existing ``dest`` is left alone (``truncate_metrics``
+    trims it); a missing ``source`` starts nothing.
+    """
+    source, dest = Path(source), Path(dest)
+    if dest.exists() or not source.exists():
+        return
+    keep = [line for line in source.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    dest.write_text("".join(line + "\n" for line in keep))
 
 
 def truncate_metrics(path, step):

@@ -6,6 +6,7 @@
     python run/pretrain.py --model vit-nano --steps 50 --data random
     mpirun -n 4 python run/pretrain.py --zero 3 --global-batch 64 --audit
     python run/pretrain.py --config run.toml --lr 3e-4    # the command line wins
+    python run/pretrain.py --resume runs/a                # continue runs/a with its flags
 
 Global batch = micro-batch x accumulation x dp.  Outputs in --out (default
 runs/<UTC timestamp>), written by world rank 0: metrics.jsonl (a "header"
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from minivit.cliconfig import parse_with_config, write_toml
+from minivit.cliconfig import parse_with_config, toml_defaults, write_text_atomic, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
 from minivit.flops import train_flops
@@ -44,8 +45,8 @@ from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.checkpoint import CheckpointError
 from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
                                      check_checkpoint_flags, check_global_batch, data_state,
-                                     restore_loader, resume_point, run_in_chunks,
-                                     truncate_metrics)
+                                     fork_metrics, restore_loader, resume_point,
+                                     run_in_chunks, truncate_metrics)
 
 DEFAULT_DATA = "synthetic:fractaldb"
 
@@ -139,6 +140,37 @@ def build_parser():
                    help="skip (no update) up to N steps whose loss or gradient norm is "
                         "NaN/inf, logged in metrics.jsonl; 0 stops at the first, naming it")
     return p
+
+
+# keys of OUT/config.toml that --resume OUT does not take over: where to resume from and
+# where to write are this command's own, and the process layout is the launch's (a
+# checkpoint resumes in any layout): dp is derived from the world size, tp/pp (with the
+# pipeline-only --schedule and --timeline) default to 1 unless typed again
+RESUME_IGNORED = ("resume", "out", "dp", "tp", "pp", "schedule", "timeline")
+
+
+def parse_args(parser, argv=None):
+    """Flags in layers, lowest first: the parser's defaults, ``RESUME/config.toml`` (the
+    resolved flags of the run being resumed, without RESUME_IGNORED; skipped when the
+    file is missing), ``--config FILE``, the command line.
+
+    With a resume, ``out`` is the resumed folder unless ``--out`` is typed on the command
+    line (an ``out`` key in ``--config FILE`` does not redirect a resume).
+    """
+    typed, _ = parser.parse_known_args(argv)     # no set_defaults yet: only typed values
+    layer = toml_defaults(parser, typed.config) if typed.config else {}
+    resume = typed.resume if typed.resume is not None else layer.get("resume")
+    base = {}
+    if resume is not None and (Path(resume) / "config.toml").is_file():
+        base = toml_defaults(parser, str(Path(resume) / "config.toml"),
+                             flag=f"--resume {resume}:")
+        for key in RESUME_IGNORED:
+            base.pop(key, None)
+    parser.set_defaults(**{**base, **layer})
+    args = parser.parse_args(argv)
+    if args.resume is not None:
+        args.out = typed.out if typed.out is not None else args.resume
+    return args
 
 
 def check_args(args, parser, world_size=1):
@@ -254,13 +286,6 @@ def train(args, world_comm, guard, parser):
                or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     flags = {a.dest: getattr(args, a.dest) for a in parser._actions
              if a.dest not in ("help", "config")}
-    if root:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(
-            {"args": vars(args), "model": asdict(config)}, indent=2) + "\n")
-        write_toml(out / "config.toml", flags,
-                   header="resolved flags of run/pretrain.py; rerun with --config this-file")
-        truncate_metrics(out / "metrics.jsonl", start)   # steps after the checkpoint are redone
 
     model = mp_cli.build_model(args, config, grid)   # ViT, or this rank's tp/pp ModelShard
     trainer = ParallelTrainer(
@@ -281,8 +306,20 @@ def train(args, world_comm, guard, parser):
                            "run_config": flags})
     if resume:
         ckpt.load(resume[0])
-        if root:
-            print(f"resumed from {resume[0]} at step {start}", flush=True)
+    # only now, with the checkpoint (if any) validated and loaded: a refused --resume
+    # leaves OUT untouched; a fork (--resume A --out B) writes B only
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(
+            {"args": vars(args), "model": asdict(config)}, indent=2) + "\n")
+        write_toml(out / "config.toml", flags,
+                   header="resolved flags of run/pretrain.py; rerun with --config this-file")
+        if resume and not _same_dir(out, args.resume):
+            fork_metrics(Path(args.resume) / "metrics.jsonl", out / "metrics.jsonl", start)
+        truncate_metrics(out / "metrics.jsonl", start)   # steps after the checkpoint are redone
+        if resume:
+            print(f"resumed from {resume[0]} at step {start}"
+                  + ("" if _same_dir(out, args.resume) else f", writing to {out}"), flush=True)
     peak = blas_peak(grid.world, args.dtype)
     grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:
@@ -385,13 +422,17 @@ def train(args, world_comm, guard, parser):
     grid.free()
 
 
+def _same_dir(a, b):
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def main(argv=None):
     from mpi4py import MPI
     world_comm = MPI.COMM_WORLD
     # first: an exception on one rank must end every rank, never hang the job
     guard = install_guard(world_comm)
     parser = build_parser()
-    args = parse_with_config(parser, argv)
+    args = parse_args(parser, argv)
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
     with threadpool_limits(limits=threads, user_api="blas"):

@@ -3,6 +3,7 @@ same-layout resume bitwise, cross-layout resume to 1e-6 (dp=2 ZeRO-3 -> 1 proces
 1 process -> dp=2 through the Loader; ZeRO 0-2 in test_checkpoint_parallel.py),
 fallback past a corrupt newest checkpoint, and the clear every-rank errors (no
 valid checkpoint, another preset, non-finite loss)."""
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -117,3 +118,105 @@ def test_resume_through_the_loader_on_another_layout(run_mpi, tmp_path):
     got = _losses(resumed)
     assert sorted(got) == [5, 6]
     np.testing.assert_allclose([got[5], got[6]], [reference[5], reference[6]], rtol=1e-6)
+
+
+def _pretrain_module():
+    spec = importlib.util.spec_from_file_location("pretrain_under_test", PRETRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_flag_layers(tmp_path):
+    """defaults < RESUME/config.toml (minus resume/out/dp) < --config FILE < command line;
+    with a resume, out is the resumed folder unless --out is typed."""
+    pretrain = _pretrain_module()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 8\nglobal-batch = 16\n'
+                                     'dp = 2\ntp = 2\nlr = 0.002\nout = "elsewhere"\n'
+                                     'resume = "older"\n')
+    args = pretrain.parse_args(pretrain.build_parser(), ["--resume", str(run)])
+    assert (args.model, args.micro_batch, args.global_batch, args.lr) == ("vit-nano", 8, 16,
+                                                                          0.002)
+    assert (args.out, args.resume, args.dp, args.tp) == (str(run), str(run), None, 1)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('micro-batch = 4\nout = "cfg-out"\n')
+    args = pretrain.parse_args(pretrain.build_parser(),
+                               ["--config", str(cfg), "--resume", str(run), "--lr", "0.1"])
+    assert (args.micro_batch, args.global_batch, args.lr, args.out) == (4, 16, 0.1, str(run))
+    args = pretrain.parse_args(pretrain.build_parser(),
+                               ["--resume", str(run), "--out", str(tmp_path / "fork")])
+    assert args.out == str(tmp_path / "fork")
+    args = pretrain.parse_args(pretrain.build_parser(), ["--resume", str(tmp_path)])
+    assert args.micro_batch == 16 and args.out == str(tmp_path)   # no config.toml: defaults
+    args = pretrain.parse_args(pretrain.build_parser(), ["--config", str(cfg)])
+    assert args.out == "cfg-out"                                  # no resume: as before
+
+
+def test_resume_alone_reloads_the_runs_flags(tmp_path):
+    """--resume OUT alone continues a run of non-default --micro-batch/--global-batch with
+    the losses of the uninterrupted run; the `out =` line of the TOML (here: the full run's
+    folder) redirects neither --resume OUT nor --config FILE --resume OUT; --out forks."""
+    flags = ["--model", "vit-nano", "--data", "random", "--micro-batch", "2",
+             "--global-batch", "8", "--steps", "4", "--warmup", "1", "--lr", "3e-3",
+             "--random-samples", "32", "--threads", "1", "--no-progress", "--save-every", "2",
+             "--eval-every", "0"]
+    full = tmp_path / "full"
+    proc = _single([*flags, "--out", full])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = _losses(full)
+    assert sorted(reference) == [1, 2, 3, 4]
+    snapshot = {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()}
+
+    def interrupted(name):      # stopped after step 3, last checkpoint at step 2
+        cut = tmp_path / name
+        (cut / "ckpt").mkdir(parents=True)
+        shutil.copy(full / "ckpt" / "step_0000002.h5", cut / "ckpt")
+        shutil.copy(full / "config.toml", cut)          # its `out` line names `full`
+        lines = [ln for ln in (full / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(ln).get("step", 0) <= 3]
+        (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        return cut
+
+    cut = interrupted("cut")
+    proc = _single(["--resume", cut])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 2" in proc.stdout
+    got = _losses(cut)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert got == reference                                      # bitwise, same process count
+    assert (cut / "ckpt" / "step_0000004.h5").exists()
+
+    cut2 = interrupted("cut2")
+    proc = _single(["--config", full / "config.toml", "--resume", cut2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(cut2) == reference
+
+    cut3 = interrupted("cut3")
+    cut_before = {p.name: p.read_bytes() for p in cut3.iterdir() if p.is_file()}
+    fork = tmp_path / "fork"
+    proc = _single(["--resume", cut3, "--out", fork])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(fork) == reference              # steps 1-2 copied, 3-4 run in the fork
+    assert {p.name: p.read_bytes() for p in cut3.iterdir() if p.is_file()} == cut_before
+    assert sorted(p.name for p in (cut3 / "ckpt").iterdir()) == ["step_0000002.h5"]
+    assert (fork / "ckpt" / "step_0000004.h5").exists()
+
+    # nothing above wrote into the full run's folder
+    assert {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()} == snapshot
+    assert sorted(p.name for p in (full / "ckpt").iterdir()) == ["step_0000002.h5",
+                                                                   "step_0000004.h5"]
+
+
+def test_refused_resume_leaves_the_run_untouched(tmp_path):
+    run = tmp_path / "run"
+    proc = _single([*COMMON, "--steps", "2", "--out", run])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {name: (run / name).read_bytes()
+              for name in ("config.toml", "config.json", "metrics.jsonl")}
+    proc = _single(["--resume", run, "--classes", "5"])     # the checkpoint has 10 classes
+    assert proc.returncode != 0
+    assert "error:" in proc.stderr and "class" in proc.stderr, proc.stderr[-3000:]
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not list(run.glob("*.tmp.*"))
