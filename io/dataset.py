@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from .closing import Closeable
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, check_max_pixels, decode_image, parse_label
 from .errors import CorruptSampleError, ShardError, ShardWarning, check_on_error
 from .index import read_dataset_index, read_shard_index
@@ -55,7 +56,7 @@ def resolve_source(source):
     return [os.path.abspath(source)], None
 
 
-class ShardDataset:
+class ShardDataset(Closeable):
     """Samples of tar shards, addressed by a global index ``0 <= i < len(self)``.
 
     Args:
@@ -207,15 +208,3 @@ class ShardDataset:
                 if fd is not None:
                     os.close(fd)
                     self._fds[sid] = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .augment import Augment, Transform
+from .closing import Closeable
 from .errors import CorruptSampleError, ShardWarning, check_on_error
 
 
@@ -37,7 +38,7 @@ def _positive_int(name, value, minimum=1):
     return int(value)
 
 
-class Loader:
+class Loader(Closeable):
     """Mini-batches ``(images float32 (B, 3, S, S), labels int64 (B,))``.
 
     Args:
@@ -268,18 +269,6 @@ class Loader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class _Done:
