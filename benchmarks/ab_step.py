@@ -58,7 +58,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args(argv)
-    from minivit.bench import set_threads
+    from minivit.threads import limit_threads
     from minivit.config import get_config
     load_base(args.base)
     cfg = get_config(args.model, dtype=args.dtype)
@@ -66,7 +66,7 @@ def main(argv=None):
     x = rng.standard_normal((args.batch, cfg.in_chans, cfg.image_size, cfg.image_size))
     x = x.astype(args.dtype)
     y = rng.integers(0, cfg.num_classes, args.batch)
-    with set_threads(args.threads):
+    with limit_threads(args.threads):
         fns = {"base": step_fn("minivit_base", args, x, y)[2]}
         cfg, model, fns["now"] = step_fn("minivit", args, x, y)
         if not args.no_torch:

@@ -11,3 +11,12 @@ optimizers) with mpi4py for the parallel layouts.  Subpackages:
 ``minivit.synth`` (DESIGN.md section 1), so the model runs in one process.
 """
 __version__ = "0.1.0"
+
+import os as _os
+import sys as _sys
+
+from .threads import set_env_defaults as _set_env_defaults
+
+# before NumPy loads OpenBLAS, which reads its thread settings once (minivit/threads.py)
+NUMPY_BEFORE_THREAD_ENV = "numpy" in _sys.modules
+THREAD_ENV_SET = _set_env_defaults(_os.environ)     # the keys minivit set, not the user

@@ -31,6 +31,7 @@ from .config import PRESETS, get_config
 from .flops import measure_gemm_peak, train_flops
 from .model import ViT
 from .optim import AdamW
+from .threads import limit_threads
 from .train import train_step
 
 
@@ -62,18 +63,6 @@ def parse_args(argv):
     if args.threads is None:
         args.threads = 1 if args.dp > 1 else (os.cpu_count() or 1)
     return args
-
-
-def set_threads(n):
-    """Set BLAS (threadpoolctl) and Numba threads to ``n``; returns the threadpool limiter.
-
-    Numba cannot exceed the pool size fixed at import by ``NUMBA_NUM_THREADS``.
-    """
-    import numba
-    from threadpoolctl import threadpool_limits
-    limiter = threadpool_limits(limits=n)
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    return limiter
 
 
 def gemm_peak(n, dtype="float32"):
@@ -128,8 +117,10 @@ def summarise(seconds, cfg, batch, peak):
             "gflops_per_s": gflops, "mfu": gflops / peak, "peak_gflops": peak}
 
 
-def _torch_worker(conn, root, cfg, x, y, state, threads):
+def _torch_worker(conn, root, cfg, x, y, state, threads, drop_env):
     """Child process: build the PyTorch reference and run one step per request."""
+    for key in drop_env:        # minivit's thread settings (minivit/threads.py) are not torch's
+        os.environ.pop(key, None)
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
@@ -143,22 +134,26 @@ def _torch_worker(conn, root, cfg, x, y, state, threads):
     conn.send("ready")
     while conn.recv() == "step":
         conn.send(trainer.step())
+    conn.close()
 
 
 def torch_step_fn(cfg, model, x, y, threads):
-    """A callable running one PyTorch training step of the same ViT in a child process.
+    """``(step, close)``: one PyTorch training step of the same ViT in a child process,
+    and the call that ends that process.
 
     The reference runs in its own process: in one process, PyTorch's OpenMP
     pool and OpenBLAS's threads contend for the cores after each switch, which
     made the PyTorch step 5x slower than when run alone (measured).
     """
     import multiprocessing as mp
+    import minivit
     # benchmarks/ sits at the repository root, next to this package (editable install)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_torch_worker, daemon=True,
-                       args=(child, root, cfg, x, y, model.flat.state_dict(), threads))
+                       args=(child, root, cfg, x, y, model.flat.state_dict(), threads,
+                             minivit.THREAD_ENV_SET))
     proc.start()
     status = parent.recv()
     if status != "ready":
@@ -167,7 +162,13 @@ def torch_step_fn(cfg, model, x, y, threads):
     def step():
         parent.send("step")
         return parent.recv()
-    return step
+
+    def close():
+        parent.send("stop")
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+    return step, close
 
 
 def main(argv=None):
@@ -182,15 +183,19 @@ def run(args):
     """Time the training step for parsed ``args`` (see ``parse_args``); returns 0."""
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
-    with set_threads(args.threads):
+    with limit_threads(args.threads):
         peak = gemm_peak(args.peak_n)
         cfg, model, opt, x, y = build(args)
         fns = [make_step(model, opt, x, y)]
-        if args.vs_torch:
-            fns.append(torch_step_fn(cfg, model, x, y, args.threads))
         if args.breakdown:
             from .profiler import breakdown
             rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
+        elif args.vs_torch:
+            torch_step, close = torch_step_fn(cfg, model, x, y, args.threads)
+            try:
+                times = time_alternating(args.steps, fns + [torch_step], args.warmup)
+            finally:
+                close()
         else:
             times = time_alternating(args.steps, fns, args.warmup)
         peak = max(peak, gemm_peak(args.peak_n))    # best of before and after

@@ -29,7 +29,8 @@ def main(args):
     """``args``: the parsed ``run/bench.py train`` flags (``minivit.bench.parse_args``)."""
     from mpi4py import MPI
 
-    from minivit.bench import build, make_step, set_threads, summarise
+    from minivit.bench import build, make_step, summarise
+    from minivit.threads import limit_threads
     from minivit.model import ViT
     from minivit.optim import AdamW
 
@@ -59,13 +60,13 @@ def main(args):
         single = make_step(model, AdamW(model.flat, lr=1e-4, weight_decay=0.05), x_all, y_all)
     dp_times, single_times = [], []
     for i in range(args.warmup + args.steps):
-        with set_threads(args.threads):
+        with limit_threads(args.threads):
             world.Barrier()
             t0 = time.perf_counter()
             dp_step()
             seconds = world.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         if rank == 0:
-            with set_threads(args.threads * args.dp):
+            with limit_threads(args.threads * args.dp):
                 t0 = time.perf_counter()
                 single()
                 single_s = time.perf_counter() - t0

@@ -26,8 +26,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
 
+from minivit.threads import limit_threads
 from minivit.checkpoint import CheckpointError
 from minivit.cliconfig import parse_with_config, write_toml
 from minivit.config import PRESETS, get_config
@@ -238,7 +238,7 @@ def main(argv=None):
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
     try:
-        with threadpool_limits(limits=threads, user_api="blas"):
+        with limit_threads(threads):
             finetune(args, world_comm, guard, parser)
     except CheckpointError as exc:
         # every rank reads the same file and fails the same way: a clean exit, no abort

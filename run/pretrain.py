@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
 
+from minivit.threads import limit_threads
 from minivit.cliconfig import parse_with_config, toml_defaults, write_text_atomic, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
@@ -435,7 +435,7 @@ def main(argv=None):
     args = parse_args(parser, argv)
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with limit_threads(threads):
         try:
             train(args, world_comm, guard, parser)
         except (CheckpointError, FloatingPointError) as exc:
