@@ -23,11 +23,14 @@ def _actions(parser):
 def toml_defaults(parser, path, flag="--config"):
     """Read ``path`` and return ``{dest: value}`` checked against ``parser``'s flags.
 
-    Values are converted with the flag's ``type`` and checked against its
-    ``choices``; ``store_true``/``store_false`` flags need a TOML boolean.
+    A value must already have the TOML type of its flag: an ``int`` flag takes
+    an integer (not a boolean), a ``float`` flag an integer or a float, a string
+    flag a string, ``store_true``/``store_false`` flags a boolean; nothing is
+    converted from a string.  It is then checked against the flag's ``choices``.
     Calls ``parser.error`` (exit 2) for a missing/unreadable file, a TOML syntax
-    error, a table, an unknown key or a value of the wrong type; ``flag`` names
-    the source of the file in those messages.
+    error, a table, an unknown key or a value of the wrong type (the message
+    names the file, the key, the TOML type given and the type expected); ``flag``
+    names the source of the file in those messages.
     """
     try:
         with open(path, "rb") as f:
@@ -54,25 +57,38 @@ def toml_defaults(parser, path, flag="--config"):
 def _convert(parser, action, value, where):
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
-            parser.error(f"{where} = {value!r}: expected true or false")
+            parser.error(f"{where} = {value!r} is a TOML {_toml_type(value)}: expected true "
+                         "or false (a boolean)")
         return value
     if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
         values = value if isinstance(value, list) else [value]
         return [_convert_one(parser, action, v, where) for v in values]
     if isinstance(value, list):
-        parser.error(f"{where} = {value!r}: expected a single value, not a list")
+        parser.error(f"{where} = {value!r} is a TOML array: expected a single value")
     return _convert_one(parser, action, value, where)
 
 
+# TOML types a flag of each argparse ``type`` accepts; any other type (None is argparse's
+# default, or a callable such as a KEY=VALUE parser) takes the command line's text, a
+# string.  Nothing is converted between them: tomllib has already typed the value, so
+# ``steps = "10"`` is a mix-up to report, not to coerce.
+_ACCEPTED = {int: ((int,), "an integer"), float: ((int, float), "a number (integer or float)")}
+_TEXT = ((str,), "a string")
+
+
+def _toml_type(value):
+    """The TOML name of a value ``tomllib`` returned (``"string"``, ``"integer"`` ...)."""
+    if isinstance(value, bool):           # before int: bool is an int subclass
+        return "boolean"
+    names = {str: "string", int: "integer", float: "float", list: "array", dict: "table"}
+    return next((n for t, n in names.items() if isinstance(value, t)),
+                f"date/time ({type(value).__name__})")
+
+
 def _convert_one(parser, action, value, where):
-    if isinstance(value, bool) and action.type in (int, float):
-        parser.error(f"{where} = {value!r}: expected a number")
-    if action.type is int and isinstance(value, float):
-        parser.error(f"{where} = {value!r}: expected an integer")
-    if action.type is None and not isinstance(value, str):
-        # argparse's default type is str; TOML would otherwise hand a bool or a
-        # number to code expecting a path or a name
-        parser.error(f"{where} = {value!r}: expected a string")
+    accepted, expected = _ACCEPTED.get(action.type, _TEXT)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        parser.error(f"{where} = {value!r} is a TOML {_toml_type(value)}: expected {expected}")
     try:
         converted = action.type(value) if action.type is not None else value
     except (TypeError, ValueError, argparse.ArgumentTypeError) as e:

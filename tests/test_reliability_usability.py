@@ -1,0 +1,69 @@
+"""Usability defects found by a new-user trial of ``run/pretrain.py``, each shown fixed
+through the command line or the public API (docs/reliability.md, rows 44 onwards).
+"""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_PY = ROOT / "run" / "pretrain.py"
+
+
+def _pretrain_module():
+    spec = importlib.util.spec_from_file_location("pretrain_usability", PRETRAIN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PRETRAIN = _pretrain_module()
+
+
+# ------------------------------------------------------------ TOML types of flags
+def test_toml_string_for_an_int_flag_exits_2_naming_key_file_and_types(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('steps = "10"\n')
+    proc = subprocess.run([sys.executable, str(PRETRAIN_PY), "--config", str(cfg),
+                           "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"pretrain.py: error: --config '{cfg}': key 'steps' = '10' is a TOML string: "
+        "expected an integer")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, given, expected", [
+    ('steps = "10"', "'10' is a TOML string", "an integer"),
+    ("steps = true", "True is a TOML boolean", "an integer"),
+    ("steps = 1.0", "1.0 is a TOML float", "an integer"),
+    ('lr = "0.1"', "'0.1' is a TOML string", "a number (integer or float)"),
+    ("lr = false", "False is a TOML boolean", "a number (integer or float)"),
+    ("model = 3", "3 is a TOML integer", "a string"),
+    ("out = 1979-05-27", "datetime.date(1979, 5, 27) is a TOML date/time (date)", "a string"),
+    ('audit = "true"', "'true' is a TOML string", "true or false (a boolean)"),
+    ("audit = 1", "1 is a TOML integer", "true or false (a boolean)"),
+])
+def test_toml_value_of_another_type_is_refused(tmp_path, capsys, line, given, expected):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(line + "\n")
+    key = line.split(" = ")[0]
+    parser = PRETRAIN.build_parser()
+    with pytest.raises(SystemExit) as exc:
+        PRETRAIN.parse_args(parser, ["--config", str(cfg)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{parser.prog}: error: --config '{cfg}': key '{key}' = {given}: expected {expected}")
+
+
+def test_toml_values_of_the_flag_type_are_taken(tmp_path):
+    cfg = tmp_path / "run.toml"
+    # an integer for a float flag is a number too
+    cfg.write_text('steps = 10\nlr = 1\nmin-lr = 0.5e-4\nmodel = "vit-nano"\naudit = true\n')
+    args = PRETRAIN.parse_args(PRETRAIN.build_parser(), ["--config", str(cfg)])
+    assert (args.steps, args.lr, args.min_lr, args.model, args.audit) == \
+        (10, 1.0, 0.5e-4, "vit-nano", True)
+    assert type(args.lr) is float
