@@ -10,8 +10,10 @@ samples it could index plus a list of ``Problem(offset, reason)``:
   ustar header block, so later samples survive;
 - zero blocks (an end-of-archive marker) followed by more data: reported,
   and the walk goes on after them;
-- a member cut short by the end of the file, or a missing end-of-archive
-  marker (a cut at a 512-byte boundary): the walk stops there;
+- a member cut short by the end of the file, in its data or in the padding
+  after it, or a missing end-of-archive marker (a cut at a 512-byte
+  boundary): the walk stops there, and the cut member is not listed (its
+  sample is then incomplete, or complete without it);
 - a sample lacking an image or a ``cls`` member (e.g. its header was damaged).
 Interleaved or duplicate keys are a malformed shard, not damage:
 ``ValueError`` naming the shard.
@@ -97,11 +99,15 @@ def walk_members(fd, file_size):
             continue
         size = int(override.get("size", hdr.size))
         data = pos + tf.BLOCK
-        if data + size > file_size:
-            problems.append(Problem(pos, f"truncated: member {hdr.name!r} needs {size} "
-                                         f"bytes at {data}, file has {file_size}"))
-            break
         nxt = data + size + (-size % tf.BLOCK)
+        # The padding counts: a sample's byte range (its index "end") runs to the end
+        # of its last member's padding, so a member cut inside its padding would be
+        # listed in a sample that can never be read back.
+        if nxt > file_size:
+            problems.append(Problem(pos, f"truncated: member {hdr.name!r} needs {size} "
+                                         f"bytes + {nxt - data - size} padding at {data}, "
+                                         f"file has {file_size}"))
+            break
         if hdr.typeflag in _META_TYPES:
             if size > _MAX_META:
                 problems.append(Problem(pos, f"{size}-byte extended header is implausible"))

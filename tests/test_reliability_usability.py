@@ -2,6 +2,7 @@
 through the command line or the public API (docs/reliability.md, rows 44 onwards).
 """
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,54 @@ def test_toml_values_of_the_flag_type_are_taken(tmp_path):
     assert (args.steps, args.lr, args.min_lr, args.model, args.audit) == \
         (10, 1.0, 0.5e-4, "vit-nano", True)
     assert type(args.lr) is float
+
+
+# ------------------------------------------------------- re-indexed truncated shard
+def _write_two_shards(root):
+    from io_support import write_shards
+    write_shards(str(root / "s-%06d.tar"), 20, 10, num_classes=2)   # 000000..000019
+    return root / "s-000001.tar", json.loads((root / "s-000001.tar.idx").read_text())
+
+
+def _cut(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def test_member_cut_in_its_padding_is_not_listed_and_held_out_set_reads(tmp_path):
+    from minivit.io import ShardWarning
+    from minivit.io.sources import open_data
+    shard, idx = _write_two_shards(tmp_path)
+    cls_off, cls_size = idx["samples"][-1]["members"]["cls"]
+    cut = cls_off + cls_size + 100          # the label byte is there, its padding is cut
+    _cut(shard, cut)
+    with pytest.warns(ShardWarning) as caught:
+        splits = open_data(str(tmp_path), holdout=0.2)   # index.json is stale: re-walked
+    full = splits.train.dataset
+    assert [full.read_sample(i)["__key__"] for i in range(len(full))] == \
+        [f"{j:06d}" for j in range(19)]
+    messages = [str(w.message) for w in caught]
+    assert f"{shard}: byte {cls_off - 512}: truncated: member '000019.cls' needs 1 bytes + " \
+           f"511 padding at {cls_off}, file has {cut}" in messages
+    assert f"{shard}: byte {idx['samples'][-1]['offset']}: sample '000019' is incomplete " \
+           "(members ['png'])" in messages
+    # the last 20% of each label (-1: the re-walked shard's unread labels) are held out;
+    # before, that took the cut sample 000019, which failed at every evaluation
+    held = splits.eval
+    assert held.indices.tolist() == [8, 9, 17, 18]
+    assert [held[i][1] for i in range(len(held))] == [0, 1, 1, 0]   # all read back
+
+
+def test_optional_member_cut_in_its_padding_leaves_a_readable_sample(tmp_path):
+    from minivit.io import ShardDataset, ShardWarning
+    shard, idx = _write_two_shards(tmp_path)
+    last = idx["samples"][-1]
+    json_off, json_size = last["members"]["json"]
+    _cut(shard, json_off + json_size)                     # all data, no padding
+    with pytest.warns(ShardWarning, match="truncated: member '000019.json'"):
+        ds = ShardDataset(str(shard))
+    assert len(ds) == 10
+    raw = ds.read_sample(9)
+    assert raw["__key__"] == "000019" and sorted(raw) == [
+        "__key__", "__offset__", "__url__", "cls", "png"]
+    assert ds[9][1] == 19 % 2
