@@ -14,6 +14,10 @@ Usage (the first lines of a script run under ``mpirun``)::
     guard = install_guard(MPI.COMM_WORLD)
     grid = ProcessGrid(MPI.COMM_WORLD, dp=...)
     guard.label = grid.coords        # richer prefix once the grid exists
+
+``usage_from_rank0(parser, comm)`` is the other end of the same contract: a
+bad flag is not an exception but the same ``parser.error`` on every rank,
+printed once (rank 0) with every rank exiting 2.
 """
 import os
 import sys
@@ -87,6 +91,24 @@ class AbortGuard:
         if self._previous is not None:
             sys.excepthook, threading.excepthook = self._previous
             self._previous = None
+
+
+def usage_from_rank0(parser, comm):
+    """Let only rank 0 of ``comm`` print ``parser``'s usage, help and error text; returns it.
+
+    Under ``mpirun -n N`` every rank parses the same arguments and reaches the
+    same ``parser.error``, so the terminal got N copies of the usage and the
+    message.  On the other ranks ``print_usage``/``print_help`` print nothing
+    and ``exit`` drops its message; every rank still exits with argparse's
+    status (2 for an error, 0 for ``--help``) on its own: no collective, no
+    ``MPI_Abort``, nothing to wait for.  Only for checks that give the same
+    verdict on every rank; a rank-local error would then be silent off rank 0.
+    """
+    if comm.Get_rank() != 0:
+        parser.print_usage = lambda file=None: None
+        parser.print_help = lambda file=None: None
+        parser.exit = lambda status=0, message=None: sys.exit(status)
+    return parser
 
 
 def install_guard(comm, errorcode=1):

@@ -39,7 +39,7 @@ from minivit.model import ViT
 from minivit.optim import WarmupCosine
 from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.grid import ProcessGrid
-from minivit.parallel.guard import install_guard
+from minivit.parallel.guard import install_guard, usage_from_rank0
 from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.transfer import load_backbone, open_pretrained, pretrained_config
@@ -233,7 +233,8 @@ def main(argv=None):
     from mpi4py import MPI
     world_comm = MPI.COMM_WORLD
     guard = install_guard(world_comm)   # an exception on one rank ends every rank
-    parser = build_parser()
+    # every rank reaches the same parser.error; one copy of the message is enough
+    parser = usage_from_rank0(build_parser(), world_comm)
     args = parse_with_config(parser, argv)
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())

@@ -38,7 +38,7 @@ from minivit.parallel import mp_cli
 from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
-from minivit.parallel.guard import install_guard
+from minivit.parallel.guard import install_guard, usage_from_rank0
 from minivit.parallel.preempt import Preemption
 from minivit.parallel.watchdog import Watchdog
 from minivit.parallel.step import ParallelTrainer, train_loop
@@ -431,7 +431,8 @@ def main(argv=None):
     world_comm = MPI.COMM_WORLD
     # first: an exception on one rank must end every rank, never hang the job
     guard = install_guard(world_comm)
-    parser = build_parser()
+    # every rank reaches the same parser.error; one copy of the message is enough
+    parser = usage_from_rank0(build_parser(), world_comm)
     args = parse_args(parser, argv)
     check_args(args, parser, world_comm.Get_size())
     threads = args.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())

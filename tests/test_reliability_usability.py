@@ -119,3 +119,33 @@ def test_optional_member_cut_in_its_padding_leaves_a_readable_sample(tmp_path):
     assert raw["__key__"] == "000019" and sorted(raw) == [
         "__key__", "__offset__", "__url__", "cls", "png"]
     assert ds[9][1] == 19 % 2
+
+
+# ------------------------------------------------------------ usage errors under MPI
+def test_usage_error_under_mpirun_is_printed_once_and_every_rank_exits_2(run_mpi, tmp_path):
+    proc = run_mpi(4, [PRETRAIN_PY, "--tp", "3", "--out", tmp_path / "x"], timeout=60,
+                   check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = ("pretrain.py: error: --dp/--tp/--pp: process grid dp=1 x tp=3 x pp=1 = 3 ranks, "
+             "but the world has 4 ranks: expected dp*tp*pp == world size")
+    lines = proc.stderr.splitlines()
+    assert lines.count(error) == 1 and lines[-1] == error, proc.stderr
+    assert proc.stderr.count("usage: pretrain.py") == 1
+    # every rank left through argparse's exit: no abort, no traceback, no mpirun report
+    assert "Traceback" not in proc.stderr and "BAD TERMINATION" not in proc.stdout
+    assert proc.stdout == "" and not (tmp_path / "x").exists()
+
+
+def test_help_under_mpirun_is_printed_once(run_mpi):
+    proc = run_mpi(2, [PRETRAIN_PY, "--help"], timeout=60)
+    assert proc.stdout.count("usage: pretrain.py") == 1
+    assert proc.stdout.count("--skip-nonfinite SKIP_NONFINITE") == 2   # usage + option list
+    assert proc.stderr == ""
+
+
+def test_finetune_usage_error_under_mpirun_is_printed_once(run_mpi, tmp_path):
+    proc = run_mpi(2, [ROOT / "run" / "finetune.py", "--model", "vit-nano",
+                       "--out", tmp_path / "x"], timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("usage: finetune.py") == 1
+    assert proc.stderr.count("--checkpoint is required") == 1, proc.stderr
