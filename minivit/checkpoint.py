@@ -8,7 +8,8 @@ name, so any parallel layout can write it and any other can read it::
                               SGD: momentum_buffer), same shape and dtype
     root attributes           format, format_version, step, preset, model_config (JSON),
                               param_names (JSON list, model order), optimizer, scheduler,
-                              loader, rng, run_config, layout (JSON), checksum (sha256 hex)
+                              loader, rng, nonfinite, run_config, layout (JSON),
+                              checksum (sha256 hex)
 
 Every dataset carries a ``sha256`` attribute of its bytes; the root
 ``checksum`` is the SHA-256 of the manifest (each dataset's path, dtype, shape
@@ -42,7 +43,7 @@ USERBLOCK = 512
 MAGIC = b"MINIVIT-CHECKPOINT\n"
 STEP_FILE = re.compile(r"^step_(\d{7,})\.h5$")
 META_KEYS = ("step", "preset", "model_config", "param_names", "optimizer", "scheduler",
-             "loader", "rng", "run_config", "layout")
+             "loader", "rng", "nonfinite", "run_config", "layout")
 
 
 class CheckpointError(ValueError):

@@ -68,7 +68,7 @@ def save_model(path, model, optimizer=None, *, step, preset, **meta):
     """Write ``model``'s parameters (and ``optimizer``'s state, if given) to ``path``.
 
     model : ``minivit.model.ViT``; optimizer : ``AdamW``/``SGD`` over ``model.flat``.
-    meta : other checkpoint metadata (scheduler, loader, rng, run_config).
+    meta : other checkpoint metadata (scheduler, loader, rng, nonfinite, run_config).
     Returns the path.  Raises OSError from the file system; the previous
     content of ``path`` survives any failure (atomic replace).
     """

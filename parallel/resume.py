@@ -23,7 +23,7 @@ class CheckpointManager:
         0 saves only the final step; < 0 never saves.
     keep_last : keep only the newest K files (0 = all).
     meta : ``f(step) -> dict`` of the extra metadata (scheduler, loader, rng,
-        run_config) at the moment of saving.
+        nonfinite, run_config) at the moment of saving.
     Raises ValueError for keep_last < 0.
     """
 
@@ -166,6 +166,21 @@ def restore_loader(loader, state, global_batch, path):
                               f"multiple of micro-batch x dp = {loader.global_batch}")
     loader.load_state_dict({"epoch": state["epoch"], "seed": state["seed"],
                             "step": state["samples"] // loader.global_batch})
+
+
+def skipped_nonfinite(meta, path):
+    """Non-finite steps the checkpointed run had skipped (``meta["nonfinite"]["skipped"]``).
+
+    meta : checkpoint metadata; path : its file, for the message.  Checkpoints
+    written before the count was stored have no ``nonfinite`` entry: 0.
+    Raises CheckpointError for a count that is not an integer >= 0.
+    """
+    state = meta.get("nonfinite", {"skipped": 0})
+    count = state.get("skipped") if isinstance(state, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise CheckpointError(f"{path}: nonfinite {state!r:.80}, expected "
+                              "{'skipped': integer >= 0}")
+    return count
 
 
 def check_global_batch(state, global_batch, path):

@@ -220,7 +220,7 @@ class ParallelTrainer:
 
 
 def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_step=0,
-               log=None, audit=None, skip_nonfinite=0, stop=None):
+               log=None, audit=None, skip_nonfinite=0, skipped_before=0, stop=None):
     """Run optimizer steps ``start_step .. steps - 1``; returns the metric records.
 
     step_batches : iterator of ``(epoch, [(x, y), ...])`` for this rank
@@ -232,6 +232,9 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
     skip_nonfinite : how many steps with a non-finite loss or gradient norm may be
         skipped (no update, gradients dropped, data and schedule move on, as a
         mixed-precision loss scaler skips an overflowing step); 0 stops at the first.
+    skipped_before : non-finite steps of this run already skipped before
+        ``start_step`` (an earlier chunk, or the run a checkpoint resumes); they
+        count against ``skip_nonfinite``, and ``skipped_total`` goes on from them.
     stop : optional collective ``f(steps_done) -> bool`` run on every rank after
         each step, after the ledger is cleared (so outside the audited step);
         True ends the loop early (``parallel.preempt.Preemption.agree``).
@@ -243,13 +246,14 @@ def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_st
     norm exceeds the ``skip_nonfinite`` budget.  The check runs before the
     optimizer update on all-reduced values, so every rank raises at the same
     step and the parameters are still those of the last good step.
-    Raises ValueError for a negative ``skip_nonfinite``.
+    Raises ValueError for a negative or non-integer ``skip_nonfinite`` or
+    ``skipped_before``.
     """
-    if isinstance(skip_nonfinite, bool) or not isinstance(skip_nonfinite, int) \
-            or skip_nonfinite < 0:
-        raise ValueError(f"skip_nonfinite={skip_nonfinite!r}: expected an integer >= 0")
+    for name, value in (("skip_nonfinite", skip_nonfinite), ("skipped_before", skipped_before)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 0")
     flops = train_flops(trainer.model.config, global_batch)
-    records, skipped = [], 0
+    records, skipped = [], skipped_before
     for step in range(start_step, steps):
         t0 = time.perf_counter()
         epoch, micro_batches = next(step_batches)

@@ -46,7 +46,7 @@ from minivit.checkpoint import CheckpointError
 from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
                                      check_checkpoint_flags, check_global_batch, data_state,
                                      fork_metrics, restore_loader, resume_point,
-                                     run_in_chunks, truncate_metrics)
+                                     run_in_chunks, skipped_nonfinite, truncate_metrics)
 
 DEFAULT_DATA = "synthetic:fractaldb"
 
@@ -296,6 +296,9 @@ def train(args, world_comm, guard, parser):
         schedule=args.schedule)
     offload = mp_cli.attach_offload(args, trainer, grid)
     schedule = WarmupCosine(args.lr, args.warmup, args.steps, args.min_lr)
+    # the --skip-nonfinite budget is per run, not per launch or per chunk: the count
+    # goes into every checkpoint and comes back with --resume
+    skipped = [skipped_nonfinite(resume[1], resume[0]) if resume else 0]
     ckpt = CheckpointManager(
         out / "ckpt", mp_cli.state_adapter(trainer), grid.world, preset=args.model,
         config=config,
@@ -303,6 +306,7 @@ def train(args, world_comm, guard, parser):
         meta=lambda step: {"scheduler": schedule.state_dict(),
                            "loader": data_state(batches, args.global_batch),
                            "rng": {"seed": args.seed, "data_seed": args.data_seed},
+                           "nonfinite": {"skipped": skipped[0]},
                            "run_config": flags})
     if resume:
         ckpt.load(resume[0])
@@ -349,6 +353,8 @@ def train(args, world_comm, guard, parser):
         if dog is not None:
             dog.beat()
         step = record["step"]
+        if record.get("skipped"):
+            skipped[0] = record["skipped_total"]
         if record.get("skipped") and record["skipped_total"] <= args.skip_nonfinite:
             say(f"step {step}: loss {record['loss']} grad norm {record['grad_norm']}, update "
                 f"skipped ({record['skipped_total']} of --skip-nonfinite "
@@ -393,7 +399,7 @@ def train(args, world_comm, guard, parser):
                                            global_batch=args.global_batch, start_step=first,
                                            log=log, audit=audit if args.audit else None,
                                            skip_nonfinite=args.skip_nonfinite,
-                                           stop=preempt.agree),
+                                           skipped_before=skipped[0], stop=preempt.agree),
             ckpt, start, args.steps, preempted=lambda: preempt.stopped)
     finally:
         if dog is not None:

@@ -149,3 +149,88 @@ def test_finetune_usage_error_under_mpirun_is_printed_once(run_mpi, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("usage: finetune.py") == 1
     assert proc.stderr.count("--checkpoint is required") == 1, proc.stderr
+
+
+# ----------------------------------------------- --skip-nonfinite count in checkpoints
+NANO = ["--model", "vit-nano", "--data", "random", "--micro-batch", "4", "--steps", "4",
+        "--warmup", "0", "--random-samples", "64", "--threads", "1", "--no-progress",
+        "--holdout", "0"]
+
+
+def _pretrain(*args):
+    return subprocess.run([sys.executable, str(PRETRAIN_PY), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def _skipped_totals(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r.get("skipped_total") for r in map(json.loads, lines)
+            if r["kind"] == "train"}
+
+
+def _nonfinite(path):
+    from minivit.checkpoint import CheckpointReader
+    with CheckpointReader(path) as reader:
+        return reader.meta.get("nonfinite")
+
+
+def _without_nonfinite(path):
+    """Rewrite the checkpoint ``path`` as one written before the count was stored."""
+    from minivit.checkpoint import CheckpointReader, CheckpointWriter
+    with CheckpointReader(path) as reader:
+        meta = {k: v for k, v in reader.meta.items() if k != "nonfinite"}
+        groups = ["params"] + [f"optim/{s}" for s in reader.names("optim")]
+        tensors = {(g, n): reader.read(g, n) for g in groups for n in reader.names(g)}
+    path.unlink()
+    with CheckpointWriter(path) as writer:
+        for (group, name), array in tensors.items():
+            writer.write(group, name, array)
+        writer.commit(meta)
+
+
+def test_skip_budget_is_stored_in_checkpoints_and_counted_on_after_resume(tmp_path):
+    out = tmp_path / "a"
+    # lr 1e18: step 1 leaves huge but finite weights, so steps 2-4 are non-finite and
+    # skipped (parameters unchanged), and the checkpoints can still be written
+    proc = _pretrain(*NANO, "--lr", "1e18", "--skip-nonfinite", "3", "--save-every", "2",
+                     "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # one count over the chunks that end at checkpoints (it restarted at 0 after step 2)
+    assert _skipped_totals(out) == {1: None, 2: 1, 3: 2, 4: 3}
+    ckpt = out / "ckpt"
+    assert _nonfinite(ckpt / "step_0000002.h5") == {"skipped": 1}
+    assert _nonfinite(ckpt / "step_0000004.h5") == {"skipped": 3}
+    # resume at step 2 with a budget of 2: steps 3 and 4 are the 2nd and 3rd skipped
+    (ckpt / "step_0000004.h5").unlink()
+    proc = _pretrain("--resume", out, "--skip-nonfinite", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        "[minivit rank 0] error: loss became nan at step 4 (non-finite step 3, "
+        f"--skip-nonfinite allows 2); stopped, last good checkpoint: {ckpt / 'step_0000002.h5'}")
+    assert _skipped_totals(out) == {1: None, 2: 1, 3: 2, 4: 3}
+
+
+def test_checkpoint_without_the_count_resumes_with_0(tmp_path):
+    out = tmp_path / "old"
+    proc = _pretrain(*NANO, "--lr", "1e18", "--skip-nonfinite", "1", "--steps", "2",
+                     "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = out / "ckpt" / "step_0000002.h5"
+    _without_nonfinite(path)
+    assert _nonfinite(path) is None
+    proc = _pretrain("--resume", out, "--steps", "4", "--skip-nonfinite", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _skipped_totals(out) == {1: None, 2: 1, 3: 1, 4: 2}
+    assert _nonfinite(out / "ckpt" / "step_0000004.h5") == {"skipped": 2}
+
+
+@pytest.mark.parametrize("stored", [{"skipped": -1}, {"skipped": 1.0}, {"skipped": True},
+                                    {"skipped": "2"}, {}, 3, None])
+def test_bad_stored_count_is_a_checkpoint_error(stored):
+    from minivit.checkpoint import CheckpointError
+    from minivit.parallel.resume import skipped_nonfinite
+    assert skipped_nonfinite({"step": 2}, "f.h5") == 0
+    assert skipped_nonfinite({"nonfinite": {"skipped": 4}}, "f.h5") == 4
+    with pytest.raises(CheckpointError, match=r"^f\.h5: nonfinite .*, expected "
+                                              r"\{'skipped': integer >= 0\}$"):
+        skipped_nonfinite({"nonfinite": stored}, "f.h5")
