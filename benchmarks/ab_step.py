@@ -17,9 +17,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import minivit  # noqa: E402,F401  (sets the thread environment before NumPy loads OpenBLAS)
+import numpy as np  # noqa: E402
 
 
 def load_base(base):

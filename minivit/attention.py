@@ -3,12 +3,10 @@ All You Need", NeurIPS 2017, section 3.2): softmax(Q K^T / sqrt(d_head)) V.
 
 Layout follows timm's ``Attention``: one ``qkv`` Linear (3D, D) whose output
 columns are ordered (3, heads, head_dim), then an output ``proj`` Linear (D, D).
-Scores and the weighted sum are batched matmuls over (B, H), which NumPy sends
-to BLAS per (batch, head) matrix without a Python loop.
+The core softmax(scale q k^T) v runs in ``minivit.kernels_attention``: one
+(batch, head) pair per Numba thread, BLAS GEMMs and the fused softmax inside.
 """
-import numpy as np
-
-from . import kernels
+from .kernels_attention import attention_backward, attention_forward
 from .layers import Linear, Module
 
 
@@ -35,34 +33,17 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         b, t, d = x.shape
-        h, hd = self.heads, self.head_dim
         qkv, qkv_ctx = self.qkv.forward(x)
-        # (B, T, 3, H, hd) -> (3, B, H, T, hd): strided views, no copy; each (T, hd)
-        # matrix has unit column stride, so matmul hands it to BLAS as it is
-        qkv = qkv.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = np.matmul(q, k.transpose(0, 1, 3, 2))         # (B, H, T, T)
-        # softmax(scale * scores): the scale is fused into the kernel
-        p = kernels.softmax_forward(scores.reshape(-1, t), self.scale).reshape(b, h, t, t)
-        # write A V straight into the (B, T, H, hd) layout proj reads: no transpose copy
-        o = np.empty((b, t, h, hd), dtype=x.dtype)
-        np.matmul(p, v, out=o.transpose(0, 2, 1, 3))
-        y, proj_ctx = self.proj.forward(o.reshape(b, t, h * hd))
-        return y, (qkv_ctx, q, k, v, p, proj_ctx)
+        # (B, T, 3 H hd) -> (B, T, 3, H, hd): a view; the kernel reads each head's q, k, v
+        qkv = qkv.reshape(b, t, 3, self.heads, self.head_dim)
+        o, p = attention_forward(qkv, self.scale)               # o: (B, T, H, hd)
+        y, proj_ctx = self.proj.forward(o.reshape(b, t, self.heads * self.head_dim))
+        return y, (qkv_ctx, qkv, p, proj_ctx)
 
     def backward(self, dy, ctx):
         # forward: y = proj(concat_h softmax(q_h k_h^T * scale) v_h), [q, k, v] = qkv(x)
-        qkv_ctx, q, k, v, p, proj_ctx = ctx
-        b, h, t, hd = q.shape
-        do = self.proj.backward(dy, proj_ctx)                  # (B, T, D)
-        do = do.reshape(b, t, h, hd).transpose(0, 2, 1, 3)     # (B, H, T, hd) view
-        # dq, dk, dv are written into their slots of the qkv gradient (B, T, 3, H, hd)
-        dqkv = np.empty((b, t, 3, h, hd), dtype=q.dtype)
-        slots = dqkv.transpose(2, 0, 3, 1, 4)                  # (3, B, H, T, hd) view
-        dp = np.matmul(do, v.transpose(0, 1, 3, 2))            # (B, H, T, T)
-        np.matmul(p.transpose(0, 1, 3, 2), do, out=slots[2])   # dv
-        ds = kernels.softmax_backward(dp.reshape(-1, t), p.reshape(-1, t),
-                                      self.scale).reshape(b, h, t, t)
-        np.matmul(ds, k, out=slots[0])                         # dq
-        np.matmul(ds.transpose(0, 1, 3, 2), q, out=slots[1])   # dk
+        qkv_ctx, qkv, p, proj_ctx = ctx
+        b, t, _, h, hd = qkv.shape
+        do = self.proj.backward(dy, proj_ctx).reshape(b, t, h, hd)
+        dqkv = attention_backward(do, qkv, p, self.scale)      # (B, T, 3, H, hd)
         return self.qkv.backward(dqkv.reshape(b, t, 3 * h * hd), qkv_ctx)

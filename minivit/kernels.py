@@ -13,21 +13,26 @@ validate and allocate; the ``_``-prefixed ``njit``
 functions write into the arrays they are given.
 
 Speed (docs/performance.md): for float32 data the GELU and softmax kernels
-use branch-free polynomial forms of erf and exp (``_erf_rational``,
-``_exp_neg``) that LLVM vectorises; libm ``erf``/``exp`` calls cannot be
-vectorised and made GELU cost half a GEMM.  Their error (below 3e-7 absolute on
-GELU, 1e-9 relative on exp) is under float32 rounding of the outputs; float64
-data keeps the exact libm path, so gradient checks are unaffected.  The kernels
-are single-threaded on purpose: Numba ``parallel=True`` regions next to
-OpenBLAS's spinning threads made a vit-nano step 40x and a vit-micro step 1.36x
-slower on the 2-core machine (both thread pools fight for the same cores);
-the threads go to BLAS.  Cross-row reductions (LayerNorm dw/db) are summed in
-fixed 64-row blocks.
+compute in float32 with the polynomial erf and exp of ``minivit.math32``,
+which LLVM vectorises 8 lanes wide; libm ``erf``/``exp`` calls cannot be
+vectorised and made GELU cost half a GEMM.  Their error (below 1e-6 against
+the float64 reference, tests/test_kernels_fast.py) is at float32 rounding;
+float64 data keeps the exact libm path, so gradient checks are unaffected.
+
+Threads: LayerNorm and GELU split their rows/elements into fixed blocks over
+Numba threads (``prange``), and cross-row sums (LayerNorm dw/db) add fixed
+64-row block partials in order, so results do not depend on the thread count.
+Next to OpenBLAS this only pays with the quiet thread pools that
+``minivit.threads`` sets up; with OpenBLAS's default spinning a vit-nano step
+was 40x slower.  The softmax kernels stay serial: the attention kernel
+(``minivit.kernels_attention``) calls them from inside its own threads.
 """
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from . import math32 as m32
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -41,10 +46,10 @@ def _rows(x, name):
 
 # ---------------------------------------------------------------- LayerNorm
 # Ba et al., "Layer Normalization", 2016, eq. 4: y = (x - mu) / sqrt(var + eps) * w + b
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", parallel=True)
 def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
     rows, d = x.shape
-    for r in range(rows):
+    for r in prange(rows):
         s = 0.0
         for j in range(d):
             s += x[r, j]
@@ -63,13 +68,13 @@ def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
 _LN_BLOCK = 64   # rows per partial dw/db sum: fixed, so the sum order ignores thread count
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", parallel=True)
 def _layernorm_bwd(dy, x, mean, rstd, w, dx, dw, db):
     rows, d = x.shape
     nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK
     dw_part = np.zeros((nblk, d))
     db_part = np.zeros((nblk, d))
-    for blk in range(nblk):
+    for blk in prange(nblk):
         for r in range(blk * _LN_BLOCK, min(rows, (blk + 1) * _LN_BLOCK)):
             mu = np.float64(mean[r])
             rs = np.float64(rstd[r])
@@ -117,79 +122,52 @@ def layernorm_backward(dy, x, mean, rstd, w, dw, db):
 
 # --------------------------------------------------------------------- GELU
 # Hendrycks & Gimpel, "GELUs", 2016: gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-@njit(cache=True, error_model="numpy")
+_EW_BLOCK = 16384   # elements per unit of work of the elementwise kernels (64 kB of float32)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
 def _gelu_fwd(x, y):
-    for i in range(x.size):
-        v = np.float64(x[i])
-        y[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
+    for blk in prange((x.size + _EW_BLOCK - 1) // _EW_BLOCK):
+        for i in range(blk * _EW_BLOCK, min(x.size, (blk + 1) * _EW_BLOCK)):
+            v = np.float64(x[i])
+            y[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", parallel=True)
 def _gelu_bwd(dy, x, dx):
-    for i in range(x.size):
-        v = np.float64(x[i])
-        # d/dx [x Phi(x)] = Phi(x) + x phi(x)
-        dpsi = 0.5 * (1.0 + math.erf(v * _INV_SQRT2)) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
-        dx[i] = dy[i] * dpsi
+    for blk in prange((x.size + _EW_BLOCK - 1) // _EW_BLOCK):
+        for i in range(blk * _EW_BLOCK, min(x.size, (blk + 1) * _EW_BLOCK)):
+            v = np.float64(x[i])
+            # d/dx [x Phi(x)] = Phi(x) + x phi(x)
+            dpsi = (0.5 * (1.0 + math.erf(v * _INV_SQRT2))
+                    + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
+            dx[i] = dy[i] * dpsi
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _erf_rational(z):
-    """erf(z) for float64 z: odd rational minimax form on [-4, 4], +-1 outside.
-
-    Coefficients of the float32 rational erf used by Eigen/XLA (z * P(z^2) / Q(z^2));
-    absolute error below 2e-7, no libm call, so loops over it vectorise.
-    """
-    # ternaries, not min/max: they compile to selects, so the loop vectorises
-    c = -4.0 if z < -4.0 else z
-    c = 4.0 if c > 4.0 else c
-    z2 = c * c
-    p = -2.72614225801306e-10
-    p = p * z2 + 2.77068142495902e-08
-    p = p * z2 - 2.10102402082508e-06
-    p = p * z2 - 5.69250639462346e-05
-    p = p * z2 - 7.34990630326855e-04
-    p = p * z2 - 2.95459980854025e-03
-    p = p * z2 - 1.60960333262415e-02
-    q = -1.45660718464996e-05
-    q = q * z2 - 2.13374055278905e-04
-    q = q * z2 - 1.68282697438203e-03
-    q = q * z2 - 7.37332916720468e-03
-    q = q * z2 - 1.42647390514189e-02
-    e = c * p / q
-    # outside +-4 erf is +-1 to 1.5e-8; the exact +-1 keeps gelu(-100) at 0
-    e = -1.0 if z < -4.0 else e
-    return 1.0 if z > 4.0 else e
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _exp_neg(t):
-    """exp(t) for float64 t <= 0, 0 below -32 (exp(-32) = 1.3e-14).
-
-    exp(t) = exp(t / 256) ** 256: a degree-7 Taylor polynomial on [-1/8, 0]
-    (error 1.5e-12) squared 8 times (relative error 4e-10).  Branch-free.
-    """
-    u = (-32.0 if t < -32.0 else t) * (1.0 / 256.0)
-    e = 1.0 + u * (1.0 + u * 0.5 * (1.0 + u * (1.0 / 3.0) * (1.0 + u * 0.25 * (
-        1.0 + u * 0.2 * (1.0 + u * (1.0 / 6.0) * (1.0 + u * (1.0 / 7.0)))))))
-    for _ in range(8):
-        e = e * e
-    return e if t >= -32.0 else 0.0
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
 def _gelu_fwd_fast(x, y):
-    for i in range(x.size):
-        v = np.float64(x[i])
-        y[i] = 0.5 * v * (1.0 + _erf_rational(v * _INV_SQRT2))
+    for blk in prange((x.size + _EW_BLOCK - 1) // _EW_BLOCK):
+        for i in range(blk * _EW_BLOCK, min(x.size, (blk + 1) * _EW_BLOCK)):
+            v = x[i]
+            y[i] = m32.HALF * v * (m32.ONE + m32.erf32(v * m32.INV_SQRT2))
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
 def _gelu_bwd_fast(dy, x, dx):
-    for i in range(x.size):
-        v = np.float64(x[i])
-        dpsi = 0.5 * (1.0 + _erf_rational(v * _INV_SQRT2)) + v * _exp_neg(-0.5 * v * v) * _INV_SQRT_2PI
-        dx[i] = dy[i] * dpsi
+    for blk in prange((x.size + _EW_BLOCK - 1) // _EW_BLOCK):
+        lo, hi = blk * _EW_BLOCK, min(x.size, (blk + 1) * _EW_BLOCK)
+        bits = np.empty(hi - lo, np.int32)        # 2**k of exp(-x^2 / 2) = y * 2**k
+        pow2 = bits.view(np.float32)
+        xb, dyb, dxb = x[lo:hi], dy[lo:hi], dx[lo:hi]
+        for i in range(hi - lo):
+            v = xb[i]
+            y, k = m32.exp32_split(-m32.HALF * v * v)
+            dxb[i] = y
+            bits[i] = m32.pow2_bits(k)
+        for i in range(hi - lo):
+            v = xb[i]
+            pdf = dxb[i] * pow2[i] * m32.INV_SQRT_2PI
+            dxb[i] = dyb[i] * (m32.HALF * (m32.ONE + m32.erf32(v * m32.INV_SQRT2)) + v * pdf)
 
 
 def gelu_forward(x):
@@ -233,17 +211,24 @@ def _softmax_fwd(x, scale, p):
 @njit(cache=True, fastmath=True, error_model="numpy")
 def _softmax_fwd_fast(x, scale, p):
     rows, n = x.shape
+    sc = np.float32(scale)
+    bits = np.empty(n, np.int32)                  # 2**k of each exp = y * 2**k
+    pow2 = bits.view(np.float32)
     for r in range(rows):
-        m = np.float64(x[r, 0])
+        m = x[r, 0]
         for j in range(1, n):
-            v = np.float64(x[r, j])
+            v = x[r, j]
             m = v if v > m else m
+        for j in range(n):
+            y, k = m32.exp32_split((x[r, j] - m) * sc)
+            p[r, j] = y
+            bits[j] = m32.pow2_bits(k)
         s = 0.0
         for j in range(n):
-            e = _exp_neg((x[r, j] - m) * scale)
+            e = p[r, j] * pow2[j]
             p[r, j] = e
-            s += e
-        inv = 1.0 / s
+            s += e       # sums in float64
+        inv = np.float32(1.0 / s)
         for j in range(n):
             p[r, j] *= inv
 

@@ -69,3 +69,20 @@ def xent_backward(probs, labels, smoothing, scale):
     target = np.full_like(p, smoothing / k)
     target[np.arange(len(labels)), labels] += 1.0 - smoothing
     return ((p - target) * scale).astype(probs.dtype)
+
+
+def attention_forward(qkv, scale):
+    """(o (B, T, H, hd), p (B, H, T, T)) from qkv (B, T, 3, H, hd), in float64."""
+    q, k, v = (qkv[:, :, i].astype(np.float64).transpose(0, 2, 1, 3) for i in range(3))
+    p = softmax_forward(q @ k.transpose(0, 1, 3, 2), scale)
+    return (p @ v).transpose(0, 2, 1, 3).astype(qkv.dtype), p.astype(qkv.dtype)
+
+
+def attention_backward(do, qkv, p, scale):
+    """dqkv (B, T, 3, H, hd) in float64, cast to qkv's dtype."""
+    q, k, v = (qkv[:, :, i].astype(np.float64).transpose(0, 2, 1, 3) for i in range(3))
+    g = do.astype(np.float64).transpose(0, 2, 1, 3)          # (B, H, T, hd)
+    p64 = p.astype(np.float64)
+    ds = softmax_backward(g @ v.transpose(0, 1, 3, 2), p64, scale)
+    grads = (ds @ k, ds.transpose(0, 1, 3, 2) @ q, p64.transpose(0, 1, 3, 2) @ g)
+    return np.stack([d.transpose(0, 2, 1, 3) for d in grads], axis=2).astype(qkv.dtype)

@@ -2,18 +2,17 @@
 
 The hot path carries no profiling code.  ``Profiler`` wraps the ``forward`` and
 ``backward`` of each module *instance* of a model with a timer (an instance
-attribute that shadows the class method, removed again on ``close()``), and
-for the duration of the profile replaces ``kernels.softmax_forward/backward``
-(looked up by ``attention`` at call time) with timed versions.  Times are
+attribute that shadows the class method, removed again on ``close()``).  Times are
 **exclusive**: a parent's time excludes the time of the timed calls inside it,
 so the classes add up to the step.
 
 Classes:
 - ``matmul``: ``Linear`` forward/backward (GEMMs, bias add, bias-gradient sum)
   and the patch-embedding GEMMs;
-- ``attention``: ``MultiHeadAttention`` less its qkv/proj Linears and softmax
-  (the batched Q K^T, A V matmuls and their gradients);
-- ``softmax``, ``layernorm``, ``gelu``: the fused Numba kernels;
+- ``attention``: ``MultiHeadAttention`` less its qkv/proj Linears: the fused
+  attention core of ``minivit.kernels_attention`` (Q K^T, softmax, P V and
+  their gradients in one kernel, so softmax has no row of its own);
+- ``layernorm``, ``gelu``: the fused Numba kernels;
 - ``copies``: residual adds, patchify/concatenate/position add of the
   embedding, pooling and zero-filled gradients of the head;
 - ``optimizer``: gradient norm and the fused AdamW update;
@@ -23,14 +22,13 @@ import time
 
 import numpy as np
 
-from . import kernels
 from .attention import MultiHeadAttention
 from .layers import GELU, LayerNorm, Linear, Module, Residual
 from .model import Embed, Head
 from .optim import clip_grad_norm_
 from .loss import cross_entropy_backward, cross_entropy_forward
 
-CLASSES = ("matmul", "attention", "softmax", "layernorm", "gelu", "copies", "optimizer",
+CLASSES = ("matmul", "attention", "layernorm", "gelu", "copies", "optimizer",
            "other")
 _KIND = ((Linear, "matmul"), (LayerNorm, "layernorm"), (GELU, "gelu"),
          (MultiHeadAttention, "attention"), (Residual, "copies"), (Embed, "copies"),
@@ -66,9 +64,6 @@ class Profiler:
                     for meth in ("forward", "backward"):
                         setattr(m, meth, self._timed(getattr(m, meth), kind))
                     self._wrapped.append(m)
-        self._saved = (kernels.softmax_forward, kernels.softmax_backward)
-        kernels.softmax_forward = self._timed(self._saved[0], "softmax")
-        kernels.softmax_backward = self._timed(self._saved[1], "softmax")
 
     def _timed(self, fn, kind):
         def wrapper(*args, **kwargs):
@@ -89,10 +84,9 @@ class Profiler:
         return self._timed(fn, kind)(*args, **kwargs)
 
     def close(self):
-        """Remove every wrapper (restores the class methods and the kernels)."""
+        """Remove every wrapper (restores the class methods)."""
         for m in self._wrapped:
             del m.forward, m.backward
-        kernels.softmax_forward, kernels.softmax_backward = self._saved
         self._wrapped = []
 
 

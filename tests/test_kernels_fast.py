@@ -66,3 +66,24 @@ def test_grad_sumsq_blocks(n):
     g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
     ref = float(np.sum(g.astype(np.float64) ** 2))
     assert grad_sumsq(g) == pytest.approx(ref, rel=1e-12, abs=0.0)
+
+
+def test_math32_erf_and_exp_against_float64():
+    from numba import njit
+    from scipy.special import erf
+
+    from minivit import math32
+
+    @njit
+    def apply(t, z, e, f):
+        for i in range(t.size):
+            y, k = math32.exp32_split(t[i])
+            e[i] = y * np.float32(2.0) ** k
+            f[i] = math32.erf32(z[i])
+    t = np.linspace(-87.0, 0.0, 200_001).astype(np.float32)
+    z = np.linspace(-6.0, 6.0, 200_001).astype(np.float32)
+    e, f = np.empty_like(t), np.empty_like(z)
+    apply(t, z, e, f)
+    exact = np.exp(t.astype(np.float64))
+    assert np.max(np.abs(e - exact) / exact) < 3e-7
+    assert np.max(np.abs(f - erf(z.astype(np.float64)))) < 5e-7     # 4 float32 ulps of 1
