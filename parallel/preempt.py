@@ -13,12 +13,24 @@ the others waiting in a collective.  So:
 3. the caller then writes a checkpoint from all ranks and exits 0; ``--resume``
    continues exactly from it.
 
+Ctrl-C (SIGINT, in ``INTERACTIVE_SIGNALS``) takes the same path: the first
+one asks for the checkpoint and a clean exit.  Users press Ctrl-C twice to
+mean "stop now", so the first one also puts back the default action of
+SIGINT, and a second one ends the process at once, without a checkpoint.  Under
+``mpirun`` the launcher itself forwards the first Ctrl-C to every rank and
+force-aborts the job on the second.
+
 The agreement is posted *after* the step's ledger entries are summarised, so
 it does not disturb the per-step ``--audit`` comparison with ``cost.py``.
 """
+import os
 import signal
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# for runs started from a terminal: Ctrl-C as well
+INTERACTIVE_SIGNALS = DEFAULT_SIGNALS + (signal.SIGINT,)
+CTRL_C_HINT = (b"[minivit] Ctrl-C: stopping after this step with a checkpoint; "
+               b"press Ctrl-C again to abort without one\n")
 
 
 class Preemption:
@@ -27,7 +39,9 @@ class Preemption:
     Parameters
     ----------
     world : world :class:`~minivit.parallel.comm.Communicator` (every rank of the job).
-    signals : signal numbers to catch (default SIGTERM and SIGUSR1).
+    signals : signal numbers to catch (default SIGTERM and SIGUSR1;
+        ``INTERACTIVE_SIGNALS`` adds SIGINT, whose second delivery ends the
+        process at once).
 
     Attributes
     ----------
@@ -50,6 +64,13 @@ class Preemption:
         # Only a flag: the step in progress finishes, the collective decides.
         if self.received is None:
             self.received = signum
+        if signum == signal.SIGINT:
+            # The kernel's default action, not a Python handler, for the second
+            # Ctrl-C: a Python handler would only run once a long C call (a GEMM, an
+            # MPI wait) returns, and "press twice" must stop at once.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if self.world.rank == 0:
+                os.write(2, CTRL_C_HINT)   # not print(): it may interrupt a print
 
     def install(self):
         """Install the handlers; returns self."""
@@ -83,5 +104,7 @@ class Preemption:
         """One line for the log: which signal stopped the run at which step."""
         if not self.stopped:
             return "not preempted"
+        if self.received == signal.SIGINT:
+            return f"interrupted by SIGINT (Ctrl-C) after step {self.step}"
         name = signal.Signals(self.received).name if self.received else "a signal on another rank"
         return f"preempted by {name} after step {self.step}"

@@ -39,7 +39,7 @@ from minivit.parallel.evaluate import Evaluator
 from minivit.parallel.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
 from minivit.parallel.guard import install_guard, usage_from_rank0
-from minivit.parallel.preempt import Preemption
+from minivit.parallel.preempt import INTERACTIVE_SIGNALS, Preemption
 from minivit.parallel.watchdog import Watchdog
 from minivit.parallel.step import ParallelTrainer, train_loop
 from minivit.checkpoint import CheckpointError
@@ -271,8 +271,9 @@ def make_data(args, grid, resume=None):
 def train(args, world_comm, guard, parser):
     grid = ProcessGrid(world_comm, dp=args.dp, tp=args.tp, pp=args.pp)
     guard.label = grid.coords
-    # SIGTERM/SIGUSR1 from here on set a flag; the ranks agree after each step
-    preempt = Preemption(grid.world).install()
+    # SIGTERM/SIGUSR1/SIGINT from here on set a flag; the ranks agree after each step and
+    # checkpoint into OUT (a second Ctrl-C ends the process at once)
+    preempt = Preemption(grid.world, INTERACTIVE_SIGNALS).install()
     root = grid.rank == 0          # world rank 0 alone prints and writes files
     resume = resume_point(args.resume, grid.world) if args.resume else None
     start = resume[1]["step"] if resume else 0

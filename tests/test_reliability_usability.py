@@ -234,3 +234,108 @@ def test_bad_stored_count_is_a_checkpoint_error(stored):
     with pytest.raises(CheckpointError, match=r"^f\.h5: nonfinite .*, expected "
                                               r"\{'skipped': integer >= 0\}$"):
         skipped_nonfinite({"nonfinite": stored}, "f.h5")
+
+
+# ------------------------------------------------------------------ Ctrl-C (SIGINT)
+def _start(cmd, out, env=None):
+    """Popen of ``cmd`` writing stdout/stderr into files next to ``out``."""
+    import os
+
+    from conftest import SINGLE_THREAD_ENV
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = (open(out.parent / "stdout.txt", "w"), open(out.parent / "stderr.txt", "w"))
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=logs[0], stderr=logs[1], cwd=ROOT,
+                            env={**os.environ, **SINGLE_THREAD_ENV, **(env or {})})
+    for f in logs:
+        f.close()
+    return proc
+
+
+def _wait_for(predicate, proc, timeout=240, what=""):
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def _train_steps(out):
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r["step"] for r in map(json.loads, path.read_text().splitlines())
+            if r["kind"] == "train"]
+
+
+def _outputs(out):
+    return ((out.parent / "stdout.txt").read_text(), (out.parent / "stderr.txt").read_text())
+
+
+LONG = [*NANO[:NANO.index("--steps")], "--steps", "100000", *NANO[NANO.index("--steps") + 2:],
+        "--save-every", "-1", "--log-every", "100000"]
+HINT = ("[minivit] Ctrl-C: stopping after this step with a checkpoint; press Ctrl-C again "
+        "to abort without one")
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_exits_0(tmp_path):
+    import signal
+    out = tmp_path / "run" / "out"
+    proc = _start([sys.executable, PRETRAIN_PY, *LONG, "--out", out], out)
+    try:
+        _wait_for(lambda: len(_train_steps(out)) >= 2, proc, what="two steps")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, _outputs(out)
+    finally:
+        proc.kill()
+    stdout, stderr = _outputs(out)
+    last = _train_steps(out)[-1]
+    path = out / "ckpt" / f"step_{last:07d}.h5"
+    assert stdout.splitlines()[-1] == (f"interrupted by SIGINT (Ctrl-C) after step {last}: "
+                                       f"wrote {path}; continue with --resume {out}")
+    assert stderr.splitlines() == [HINT]            # no KeyboardInterrupt traceback
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [path.name]
+    from minivit.checkpoint import CheckpointReader
+    with CheckpointReader(path) as reader:
+        assert reader.step == last
+
+
+def test_second_ctrl_c_ends_the_run_at_once_without_a_checkpoint(tmp_path):
+    import signal
+    out = tmp_path / "run" / "out"
+    # steps of a few seconds, so the second Ctrl-C lands well inside the step
+    slow = [*LONG, "--model", "vit-micro", "--micro-batch", "128", "--random-samples", "256"]
+    proc = _start([sys.executable, PRETRAIN_PY, *slow, "--out", out], out)
+    try:
+        _wait_for(lambda: len(_train_steps(out)) >= 1, proc, what="the first step")
+        proc.send_signal(signal.SIGINT)
+        _wait_for(lambda: HINT in _outputs(out)[1], proc, what="the Ctrl-C hint")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == -signal.SIGINT, _outputs(out)
+    finally:
+        proc.kill()
+    assert _train_steps(out) == [1] and not (out / "ckpt").exists()
+    assert "Traceback" not in _outputs(out)[1]
+
+
+def test_ctrl_c_to_mpirun_checkpoints_on_every_rank_and_exits_0(tmp_path):
+    import signal
+
+    from conftest import mpi_command
+    out = tmp_path / "run" / "out"
+    proc = _start(mpi_command(2, [PRETRAIN_PY, *LONG, "--zero", "1", "--out", out]), out)
+    try:
+        _wait_for(lambda: len(_train_steps(out)) >= 2, proc, what="two steps")
+        proc.send_signal(signal.SIGINT)     # hydra forwards it to every rank
+        assert proc.wait(timeout=120) == 0, _outputs(out)
+    finally:
+        proc.kill()
+    stdout, stderr = _outputs(out)
+    last = _train_steps(out)[-1]
+    path = out / "ckpt" / f"step_{last:07d}.h5"
+    assert stdout.count("interrupted by SIGINT (Ctrl-C) after step") == 1
+    assert f"after step {last}: wrote {path}; continue with --resume {out}" in stdout
+    assert stderr.count(HINT) == 1 and "Traceback" not in stderr
+    from minivit.checkpoint import CheckpointReader
+    with CheckpointReader(path) as reader:
+        assert reader.step == last and reader.meta["layout"]["zero"] == 1
