@@ -278,19 +278,27 @@ HINT = ("[minivit] Ctrl-C: stopping after this step with a checkpoint; press Ctr
         "to abort without one")
 
 
-def test_ctrl_c_checkpoints_at_the_step_boundary_and_exits_0(tmp_path):
+def _ctrl_c_after_two_steps(cmd, out):
+    """Run ``cmd``, send one SIGINT after two logged steps, expect exit 0.
+
+    Returns ``(stdout, stderr, last step, its checkpoint path)``.
+    """
     import signal
-    out = tmp_path / "run" / "out"
-    proc = _start([sys.executable, PRETRAIN_PY, *LONG, "--out", out], out)
+    proc = _start(cmd, out)
     try:
         _wait_for(lambda: len(_train_steps(out)) >= 2, proc, what="two steps")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)     # to mpirun: hydra forwards it to every rank
         assert proc.wait(timeout=120) == 0, _outputs(out)
     finally:
         proc.kill()
-    stdout, stderr = _outputs(out)
     last = _train_steps(out)[-1]
-    path = out / "ckpt" / f"step_{last:07d}.h5"
+    return (*_outputs(out), last, out / "ckpt" / f"step_{last:07d}.h5")
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_exits_0(tmp_path):
+    out = tmp_path / "run" / "out"
+    stdout, stderr, last, path = _ctrl_c_after_two_steps(
+        [sys.executable, PRETRAIN_PY, *LONG, "--out", out], out)
     assert stdout.splitlines()[-1] == (f"interrupted by SIGINT (Ctrl-C) after step {last}: "
                                        f"wrote {path}; continue with --resume {out}")
     assert stderr.splitlines() == [HINT]            # no KeyboardInterrupt traceback
@@ -319,20 +327,10 @@ def test_second_ctrl_c_ends_the_run_at_once_without_a_checkpoint(tmp_path):
 
 
 def test_ctrl_c_to_mpirun_checkpoints_on_every_rank_and_exits_0(tmp_path):
-    import signal
-
     from conftest import mpi_command
     out = tmp_path / "run" / "out"
-    proc = _start(mpi_command(2, [PRETRAIN_PY, *LONG, "--zero", "1", "--out", out]), out)
-    try:
-        _wait_for(lambda: len(_train_steps(out)) >= 2, proc, what="two steps")
-        proc.send_signal(signal.SIGINT)     # hydra forwards it to every rank
-        assert proc.wait(timeout=120) == 0, _outputs(out)
-    finally:
-        proc.kill()
-    stdout, stderr = _outputs(out)
-    last = _train_steps(out)[-1]
-    path = out / "ckpt" / f"step_{last:07d}.h5"
+    stdout, stderr, last, path = _ctrl_c_after_two_steps(
+        mpi_command(2, [PRETRAIN_PY, *LONG, "--zero", "1", "--out", out]), out)
     assert stdout.count("interrupted by SIGINT (Ctrl-C) after step") == 1
     assert f"after step {last}: wrote {path}; continue with --resume {out}" in stdout
     assert stderr.count(HINT) == 1 and "Traceback" not in stderr
