@@ -15,8 +15,11 @@ __version__ = "0.1.0"
 import os as _os
 import sys as _sys
 
+from .allocator import retain_freed_memory as _retain_freed_memory
 from .threads import set_env_defaults as _set_env_defaults
 
 # before NumPy loads OpenBLAS, which reads its thread settings once (minivit/threads.py)
 NUMPY_BEFORE_THREAD_ENV = "numpy" in _sys.modules
 THREAD_ENV_SET = _set_env_defaults(_os.environ)     # the keys minivit set, not the user
+# before the first activation is allocated (minivit/allocator.py)
+RETAINS_FREED_MEMORY = _retain_freed_memory(_os.environ)

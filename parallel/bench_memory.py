@@ -22,6 +22,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from minivit.allocator import release_freed_memory
 from minivit.config import PRESETS, get_config
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 
@@ -82,6 +83,7 @@ def offload_child(config, micro_batch, offload):
         off = Offload(trainer, tmp, 0) if offload else None
         for _ in range(2):
             trainer.train_step(batch, 1e-4)
+        release_freed_memory()      # minivit keeps freed heap for speed; RSS should be live memory
         rss = rss_bytes()
         out = {"ledger_optim": trainer.memory()["optim"],
                "offloaded": off.nbytes if off else 0, **rss}
