@@ -120,6 +120,48 @@ def layernorm_backward(dy, x, mean, rstd, w, dw, db):
     return dx
 
 
+# --------------------------------------------------------------------- bias
+@njit(cache=True, error_model="numpy", parallel=True)
+def _add_bias(y, b):
+    rows, d = y.shape
+    for blk in prange((rows + _LN_BLOCK - 1) // _LN_BLOCK):
+        for r in range(blk * _LN_BLOCK, min(rows, (blk + 1) * _LN_BLOCK)):
+            for j in range(d):
+                y[r, j] += b[j]
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _bias_grad(dy, db):
+    rows, d = dy.shape
+    nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK
+    part = np.zeros((nblk, d))
+    for blk in prange(nblk):
+        for r in range(blk * _LN_BLOCK, min(rows, (blk + 1) * _LN_BLOCK)):
+            for j in range(d):
+                part[blk, j] += dy[r, j]
+    for blk in range(nblk):         # block partials in order: independent of the thread count
+        for j in range(d):
+            db[j] += part[blk, j]
+
+
+def add_bias_(y, b):
+    """y += b in place, over threads; y (rows, D) C-contiguous, b (D,).  Returns y.
+
+    Raises ValueError if y is not a C-contiguous 2-D array.
+    """
+    if y.ndim != 2 or not y.flags.c_contiguous:
+        raise ValueError(f"y has shape {y.shape}: expected a C-contiguous (rows, D) array")
+    _add_bias(y, b)
+    return y
+
+
+def bias_grad_(dy, db):
+    """ACCUMULATE the bias gradient: db += dy.sum(axis=0), in float64 64-row block
+    partials added in order; dy (rows, D), db (D,)."""
+    _bias_grad(_rows(dy, "dy"), db)
+    return db
+
+
 # --------------------------------------------------------------------- GELU
 # Hendrycks & Gimpel, "GELUs", 2016: gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
 _EW_BLOCK = 16384   # elements per unit of work of the elementwise kernels (64 kB of float32)

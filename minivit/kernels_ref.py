@@ -28,6 +28,10 @@ def layernorm_backward(dy, x, mean, rstd, w):
     return dx.astype(x.dtype), (dy64 * xhat).sum(0), dy64.sum(0)
 
 
+def bias_grad(dy):
+    return dy.astype(np.float64).sum(axis=0)
+
+
 def gelu_forward(x):
     x64 = x.astype(np.float64)
     return (0.5 * x64 * (1.0 + erf(x64 / np.sqrt(2.0)))).astype(x.dtype)

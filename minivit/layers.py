@@ -46,7 +46,7 @@ class Linear(Module):
         x2d = x.reshape(-1, self.in_features)
         y = x2d @ self.weight.data.T
         if self.bias is not None:
-            y += self.bias.data
+            kernels.add_bias_(y, self.bias.data)
         return y.reshape(*x.shape[:-1], self.out_features), x2d
 
     def backward(self, dy, ctx):
@@ -55,7 +55,7 @@ class Linear(Module):
         dy2d = dy.reshape(-1, self.out_features)
         self.weight.grad += dy2d.T @ x2d
         if self.bias is not None:
-            self.bias.grad += dy2d.sum(axis=0)
+            kernels.bias_grad_(dy2d, self.bias.grad)
         return (dy2d @ self.weight.data).reshape(*dy.shape[:-1], self.in_features)
 
 

@@ -111,3 +111,18 @@ def test_kernels_match_reference_on_any_shape(rows, width, seed, scale, f32):
     p = kernels.softmax_forward(x)
     close(p, kernels_ref.softmax_forward(x), dtype)
     close(kernels.softmax_backward(dy, p), kernels_ref.softmax_backward(dy, p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 63, 64, 200])
+def test_bias_add_and_gradient(dtype, rows):
+    y, b = data((rows, 19), dtype), data((19,), dtype, 1)
+    expected = y + b
+    assert kernels.add_bias_(y, b) is y
+    close(y, expected, dtype)
+    dy = data((rows, 19), dtype, 2)
+    db = np.full(19, 0.25, dtype)            # accumulates into an existing gradient
+    kernels.bias_grad_(dy, db)
+    close(db, (0.25 + kernels_ref.bias_grad(dy)).astype(dtype), dtype)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.add_bias_(np.asfortranarray(np.ones((3, 19), dtype)), b)
