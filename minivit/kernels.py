@@ -44,9 +44,15 @@ def _rows(x, name):
     return np.ascontiguousarray(x)
 
 
+# Reassociation only: lets LLVM vectorise the row sums (several partial sums per
+# row, the same order on any thread count), without fastmath's no-NaN/no-inf
+# assumptions, so a NaN still propagates to the loss and its guard.
+_REASSOC = {"reassoc", "contract"}
+
+
 # ---------------------------------------------------------------- LayerNorm
 # Ba et al., "Layer Normalization", 2016, eq. 4: y = (x - mu) / sqrt(var + eps) * w + b
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True, fastmath=_REASSOC)
 def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
     rows, d = x.shape
     for r in prange(rows):
@@ -68,7 +74,7 @@ def _layernorm_fwd(x, w, b, eps, y, mean, rstd):
 _LN_BLOCK = 64   # rows per partial dw/db sum: fixed, so the sum order ignores thread count
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True, fastmath=_REASSOC)
 def _layernorm_bwd(dy, x, mean, rstd, w, dx, dw, db):
     rows, d = x.shape
     nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK
@@ -130,7 +136,7 @@ def _add_bias(y, b):
                 y[r, j] += b[j]
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True, fastmath=_REASSOC)
 def _bias_grad(dy, db):
     rows, d = dy.shape
     nblk = (rows + _LN_BLOCK - 1) // _LN_BLOCK

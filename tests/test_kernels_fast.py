@@ -87,3 +87,17 @@ def test_math32_erf_and_exp_against_float64():
     exact = np.exp(t.astype(np.float64))
     assert np.max(np.abs(e - exact) / exact) < 3e-7
     assert np.max(np.abs(f - erf(z.astype(np.float64)))) < 5e-7     # 4 float32 ulps of 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_and_bias_kernels_keep_nan(dtype):
+    # the kernels reassociate sums but must not assume finite inputs: a NaN
+    # has to reach the loss, where the non-finite guard sees it
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(dtype)
+    x[2, 7] = np.nan
+    w, b = np.ones(16, dtype), np.zeros(16, dtype)
+    y, mean, rstd = kernels.layernorm_forward(x, w, b, 1e-6)
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    db = np.zeros(16, dtype)
+    kernels.bias_grad_(x, db)
+    assert np.isnan(db[7]) and np.isfinite(np.delete(db, 7)).all()
