@@ -31,7 +31,7 @@ from .config import PRESETS, get_config
 from .flops import measure_gemm_peak, train_flops
 from .model import ViT
 from .optim import AdamW
-from .threads import limit_threads
+from .threads import env_applied, limit_threads
 from .train import train_step
 
 
@@ -183,6 +183,9 @@ def run(args):
     """Time the training step for parsed ``args`` (see ``parse_args``); returns 0."""
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
+    if not env_applied():
+        print("note: NumPy was imported before minivit, so OpenBLAS keeps its spinning "
+              "threads (minivit/threads.py); the figures will be slower", file=sys.stderr)
     with limit_threads(args.threads):
         peak = gemm_peak(args.peak_n)
         cfg, model, opt, x, y = build(args)

@@ -39,3 +39,13 @@ def test_limit_threads_rejects_bad_counts(bad):
     with pytest.raises(ValueError, match="threads"):
         with limit_threads(bad):
             pass
+
+
+@pytest.mark.parametrize("first,applied", [("minivit", "True"), ("numpy", "False")])
+def test_env_applied_tells_whether_numpy_came_first(first, applied):
+    import subprocess
+    import sys
+    code = f"import {first}; import minivit.threads as t; print(t.env_applied())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == applied
