@@ -60,9 +60,25 @@ def parse_args(argv):
         ap.error(f"--warmup {args.warmup}: expected >= 0")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads {args.threads}: expected >= 1")
+    if args.dp > 1 and (args.vs_torch or args.breakdown):
+        ap.error("--vs-torch and --breakdown time one process: expected them without --dp")
+    try:
+        model_config(args)
+    except ValueError as exc:           # e.g. --image-size not a multiple of the patch size
+        ap.error(str(exc))
     if args.threads is None:
         args.threads = 1 if args.dp > 1 else (os.cpu_count() or 1)
     return args
+
+
+def model_config(args):
+    """The ``ViTConfig`` of the parsed flags; raises ValueError for an invalid one."""
+    overrides = {"dtype": args.dtype}
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    return get_config(args.model, **overrides)
 
 
 def gemm_peak(n, dtype="float32"):
@@ -72,12 +88,7 @@ def gemm_peak(n, dtype="float32"):
 
 def build(args):
     """``(config, model, optimizer, x, y)`` with seeded random data."""
-    overrides = {"dtype": args.dtype}
-    if args.image_size is not None:
-        overrides["image_size"] = args.image_size
-    if args.num_classes is not None:
-        overrides["num_classes"] = args.num_classes
-    cfg = get_config(args.model, **overrides)
+    cfg = model_config(args)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, cfg.in_chans, cfg.image_size, cfg.image_size))
     x = x.astype(cfg.dtype)

@@ -13,6 +13,7 @@ dp images/s / single-process images/s (target >= 0.9).
 """
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -39,10 +40,14 @@ def main(args):
     from .step import ParallelTrainer
 
     world = MPI.COMM_WORLD
-    guard = install_guard(world)
     if world.Get_size() != args.dp:
-        raise ValueError(f"--dp {args.dp} with {world.Get_size()} MPI ranks: expected "
-                         f"mpirun -n {args.dp}")
+        # every rank sees the same size: each exits 2, rank 0 alone says why
+        if world.Get_rank() == 0:
+            print(f"bench.py train: error: --dp {args.dp} with {world.Get_size()} MPI rank(s): "
+                  f"expected mpirun -n {args.dp} python run/bench.py train --dp {args.dp}",
+                  file=sys.stderr, flush=True)
+        return 2
+    guard = install_guard(world)
     grid = ProcessGrid(world, dp=args.dp)
     guard.label = grid.coords
     rank = grid.dp_rank

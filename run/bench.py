@@ -10,6 +10,7 @@ Each subcommand lives in the package that owns the code it measures; this
 script only dispatches.  Speed is measured here, never in timed unit tests.
 """
 import importlib
+import os
 import sys
 
 # subcommand -> module exposing ``main(argv) -> int``
@@ -41,6 +42,15 @@ def _train(argv):
     args = bench.parse_args(argv)
     if args.dp > 1:
         return importlib.import_module("minivit.parallel.bench_dp").main(args)
+    # under mpirun without --dp every rank would run its own benchmark on shared cores;
+    # MPICH's launcher tells each rank the job size in PMI_SIZE (Open MPI: OMPI_COMM_WORLD_SIZE)
+    size = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
+    if size > 1:
+        rank = int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
+        if rank == 0:
+            print(f"bench.py train: error: {size} MPI ranks but --dp 1: expected "
+                  f"--dp {size} (or no mpirun)", file=sys.stderr, flush=True)
+        return 2
     return bench.run(args)
 
 

@@ -85,7 +85,7 @@ def build_parser():
                         "and of the data order")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--out", default=None, help="output folder; default runs/finetune-<UTC time>")
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads per process")
+    p.add_argument("--threads", type=int, default=None, help="BLAS and Numba threads per rank; default: cores / ranks")
     p.add_argument("--loader-threads", type=int, default=1, help="decoding threads per rank")
     p.add_argument("--eval-batch", type=int, default=64, help="images per eval forward per rank")
     p.add_argument("--log-every", type=int, default=10, help="print every N steps")
@@ -114,6 +114,8 @@ def check_args(args, parser, world_size):
     for flag in ("epochs", "micro_batch", "loader_threads", "eval_batch", "log_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: expected >= 1 (omit it for cores / ranks)")
     if not 0.0 < args.holdout < 1.0:
         parser.error(f"--holdout {args.holdout}: expected 0 < fraction < 1")
     if args.global_batch is None:

@@ -127,7 +127,7 @@ def build_parser():
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="label smoothing of the cross-entropy (0 <= s < 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads per process; default: cores / ranks")
+                   help="BLAS and Numba threads per rank; default: cores / ranks")
     p.add_argument("--log-every", type=int, default=10,
                    help="print a progress line every N steps (metrics.jsonl has every step)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -190,6 +190,8 @@ def check_args(args, parser, world_size=1):
                  "eval_batch"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: expected >= 1 (omit it for cores / ranks)")
     if args.eval_samples < 0:
         parser.error(f"--eval-samples {args.eval_samples}: expected >= 0 (0: all)")
     if args.eval_every < 0:
@@ -325,6 +327,11 @@ def train(args, world_comm, guard, parser):
         if resume:
             print(f"resumed from {resume[0]} at step {start}"
                   + ("" if _same_dir(out, args.resume) else f", writing to {out}"), flush=True)
+    if start >= args.steps:     # every rank knows both numbers: all return here together
+        if root:
+            print(f"already at step {start} of --steps {args.steps}: nothing to do "
+                  "(raise --steps to train further)", flush=True)
+        return
     peak = blas_peak(grid.world, args.dtype)
     grid.ledger.clear()   # the peak's all-reduce is not part of step 1
     if root:

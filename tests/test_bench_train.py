@@ -62,10 +62,27 @@ def test_dp_comparison_under_mpirun(run_mpi):
     assert out["ratio"] == pytest.approx(out["dp_images_per_s"] / out["single_images_per_s"])
 
 
-def test_dp_rank_mismatch_fails_fast(run_mpi):
+def test_dp_rank_mismatch_is_a_usage_error_printed_once(run_mpi):
     proc = run_mpi(3, ["run/bench.py", "train", "--dp", "2", *TINY], timeout=120, check=False)
-    assert proc.returncode != 0
-    assert "--dp 2 with 3 MPI ranks" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.count("--dp 2 with 3 MPI rank(s): expected mpirun -n 2") == 1
+    assert "Traceback" not in proc.stderr
+    proc = run_mpi(2, ["run/bench.py", "train", *TINY], timeout=120, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("2 MPI ranks but --dp 1: expected --dp 2") == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--dp", "2"], "--dp 2 with 1 MPI rank(s): expected mpirun -n 2"),
+    (["--dp", "2", "--vs-torch"], "--vs-torch and --breakdown time one process"),
+    (["--image-size", "15"], "image_size=15 is not divisible by patch_size=4"),
+    (["--image-size", "0"], "image_size=0"),
+])
+def test_bad_layouts_and_shapes_are_usage_errors(flags, message):
+    proc = subprocess.run([sys.executable, "run/bench.py", "train", *TINY, *flags],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_torch_reference_is_the_same_model():

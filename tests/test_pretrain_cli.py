@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN, FINETUNE = str(ROOT / "run" / "pretrain.py"), str(ROOT / "run" / "finetune.py")
@@ -164,3 +165,15 @@ if __name__ == "__main__" and sys.argv[1:] == ["evaluator"]:
     from mpi4py import MPI
     install_guard(MPI.COMM_WORLD)
     _evaluator_driver()
+
+
+@pytest.mark.parametrize("script", [PRETRAIN, FINETUNE])
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_threads_below_one_is_a_usage_error(script, bad, tmp_path):
+    extra = ["--from-scratch", "--model", "vit-nano"] if script == FINETUNE else []
+    proc = subprocess.run([sys.executable, script, *extra, "--threads", bad,
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert f"--threads {bad}: expected >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -220,3 +220,12 @@ def test_refused_resume_leaves_the_run_untouched(tmp_path):
     assert "error:" in proc.stderr and "class" in proc.stderr, proc.stderr[-3000:]
     assert {name: (run / name).read_bytes() for name in before} == before
     assert not list(run.glob("*.tmp.*"))
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    out = tmp_path / "done"
+    _single([*COMMON, "--steps", "2", "--out", str(out)])
+    metrics = (out / "metrics.jsonl").read_text()
+    proc = _single(["--resume", str(out)])
+    assert "already at step 2 of --steps 2: nothing to do" in proc.stdout
+    assert (out / "metrics.jsonl").read_text() == metrics      # no second header
