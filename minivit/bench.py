@@ -20,6 +20,7 @@ BLAS threads are set with threadpoolctl and Numba threads with
 ``numba.set_num_threads`` (at most ``NUMBA_NUM_THREADS`` of the process).
 """
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -194,6 +195,10 @@ def run(args):
     """Time the training step for parsed ``args`` (see ``parse_args``); returns 0."""
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
+    if args.vs_torch and importlib.util.find_spec("torch") is None:
+        # before the model is built: the child process would only find out seconds later
+        raise SystemExit("--vs-torch needs PyTorch, which is not installed: "
+                         "pip install -e \".[torch]\" (torch==2.13.0)")
     if not env_applied():
         print("note: NumPy was imported before minivit, so OpenBLAS keeps its spinning "
               "threads (minivit/threads.py); the figures will be slower", file=sys.stderr)

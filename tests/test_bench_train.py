@@ -100,3 +100,13 @@ def test_torch_reference_is_the_same_model():
     np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="name mismatch"):
         load_minivit_state(ref, {"head.bias": np.zeros(10)})
+
+
+def test_vs_torch_without_torch_says_how_to_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    from minivit.bench import run
+    with pytest.raises(SystemExit, match=r'pip install -e "\.\[torch\]"'):
+        run(parse_args(TINY + ["--vs-torch"]))
