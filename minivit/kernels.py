@@ -19,9 +19,10 @@ vectorised and made GELU cost half a GEMM.  Their error (below 1e-6 against
 the float64 reference, tests/test_kernels_fast.py) is at float32 rounding;
 float64 data keeps the exact libm path, so gradient checks are unaffected.
 
-Threads: LayerNorm and GELU split their rows/elements into fixed blocks over
-Numba threads (``prange``), and cross-row sums (LayerNorm dw/db) add fixed
-64-row block partials in order, so results do not depend on the thread count.
+Threads: LayerNorm, GELU and the Linear bias add/gradient split their
+rows/elements into fixed blocks over Numba threads (``prange``), and cross-row
+sums (LayerNorm dw/db, the bias gradient) add fixed 64-row block partials in
+order, so results do not depend on the thread count.
 Next to OpenBLAS this only pays with the quiet thread pools that
 ``minivit.threads`` sets up; with OpenBLAS's default spinning a vit-nano step
 was 40x slower.  The softmax kernels stay serial: the attention kernel
