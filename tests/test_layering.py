@@ -40,11 +40,18 @@ def imported_modules(path, package):
     return names
 
 
+def module_package(path, folder, package):
+    """Package a file in ``folder`` (or a sub-folder of it) is installed in."""
+    parts = path.relative_to(ROOT / folder).parts[:-1]
+    return ".".join((package, *parts))
+
+
 def violations(folder):
     package, banned = RULES[folder]
     found = []
-    for path in sorted((ROOT / folder).glob("*.py")):
-        for name in imported_modules(path, package):
+    # rglob: a rule holds in every sub-package too, not just the folder's top level
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for name in imported_modules(path, module_package(path, folder, package)):
             bad = any(name == b or name.startswith(b + ".") for b in banned)
             # synth/io: the model package itself (minivit.<model module>) is banned too
             if folder != "minivit" and name.startswith("minivit.") and not name.startswith(DATA_SIDE):
@@ -66,3 +73,13 @@ def test_the_checker_catches_a_banned_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert violations("minivit") == ["minivit/bad.py imports minivit.parallel",
                                      "minivit/bad.py imports mpi4py"]
+
+
+def test_the_checker_looks_into_sub_packages(tmp_path, monkeypatch):
+    deep = tmp_path / "synth" / "sub"
+    deep.mkdir(parents=True)
+    (deep / "bad.py").write_text("from ...model import ViT\nfrom .. import rng\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    # ``...model`` from minivit.synth.sub is minivit.model (banned); ``..rng`` is
+    # minivit.synth.rng (allowed)
+    assert violations("synth") == ["synth/sub/bad.py imports minivit.model"]
