@@ -21,7 +21,10 @@ setup(
     description=("Vision Transformer pre-training on formula-generated images, "
                  "from scratch in NumPy/Numba and mpi4py"),
     python_requires=">=3.11",
-    packages=["minivit", *_SUBPACKAGES],
+    # the sub-packages under the mapped folders (minivit.parallel.runtime, ...) follow
+    # from package_dir; they are listed so a non-editable install copies them
+    packages=["minivit", "minivit.tools", *_SUBPACKAGES,
+              "minivit.parallel.runtime", "minivit.parallel.tools"],
     package_dir={"minivit": "minivit", **_SUBPACKAGES},
     install_requires=[
         "numpy",

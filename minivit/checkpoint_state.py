@@ -2,7 +2,7 @@
 
 For tools that run without MPI: ``run/export.py`` (safetensors export and
 import), fine-tuning from a pre-trained file, tests.  The multi-rank path is
-``minivit.parallel.checkpoint``; both write the same format, so a file from
+``minivit.parallel.runtime.checkpoint``; both write the same format, so a file from
 either opens in the other.
 """
 from dataclasses import asdict

@@ -17,9 +17,9 @@ import sys
 SUBCOMMANDS = {
     "synth": "minivit.synth.bench",
     "io": "minivit.io.bench",
-    "train": "minivit.bench",
-    "scaling": "minivit.parallel.bench_scaling",
-    "memory": "minivit.parallel.bench_memory",
+    "train": "minivit.tools.bench",
+    "scaling": "minivit.parallel.tools.bench_scaling",
+    "memory": "minivit.parallel.tools.bench_memory",
 }
 
 
@@ -38,10 +38,10 @@ def main(argv=None):
 def _train(argv):
     """``train --dp N`` compares data parallel with one process; that code lives in
     ``minivit.parallel`` because ``minivit`` itself never imports it (DESIGN.md s.1)."""
-    from minivit import bench
+    from minivit.tools import bench
     args = bench.parse_args(argv)
     if args.dp > 1:
-        return importlib.import_module("minivit.parallel.bench_dp").main(args)
+        return importlib.import_module("minivit.parallel.tools.bench_dp").main(args)
     # under mpirun without --dp every rank would run its own benchmark on shared cores;
     # MPICH's launcher tells each rank the job size in PMI_SIZE (Open MPI: OMPI_COMM_WORLD_SIZE)
     size = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from minivit.threads import limit_threads
 from minivit.checkpoint import CheckpointError
-from minivit.cliconfig import parse_with_config, write_toml
+from minivit.parallel.runtime.cliconfig import parse_with_config, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import accumulation_steps
 from minivit.flops import train_flops
@@ -37,11 +37,11 @@ from minivit.io import Loader
 from minivit.io.sources import LoaderSteps, check_source, open_data
 from minivit.model import ViT
 from minivit.optim import WarmupCosine
-from minivit.parallel.evaluate import Evaluator
+from minivit.parallel.runtime.evaluate import Evaluator
 from minivit.parallel.grid import ProcessGrid
-from minivit.parallel.guard import install_guard, usage_from_rank0
-from minivit.parallel.runlog import RunLog, blas_peak
-from minivit.parallel.step import ParallelTrainer, train_loop
+from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
+from minivit.parallel.runtime.runlog import RunLog, blas_peak
+from minivit.parallel.runtime.step import ParallelTrainer, train_loop
 from minivit.transfer import load_backbone, open_pretrained, pretrained_config
 
 

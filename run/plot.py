@@ -4,13 +4,13 @@
     python run/plot.py A/metrics.jsonl B/metrics.jsonl --label pretrained --label scratch \\
         --out docs/finetune.png --title "digits fine-tune"
 
-The logic lives in ``minivit.plotting``.
+The logic lives in ``minivit.tools.plotting``.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from minivit.plotting import plot_runs
+from minivit.tools.plotting import plot_runs
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 from minivit.threads import limit_threads
-from minivit.cliconfig import parse_with_config, toml_defaults, write_text_atomic, write_toml
+from minivit.parallel.runtime.cliconfig import parse_with_config, toml_defaults, write_text_atomic, write_toml
 from minivit.config import PRESETS, get_config
 from minivit.data import RandomImages, StepBatches, accumulation_steps
 from minivit.flops import train_flops
@@ -33,17 +33,17 @@ from minivit.io import Loader
 from minivit.io.sources import (SYNTHETIC_KINDS, LoaderSteps, check_source, open_data,
                                 spread_subset)
 from minivit.optim import WarmupCosine
-from minivit.parallel import audit as audit_tables
-from minivit.parallel import mp_cli
-from minivit.parallel.evaluate import Evaluator
-from minivit.parallel.runlog import RunLog, blas_peak
+from minivit.parallel.tools import audit as audit_tables
+from minivit.parallel.runtime import mp_cli
+from minivit.parallel.runtime.evaluate import Evaluator
+from minivit.parallel.runtime.runlog import RunLog, blas_peak
 from minivit.parallel.grid import ProcessGrid, validate_layout
-from minivit.parallel.guard import install_guard, usage_from_rank0
-from minivit.parallel.preempt import INTERACTIVE_SIGNALS, Preemption
-from minivit.parallel.watchdog import Watchdog
-from minivit.parallel.step import ParallelTrainer, train_loop
+from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
+from minivit.parallel.runtime.preempt import INTERACTIVE_SIGNALS, Preemption
+from minivit.parallel.runtime.watchdog import Watchdog
+from minivit.parallel.runtime.step import ParallelTrainer, train_loop
 from minivit.checkpoint import CheckpointError
-from minivit.parallel.resume import (CheckpointManager, add_checkpoint_flags,
+from minivit.parallel.runtime.resume import (CheckpointManager, add_checkpoint_flags,
                                      check_checkpoint_flags, check_global_batch, data_state,
                                      fork_metrics, restore_loader, resume_point,
                                      run_in_chunks, skipped_nonfinite, truncate_metrics)

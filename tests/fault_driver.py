@@ -76,9 +76,9 @@ def main():
     from minivit.model import ViT
     from minivit.optim import WarmupCosine
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.guard import install_guard
-    from minivit.parallel.step import ParallelTrainer, train_loop
-    from minivit.parallel.watchdog import Watchdog
+    from minivit.parallel.runtime.guard import install_guard
+    from minivit.parallel.runtime.step import ParallelTrainer, train_loop
+    from minivit.parallel.runtime.watchdog import Watchdog
 
     spec = os.environ["MINIVIT_FAULT"].split(":")
     phase, bad = spec[0], int(spec[1])
@@ -144,7 +144,7 @@ def pipeline_run(world, guard, bad):
     from minivit.optim import WarmupCosine
     from minivit.parallel.grid import ProcessGrid
     from minivit.parallel.model_parallel import ModelShard
-    from minivit.parallel.step import ParallelTrainer, train_loop
+    from minivit.parallel.runtime.step import ParallelTrainer, train_loop
 
     p = world.Get_size()
     grid = ProcessGrid(world, dp=1, pp=p)

@@ -27,11 +27,11 @@ from minivit.model import ViT
 from minivit.parallel import cost
 from minivit.parallel.data_parallel import parameter_digest
 from minivit.parallel.grid import ProcessGrid
-from minivit.parallel.guard import install_guard
+from minivit.parallel.runtime.guard import install_guard
 from minivit.parallel.model_parallel import ModelShard
-from minivit.parallel.mp_cli import eval_model
+from minivit.parallel.runtime.mp_cli import eval_model
 from minivit.parallel.offload import Offload
-from minivit.parallel.step import ParallelTrainer
+from minivit.parallel.runtime.step import ParallelTrainer
 from minivit.parallel.tensor_parallel import shard_index
 
 GLOBAL_BATCH, STEPS, LR, CLIP = 8, 3, 1e-2, 0.05

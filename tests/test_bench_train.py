@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SINGLE_THREAD_ENV
-from minivit.bench import main, parse_args
+from minivit.tools.bench import main, parse_args
 from minivit.config import get_config
 from minivit.model import ViT
-from minivit.profiler import CLASSES, Profiler, breakdown
+from minivit.tools.profiler import CLASSES, Profiler, breakdown
 from minivit.optim import AdamW
 
 TINY = ["--model", "vit-nano", "--batch", "4", "--steps", "2", "--warmup", "1",
@@ -87,7 +87,7 @@ def test_bad_layouts_and_shapes_are_usage_errors(flags, message):
 
 def test_torch_reference_is_the_same_model():
     torch = pytest.importorskip("torch")
-    from benchmarks.torch_vit import TorchViT, load_minivit_state
+    from minivit.tools.torch_vit import TorchViT, load_minivit_state
     from minivit.loss import cross_entropy_forward
     cfg = get_config("vit-nano", dtype="float64")
     model = ViT(cfg, seed=3)
@@ -107,6 +107,6 @@ def test_vs_torch_without_torch_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch" else real(name, *a))
-    from minivit.bench import run
+    from minivit.tools.bench import run
     with pytest.raises(SystemExit, match=r'pip install -e "\.\[torch\]"'):
         run(parse_args(TINY + ["--vs-torch"]))

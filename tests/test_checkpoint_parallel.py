@@ -52,7 +52,7 @@ def _trainer(comm, dp, zero, optimizer="adamw", **overrides):
     from minivit.config import get_config
     from minivit.model import ViT
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.step import ParallelTrainer
+    from minivit.parallel.runtime.step import ParallelTrainer
     grid = ProcessGrid(comm, dp=dp)
     model = ViT(get_config("vit-nano", **{**TINY, **overrides}), seed=SEED)
     return ParallelTrainer(model, grid, zero=zero, accum=4 // dp, max_grad_norm=1.0,
@@ -73,19 +73,19 @@ def _run(trainer, start, stop):
 
 
 def _adapter(trainer):
-    from minivit.parallel.checkpoint import DataParallelState
+    from minivit.parallel.runtime.checkpoint import DataParallelState
     return DataParallelState(trainer)
 
 
 def _save(trainer, path, step):
-    from minivit.parallel.checkpoint import save_checkpoint
+    from minivit.parallel.runtime.checkpoint import save_checkpoint
     return save_checkpoint(path, _adapter(trainer), trainer.grid.world,
                            {"step": step, "preset": "vit-nano",
                             "model_config": vars(trainer.model.config)})
 
 
 def _load(trainer, path):
-    from minivit.parallel.checkpoint import load_checkpoint
+    from minivit.parallel.runtime.checkpoint import load_checkpoint
     return load_checkpoint(path, _adapter(trainer), trainer.grid.world, preset="vit-nano",
                            config=trainer.model.config)
 
@@ -110,7 +110,7 @@ def driver(out):
 
     from minivit import checkpoint as ckpt
     from minivit.checkpoint import CheckpointError, CheckpointReader
-    from minivit.parallel.guard import install_guard
+    from minivit.parallel.runtime.guard import install_guard
     world = MPI.COMM_WORLD
     install_guard(world)
     rank = world.Get_rank()

@@ -76,7 +76,7 @@ def test_collectives_on_3_ranks(run_mpi):
 
 
 def _driver():
-    from minivit.parallel.guard import install_guard
+    from minivit.parallel.runtime.guard import install_guard
     world = MPI.COMM_WORLD
     install_guard(world)          # a failed assert on one rank must not hang the others
     ledger = Ledger()

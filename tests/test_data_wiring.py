@@ -1,4 +1,4 @@
-"""--data specs (minivit.io.sources), TOML flags (minivit.cliconfig), the
+"""--data specs (minivit.io.sources), TOML flags (minivit.parallel.runtime.cliconfig), the
 held-out Evaluator (single process; the dp version is in test_pretrain_cli.py),
 the pre-trained backbone loader and the metrics plot."""
 import argparse
@@ -10,7 +10,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from minivit.cliconfig import dumps_toml, parse_with_config, toml_defaults
+from minivit.parallel.runtime.cliconfig import dumps_toml, parse_with_config, toml_defaults
 from minivit.config import get_config
 from minivit.io import Loader
 from minivit.io.sources import (LoaderSteps, Subset, check_source, open_data, parse_spec,
@@ -147,7 +147,7 @@ def test_toml_writer_round_trips():
 def test_evaluator_single_process_matches_direct_computation():
     from mpi4py import MPI
 
-    from minivit.parallel.evaluate import Evaluator, per_sample_xent, topk_correct
+    from minivit.parallel.runtime.evaluate import Evaluator, per_sample_xent, topk_correct
     from minivit.parallel.grid import ProcessGrid
     grid = ProcessGrid(MPI.COMM_SELF, dp=1)
     s = open_data("digits")
@@ -193,7 +193,7 @@ def test_load_backbone_keeps_a_fresh_head(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     from PIL import Image
 
-    from minivit.plotting import moving_average, plot_runs, read_metrics
+    from minivit.tools.plotting import moving_average, plot_runs, read_metrics
     path = tmp_path / "metrics.jsonl"
     lines = [{"kind": "header", "blas_peak_gflops": 1.0}]
     lines += [{"kind": "train", "step": i, "loss": 2.0 / i, "accuracy": i / 20}

@@ -70,7 +70,7 @@ def test_torch_logits_from_exported_file_match(tmp_path, preset, batch, override
         from safetensors.torch import load_file
     except ImportError as exc:   # torch is a test-only extra: pip install torch==2.13.0
         pytest.skip(f"torch cannot be imported ({exc}); install the test extra torch==2.13.0")
-    from benchmarks.torch_vit import TorchViT
+    from minivit.tools.torch_vit import TorchViT
     torch.set_num_threads(1)
     model = ViT(get_config(preset, **overrides), seed=1)
     # give LayerNorms, biases and the head non-trivial values so every tensor matters

@@ -6,7 +6,7 @@ import pytest
 
 from minivit import kernels_attention as ka
 from minivit import kernels_ref
-from minivit.gradcheck import check_function
+from minivit.tools.gradcheck import check_function
 from minivit.threads import limit_threads
 
 # float32: GEMMs of length hd and T in float32, softmax accumulated in float64

@@ -5,7 +5,7 @@ import pytest
 
 from minivit.attention import MultiHeadAttention
 from minivit.config import ViTConfig
-from minivit.gradcheck import check_function, check_module
+from minivit.tools.gradcheck import check_function, check_module
 from minivit.layers import GELU, MLP, LayerNorm, Linear
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.model import Block, Embed, Head, ViT

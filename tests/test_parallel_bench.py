@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from minivit.parallel import bench_scaling
+from minivit.parallel.tools import bench_scaling
 
 
 def test_bad_flags_are_rejected(capsys):

@@ -24,7 +24,7 @@ def test_one_rank_raises_all_ranks_end(run_mpi):
 
 def test_guard_report_format(capsys):
     from mpi4py import MPI
-    from minivit.parallel.guard import AbortGuard
+    from minivit.parallel.runtime.guard import AbortGuard
     guard = AbortGuard(MPI.COMM_SELF)
     guard.label = "rank 7 (tp 0, dp 3, pp 0)"
     try:
@@ -40,7 +40,7 @@ def test_guard_report_format(capsys):
 def _driver():
     from mpi4py import MPI
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.guard import install_guard
+    from minivit.parallel.runtime.guard import install_guard
     guard = install_guard(MPI.COMM_WORLD)
     grid = ProcessGrid(MPI.COMM_WORLD, dp=3)
     guard.label = grid.coords

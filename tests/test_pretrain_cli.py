@@ -142,7 +142,7 @@ def _evaluator_driver():
     from minivit.io import Loader
     from minivit.io.sources import Subset, open_data
     from minivit.model import ViT
-    from minivit.parallel.evaluate import Evaluator, per_sample_xent, topk_correct
+    from minivit.parallel.runtime.evaluate import Evaluator, per_sample_xent, topk_correct
     from minivit.parallel.grid import ProcessGrid
     grid = ProcessGrid(MPI.COMM_WORLD, dp=MPI.COMM_WORLD.Get_size())
     s = open_data("digits")
@@ -161,7 +161,7 @@ def _evaluator_driver():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["evaluator"]:
-    from minivit.parallel.guard import install_guard
+    from minivit.parallel.runtime.guard import install_guard
     from mpi4py import MPI
     install_guard(MPI.COMM_WORLD)
     _evaluator_driver()

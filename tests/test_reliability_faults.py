@@ -84,7 +84,7 @@ class _Abort:
 
 def test_watchdog_fires_and_names_the_collective():
     from minivit.parallel.comm import Entry
-    from minivit.parallel.watchdog import Watchdog
+    from minivit.parallel.runtime.watchdog import Watchdog
     ledger, abort, out = _Ledger(), _Abort(), io.StringIO()
     ledger.recent = [Entry("allgather", "dp", 64, 0.01)]
     ledger.in_flight = ("reduce_scatter", "dp", 128, time.monotonic())
@@ -100,7 +100,7 @@ def test_watchdog_fires_and_names_the_collective():
 
 
 def test_watchdog_quiet_while_progress_is_made():
-    from minivit.parallel.watchdog import Watchdog
+    from minivit.parallel.runtime.watchdog import Watchdog
     ledger, abort = _Ledger(), _Abort()
     with Watchdog(0.3, ledger, abort, grace=0.0, stream=io.StringIO()) as dog:
         for _ in range(12):          # 1.2 s in total, 4x the timeout, with progress
@@ -114,7 +114,7 @@ def test_watchdog_quiet_while_progress_is_made():
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "5", True])
 def test_watchdog_rejects_bad_timeout(bad):
-    from minivit.parallel.watchdog import Watchdog
+    from minivit.parallel.runtime.watchdog import Watchdog
     with pytest.raises(ValueError, match="timeout="):
         Watchdog(bad, _Ledger(), _Abort())
 
@@ -122,7 +122,7 @@ def test_watchdog_rejects_bad_timeout(bad):
 def test_preemption_flag_and_agreement():
     from mpi4py import MPI
     from minivit.parallel.comm import Communicator, Ledger
-    from minivit.parallel.preempt import Preemption
+    from minivit.parallel.runtime.preempt import Preemption
     world = Communicator(MPI.COMM_SELF, "world", Ledger())
     before = signal.getsignal(signal.SIGUSR1)
     with Preemption(world) as pre:

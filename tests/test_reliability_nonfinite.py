@@ -11,7 +11,7 @@ from mpi4py import MPI
 from minivit.config import get_config
 from minivit.model import ViT
 from minivit.parallel.grid import ProcessGrid
-from minivit.parallel.step import ParallelTrainer, train_loop
+from minivit.parallel.runtime.step import ParallelTrainer, train_loop
 
 
 def _batches(config, n, poisoned):

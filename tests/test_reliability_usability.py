@@ -229,7 +229,7 @@ def test_checkpoint_without_the_count_resumes_with_0(tmp_path):
                                     {"skipped": "2"}, {}, 3, None])
 def test_bad_stored_count_is_a_checkpoint_error(stored):
     from minivit.checkpoint import CheckpointError
-    from minivit.parallel.resume import skipped_nonfinite
+    from minivit.parallel.runtime.resume import skipped_nonfinite
     assert skipped_nonfinite({"step": 2}, "f.h5") == 0
     assert skipped_nonfinite({"nonfinite": {"skipped": 4}}, "f.h5") == 4
     with pytest.raises(CheckpointError, match=r"^f\.h5: nonfinite .*, expected "

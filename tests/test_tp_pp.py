@@ -22,17 +22,17 @@ from minivit.data import RandomImages, StepBatches
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.model import Block, ViT
 from minivit.parallel import cost
-from minivit.parallel.checkpoint_mp import vit_param_specs
+from minivit.parallel.runtime.checkpoint_mp import vit_param_specs
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.model_parallel import ModelShard, balance_stages
-from minivit.parallel.mp_cli import add_model_parallel_flags, check_model_parallel_flags
+from minivit.parallel.runtime.mp_cli import add_model_parallel_flags, check_model_parallel_flags
 from minivit.parallel.offload import Offload
 from minivit.parallel.pipeline import check_schedule, schedule_order
 from minivit.parallel.recompute import ctx_nbytes
-from minivit.parallel.step import ParallelTrainer
+from minivit.parallel.runtime.step import ParallelTrainer
 from minivit.parallel.tensor_parallel import (TensorParallelAttention, TensorParallelBlock,
                                               shard_index)
-from minivit.parallel.timeline import measured_bubble, theoretical_bubble
+from minivit.parallel.tools.timeline import measured_bubble, theoretical_bubble
 
 DRIVER = str(ROOT / "tests" / "mp_layouts_driver.py")
 PRETRAIN = str(ROOT / "run" / "pretrain.py")

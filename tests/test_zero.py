@@ -81,7 +81,7 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
     from minivit.model import ViT
     from minivit.parallel.data_parallel import parameter_digest
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.step import ParallelTrainer
+    from minivit.parallel.runtime.step import ParallelTrainer
     grid = ProcessGrid(world, dp=world.Get_size())
     if delay is not None:
         grid.dp_group.before_op = delay
@@ -176,7 +176,7 @@ def cfg_itemsize(cfg):
 def _driver():
     from mpi4py import MPI
     from minivit.config import get_config
-    from minivit.parallel.guard import install_guard
+    from minivit.parallel.runtime.guard import install_guard
     world = MPI.COMM_WORLD
     install_guard(world)
     p = world.Get_size()

@@ -1,7 +1,7 @@
 """Before/after/PyTorch training-step times, alternated in ONE process.
 
     git archive <base-commit> minivit | tar -x -C /tmp/base_tree
-    python benchmarks/ab_step.py --base /tmp/base_tree --model vit-tiny --batch 32 \
+    python -m minivit.tools.ab_step --base /tmp/base_tree --model vit-tiny --batch 32 \
         --threads 2 --rounds 3 [--no-torch]
 
 On a shared machine absolute times drift with other people's load; running
@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minivit  # noqa: E402,F401  (sets the thread environment before NumPy loads OpenBLAS)
 import numpy as np  # noqa: E402
 
@@ -71,7 +70,7 @@ def main(argv=None):
         cfg, model, fns["now"] = step_fn("minivit", args, x, y)
         if not args.no_torch:
             import torch
-            from benchmarks.torch_vit import TorchTrainer
+            from minivit.tools.torch_vit import TorchTrainer
             torch.set_num_threads(args.threads)
             fns["torch"] = TorchTrainer(cfg, x, y, state=model.flat.state_dict()).step
         for fn in fns.values():

@@ -26,11 +26,11 @@ from minivit.allocator import release_freed_memory
 from minivit.config import PRESETS, get_config
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 
-from .grid import ProcessGrid
-from .model_parallel import ModelShard
-from .offload import Offload, rss_bytes
-from .recompute import ctx_nbytes
-from .step import ParallelTrainer
+from ..grid import ProcessGrid
+from ..model_parallel import ModelShard
+from ..offload import Offload, rss_bytes
+from ..recompute import ctx_nbytes
+from ..runtime.step import ParallelTrainer
 
 
 def _fwd_bwd(model, x, y):
@@ -97,7 +97,7 @@ def measure_offload(model_name, micro_batch, dtype):
     """``{"off": child result, "on": child result}`` from two fresh processes."""
     out = {}
     for key in ("off", "on"):
-        proc = subprocess.run([sys.executable, "-m", "minivit.parallel.bench_memory",
+        proc = subprocess.run([sys.executable, "-m", "minivit.parallel.tools.bench_memory",
                                "--model", model_name, "--micro-batch", str(micro_batch),
                                "--dtype", dtype, "--offload-child", key],
                               capture_output=True, text=True, check=True)

@@ -14,7 +14,7 @@ stage reads the full tensor and keeps its tp slice (and ZeRO shard).
 import numpy as np
 
 from .checkpoint import DataParallelState
-from .tensor_parallel import shard_index
+from ..tensor_parallel import shard_index
 
 
 def vit_param_specs(config):

@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from .attention import MultiHeadAttention
-from .layers import GELU, LayerNorm, Linear, Module, Residual
-from .model import Embed, Head
-from .optim import clip_grad_norm_
-from .loss import cross_entropy_backward, cross_entropy_forward
+from ..attention import MultiHeadAttention
+from ..layers import GELU, LayerNorm, Linear, Module, Residual
+from ..model import Embed, Head
+from ..optim import clip_grad_norm_
+from ..loss import cross_entropy_backward, cross_entropy_forward
 
 CLASSES = ("matmul", "attention", "layernorm", "gelu", "copies", "optimizer",
            "other")

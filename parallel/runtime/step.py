@@ -16,11 +16,11 @@ from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import SGD, AdamW, clip_coefficient, grad_sumsq
 
-from . import cost
-from .data_parallel import DataParallel
-from .model_parallel import weighted_sumsq
-from .pipeline import Pipeline, check_schedule
-from .zero import ZeroOptimizer
+from .. import cost
+from ..data_parallel import DataParallel
+from ..model_parallel import weighted_sumsq
+from ..pipeline import Pipeline, check_schedule
+from ..zero import ZeroOptimizer
 
 
 class ParallelTrainer:

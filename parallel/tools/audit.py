@@ -6,7 +6,7 @@ the ZeRO paper (Rajbhandari et al. 2020, section 7).  Memory: measured bytes
 of parameters, gradients and optimizer state beside the padded formula and
 the closed form of section 5.1.
 """
-from . import cost
+from .. import cost
 
 _STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi",
                   3: "3 accum (p-1)/p Psi"}

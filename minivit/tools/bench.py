@@ -10,7 +10,7 @@ Printed: median and min/max ms/step over ``--steps`` timed steps after
 forward matmul FLOPs) and MFU against the float32 GEMM peak measured in the same
 run (best of several square ``matmul`` calls of size ``--peak-n``).
 
-``--vs-torch`` builds the same ViT in PyTorch (``benchmarks/torch_vit.py``,
+``--vs-torch`` builds the same ViT in PyTorch (``minivit/tools/torch_vit.py``,
 loaded with minivit's initial weights) and alternates one minivit step with one
 torch step, so machine load from other processes hits both alike; the ratio is
 minivit median / torch median.  PyTorch is optional: without it the flag
@@ -28,12 +28,12 @@ import time
 
 import numpy as np
 
-from .config import PRESETS, get_config
-from .flops import measure_gemm_peak, train_flops
-from .model import ViT
-from .optim import AdamW
-from .threads import env_applied, limit_threads
-from .train import train_step
+from ..config import PRESETS, get_config
+from ..flops import measure_gemm_peak, train_flops
+from ..model import ViT
+from ..optim import AdamW
+from ..threads import env_applied, limit_threads
+from ..train import train_step
 
 
 def parse_args(argv):
@@ -129,17 +129,15 @@ def summarise(seconds, cfg, batch, peak):
             "gflops_per_s": gflops, "mfu": gflops / peak, "peak_gflops": peak}
 
 
-def _torch_worker(conn, root, cfg, x, y, state, threads, drop_env):
+def _torch_worker(conn, cfg, x, y, state, threads, drop_env):
     """Child process: build the PyTorch reference and run one step per request."""
     for key in drop_env:        # minivit's thread settings (minivit/threads.py) are not torch's
         os.environ.pop(key, None)
-    if root not in sys.path:
-        sys.path.insert(0, root)
     try:
         import torch
-        from benchmarks.torch_vit import TorchTrainer
+        from minivit.tools.torch_vit import TorchTrainer
     except ImportError as err:
-        conn.send(f"--vs-torch needs PyTorch and benchmarks/torch_vit.py: {err}")
+        conn.send(f"--vs-torch needs PyTorch (pip install -e '.[torch]'): {err}")
         return
     torch.set_num_threads(threads)
     trainer = TorchTrainer(cfg, x, y, state=state)
@@ -159,12 +157,10 @@ def torch_step_fn(cfg, model, x, y, threads):
     """
     import multiprocessing as mp
     import minivit
-    # benchmarks/ sits at the repository root, next to this package (editable install)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_torch_worker, daemon=True,
-                       args=(child, root, cfg, x, y, model.flat.state_dict(), threads,
+                       args=(child, cfg, x, y, model.flat.state_dict(), threads,
                              minivit.THREAD_ENV_SET))
     proc.start()
     status = parent.recv()

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from minivit.model import ViT
 
-from . import cost
+from .. import cost
 from .checkpoint import DataParallelState
 from .checkpoint_mp import ModelParallelState
-from .model_parallel import ModelShard
-from .offload import Offload, rss_bytes
-from .pipeline import SCHEDULES, PipelineForward, check_schedule
-from .timeline import gather_timeline, measured_bubble, plot_timeline, theoretical_bubble
+from ..model_parallel import ModelShard
+from ..offload import Offload, rss_bytes
+from ..pipeline import SCHEDULES, PipelineForward, check_schedule
+from ..tools.timeline import gather_timeline, measured_bubble, plot_timeline, theoretical_bubble
 
 
 def add_model_parallel_flags(parser):

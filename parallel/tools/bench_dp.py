@@ -27,17 +27,17 @@ def _wait_for_rank0(comm):
 
 
 def main(args):
-    """``args``: the parsed ``run/bench.py train`` flags (``minivit.bench.parse_args``)."""
+    """``args``: the parsed ``run/bench.py train`` flags (``minivit.tools.bench.parse_args``)."""
     from mpi4py import MPI
 
-    from minivit.bench import build, make_step, summarise
+    from minivit.tools.bench import build, make_step, summarise
     from minivit.threads import limit_threads
     from minivit.model import ViT
     from minivit.optim import AdamW
 
-    from .grid import ProcessGrid
-    from .guard import install_guard
-    from .step import ParallelTrainer
+    from ..grid import ProcessGrid
+    from ..runtime.guard import install_guard
+    from ..runtime.step import ParallelTrainer
 
     world = MPI.COMM_WORLD
     if world.Get_size() != args.dp:

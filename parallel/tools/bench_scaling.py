@@ -75,9 +75,9 @@ def _worker(args):
     from minivit.config import get_config
     from minivit.model import ViT
 
-    from .grid import ProcessGrid
-    from .guard import install_guard
-    from .step import ParallelTrainer
+    from ..grid import ProcessGrid
+    from ..runtime.guard import install_guard
+    from ..runtime.step import ParallelTrainer
     world = MPI.COMM_WORLD
     install_guard(world)
     grid = ProcessGrid(world, dp=world.Get_size())
@@ -127,7 +127,7 @@ def _launch(args, n, zero):
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
-    cmd = [_mpirun(), "-n", str(n), sys.executable, "-m", "minivit.parallel.bench_scaling",
+    cmd = [_mpirun(), "-n", str(n), sys.executable, "-m", "minivit.parallel.tools.bench_scaling",
            "--worker", "--model", args.model, "--global-batch", str(args.global_batch),
            "--zero", str(zero), "--bucket-mb", str(args.bucket_mb), "--steps", str(args.steps),
            "--micro-batch", str(args.micro_batch)]

@@ -1,1 +1,0 @@
-"""Reference implementations used only by ``run/bench.py`` (PyTorch is optional)."""
