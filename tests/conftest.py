@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# tests live in sub-folders by package (model, parallel, data, run, reliability,
+# architecture); their shared helpers and MPI drivers in support/
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 # Tests run tiny models; oversubscribed ranks must not fight over BLAS threads.
 SINGLE_THREAD_ENV = {

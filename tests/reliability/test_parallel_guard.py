@@ -1,7 +1,7 @@
 """The MPI guard: one rank's exception ends every rank promptly, with a
 non-zero exit and that rank's traceback; the job never hangs.
 
-``python tests/test_parallel_guard.py`` is the per-rank driver.
+``python tests/reliability/test_parallel_guard.py`` is the per-rank driver.
 """
 import sys
 import time

@@ -1,7 +1,7 @@
 """ProcessGrid: Megatron rank order, group membership, pipeline neighbours,
 and an identical error on every rank (before any collective) for a bad layout.
 
-Run by pytest; ``python tests/test_grid.py MODE ...`` is the per-rank driver
+Run by pytest; ``python tests/parallel/test_grid.py MODE ...`` is the per-rank driver
 that ``run_mpi`` launches.
 """
 import json

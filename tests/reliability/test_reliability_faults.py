@@ -1,7 +1,7 @@
 """Injected faults end the whole MPI job promptly and loudly; the watchdog and the
 preemption flag work in-process.
 
-The mpirun cases use ``tests/fault_driver.py`` (3 ranks: rank 0, the middle
+The mpirun cases use ``tests/support/fault_driver.py`` (3 ranks: rank 0, the middle
 rank 1 and the last rank 2 fail in turn).  Each must end every rank with a
 non-zero exit within 30 s and print the failing rank's traceback prefixed
 with its grid coordinates.  The pipeline case runs pp = 3 stages (so the
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 
-DRIVER = str(ROOT / "tests" / "fault_driver.py")
+DRIVER = str(ROOT / "tests" / "support" / "fault_driver.py")
 PHASES = {"forward": "injected fault in forward on rank {k}",
           "backward": "injected fault in backward on rank {k}",
           "gather": "injected fault in the ZeRO-3 all-gather on rank {k}",

@@ -14,7 +14,7 @@ from minivit.io.pack import main, pack
 from minivit.io.pack_sources import cifar_source, digits_source, image_folder_source
 from io_support import image, png
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _jpeg(arr):

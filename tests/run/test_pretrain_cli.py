@@ -1,7 +1,7 @@
 """run/pretrain.py data flags, eval records and config files; run/finetune.py on
 digits; bad input under mpirun; the dp Evaluator against one process.
 
-``python tests/test_pretrain_cli.py evaluator`` is the per-rank driver of the
+``python tests/run/test_pretrain_cli.py evaluator`` is the per-rank driver of the
 Evaluator test (launched by ``run_mpi``).
 """
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN, FINETUNE = str(ROOT / "run" / "pretrain.py"), str(ROOT / "run" / "finetune.py")
 TINY = ["--model", "vit-nano", "--micro-batch", "4", "--steps", "3", "--warmup", "1",
         "--threads", "1", "--no-progress", "--eval-batch", "8"]

@@ -1,7 +1,7 @@
 """Tensor and pipeline parallelism, recompute and offload (issue 6).
 
 The equivalence matrix runs in three mpirun launches (world 2, 4 and 8), each
-looping over its layouts in tests/mp_layouts_driver.py: losses, gradient norms
+looping over its layouts in tests/support/mp_layouts_driver.py: losses, gradient norms
 and final parameters after 3 steps equal the single-process run to 1e-10
 relative in float64, the ledger equals cost.py for tp and pp, 1F1B keeps at
 most pp contexts alive.
@@ -34,7 +34,7 @@ from minivit.parallel.tensor_parallel import (TensorParallelAttention, TensorPar
                                               shard_index)
 from minivit.parallel.tools.timeline import measured_bubble, theoretical_bubble
 
-DRIVER = str(ROOT / "tests" / "mp_layouts_driver.py")
+DRIVER = str(ROOT / "tests" / "support" / "mp_layouts_driver.py")
 PRETRAIN = str(ROOT / "run" / "pretrain.py")
 NANO = get_config("vit-nano", dtype="float64")
 

@@ -1,7 +1,7 @@
 """Instrumented communicator: results of every op, ledger bytes per the
 ring accounting of cost.py, non-contiguous buffers rejected.
 
-``python tests/test_comm.py`` is the per-rank driver launched by ``run_mpi``.
+``python tests/parallel/test_comm.py`` is the per-rank driver launched by ``run_mpi``.
 """
 import sys
 

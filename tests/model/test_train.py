@@ -16,7 +16,7 @@ from minivit.model import ViT
 from minivit.optim import SGD, AdamW
 from minivit.train import train_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_overfit_16_random_images():

@@ -11,7 +11,7 @@ import pytest
 from minivit.synth import decode_png, make_generator
 from minivit.synth.fractaldb_csv import export_categories
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "run" / "make_dataset.py"
 FAST = ["--param", "num_points=2000", "--param", "search_points=2000",
         "--param", "search_size=64"]

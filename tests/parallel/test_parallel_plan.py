@@ -2,7 +2,7 @@
 import runpy
 from pathlib import Path
 
-PLAN = runpy.run_path(str(Path(__file__).resolve().parents[1] / "run" / "plan.py"))
+PLAN = runpy.run_path(str(Path(__file__).resolve().parents[2] / "run" / "plan.py"))
 
 def test_plan_vit_base_zero3(capsys):
     assert PLAN["main"](["--model", "vit-base", "--nodes", "1024", "--zero", "3"]) == 0

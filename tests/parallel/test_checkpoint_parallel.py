@@ -11,7 +11,7 @@ checkpoint valid; a NaN in one rank's shard raises FloatingPointError on both;
 the writer's peak memory while saving ZeRO-3 stays near one unit; SGD momentum
 survives dp=2 -> 1 rank, and an SGD file refused by an AdamW run on every rank.
 
-``python tests/test_checkpoint_parallel.py OUTDIR`` is the per-rank driver.
+``python tests/parallel/test_checkpoint_parallel.py OUTDIR`` is the per-rank driver.
 """
 import errno
 import json

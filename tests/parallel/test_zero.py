@@ -11,7 +11,7 @@ model-state bytes equal cost.py's padded formula and the closed form within
 padding; dp=4 stage 3 holds <= 0.3x the model state of dp=1; a random sleep
 before every collective on one rank changes no bit of the result.
 
-``python tests/test_zero.py`` is the per-rank driver launched by ``run_mpi``.
+``python tests/parallel/test_zero.py`` is the per-rank driver launched by ``run_mpi``.
 """
 import json
 import sys

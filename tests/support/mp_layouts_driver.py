@@ -1,6 +1,6 @@
-"""MPI driver for tests/test_tp_pp.py: many (dp, tp, pp) layouts in one mpirun launch.
+"""MPI driver for tests/parallel/test_tp_pp.py: many (dp, tp, pp) layouts in one mpirun launch.
 
-    mpirun -n N python tests/mp_layouts_driver.py '<json list of layouts>'
+    mpirun -n N python tests/support/mp_layouts_driver.py '<json list of layouts>'
 
 For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, overlap,
 micro_batch), every rank

@@ -1,6 +1,6 @@
 """Test-only driver: a tiny data-parallel training run with one injected fault.
 
-    MINIVIT_FAULT=PHASE:RANK[:TIMEOUT] mpirun -n 3 python tests/fault_driver.py
+    MINIVIT_FAULT=PHASE:RANK[:TIMEOUT] mpirun -n 3 python tests/support/fault_driver.py
 
 PHASE is where rank RANK fails:
 
@@ -17,7 +17,7 @@ PHASE is where rank RANK fails:
 The fault is injected by wrapping a unit, a dataset or the communicator's
 ``before_op`` hook here, in the driver: the product code has no fault flag.
 Every outcome but "all ranks end within seconds, with the traceback or the
-watchdog report" is a bug; ``tests/test_reliability_faults.py`` checks it.
+watchdog report" is a bug; ``tests/reliability/test_reliability_faults.py`` checks it.
 """
 import itertools
 import os
