@@ -15,6 +15,8 @@ image_size, description)`` of datasets with the ``ShardDataset`` interface
   the top of ``range(instances)``.
 * ``digits``: scikit-learn's bundled handwritten digits (1797 grey 8x8),
   stratified 80/20 split with a fixed seed (``DigitsSource``).
+* ``random``: random images with fixed labels (``RandomImages``), a smoke-test
+  source; no held-out split.
 
 Nothing here imports the model or MPI (DESIGN.md section 1).  Every
 function raises ``ValueError`` / ``FileNotFoundError`` naming the bad value
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import ShardDataset
+from .random_images import RandomImages
 from .synthetic import SyntheticSource
 
 SYNTHETIC_KINDS = ("fractaldb", "visualatom", "newton")
-BUILTINS = ("digits",)
+BUILTINS = ("digits", "random")
 
 
 @dataclass
@@ -154,7 +157,7 @@ def check_source(spec):
 
 
 def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, holdout=0.1,
-              eval_spec=None, split_seed=0):
+              eval_spec=None, split_seed=0, random_samples=1024, random_seed=0):
     """Resolve ``spec`` into ``DataSplits``; see the module docstring.
 
     classes: number of classes for ``synthetic:KIND`` (required there); for
@@ -168,12 +171,18 @@ def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, hold
         shards); 0 disables the held-out split.
     eval_spec: explicit held-out shards (overrides ``holdout`` for shards).
     split_seed: seed of the stratified ``digits`` split.
+    random_samples, random_seed: size and seed of ``random`` (``classes`` labels,
+        ``image_size`` pixels; no held-out split).
     """
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout {holdout!r}: expected 0 <= fraction < 1")
     kind, value = parse_spec(spec)
     if kind == "synthetic":
         return _synthetic(value, classes, image_size, seed, instances, holdout)
+    if spec == "random":
+        data = RandomImages(random_samples, image_size, classes or 10, seed=random_seed)
+        return DataSplits(data, None, data.num_classes, image_size,
+                          f"random ({random_samples} images)")
     if kind == "builtin":
         full = DigitsSource()
         tr, ev = stratified_split(full.labels, holdout or 0.2, seed=split_seed)
@@ -239,7 +248,7 @@ def _check_classes(spec, found, requested):
 class LoaderSteps:
     """Per optimizer step, ``(epoch, [(x, y), ...])`` with ``accum`` micro-batches from a Loader.
 
-    The ``minivit.data.StepBatches`` interface over ``minivit.io.Loader``:
+    Per-step micro-batches over ``minivit.io.Loader``:
     a Loader built with ``batch_size = micro-batch`` and ``world_size = dp``
     covers ``micro x dp`` images per call, so one optimizer step is ``accum``
     consecutive calls and the global batch is ``micro x accum x dp``.

@@ -9,7 +9,7 @@ section 3; ``tensor_parallel.py``).
 
 ``ModelShard`` is a ``minivit.model.ViT`` holding only this rank's units (it
 inherits ``parameters``, ``unit_ranges``, ``zero_grad`` and ``backward``), so
-data parallelism, ZeRO and ``ParallelTrainer`` work on it unchanged.
+data parallelism, ZeRO and ``StepEngine`` work on it unchanged.
 """
 import numpy as np
 
@@ -124,3 +124,10 @@ def weighted_sumsq(grad, weight):
     if weight is None:
         return float(np.dot(g, g))
     return float(np.dot(g * np.asarray(weight, dtype=np.float64).ravel(), g))
+
+
+def build_model(config, seed, grid, recompute=False):
+    """The serial ViT for tp = pp = 1 without recompute, else this rank's ModelShard."""
+    if grid.tp == 1 and grid.pp == 1 and not recompute:
+        return ViT(config, seed=seed)
+    return ModelShard(config, seed, grid, recompute=recompute)

@@ -49,7 +49,7 @@ def rss_bytes():
 class Offload:
     """Move a trainer's optimizer state into memory-mapped files under ``directory``.
 
-    trainer : ``ParallelTrainer`` (any ZeRO stage, AdamW or SGD).
+    trainer : ``StepEngine`` (any ZeRO stage, AdamW or SGD).
     directory : existing or creatable local folder; one file per array and rank.
     rank : world rank, part of the file names so ranks never share a file.
 

@@ -43,7 +43,7 @@ def broadcast_text(comm, text, root=0):
 
 
 class DataParallelState:
-    """State adapter for a ``ParallelTrainer`` with dp and ZeRO stage 0-3 (tp = pp = 1).
+    """State adapter for a ``StepEngine`` with dp and ZeRO stage 0-3 (tp = pp = 1).
 
     Stages 0-2 keep full parameters on every dp rank, so rank 0 writes its own
     copy with no communication; stage 3 all-gathers one unit at a time (the
@@ -247,3 +247,11 @@ def load_checkpoint(path, adapter, world, *, preset, config, groups=None):
     if any(g.startswith("optim/") for g in groups):
         adapter.set_step(meta.get("optimizer", {}).get("step", meta["step"]))
     return meta
+
+
+def state_adapter(engine):
+    """Checkpoint adapter for the engine's layout: dp/ZeRO only, or tp/pp."""
+    from .checkpoint_mp import ModelParallelState
+    if engine.grid.tp == 1 and engine.grid.pp == 1:
+        return DataParallelState(engine)
+    return ModelParallelState(engine)

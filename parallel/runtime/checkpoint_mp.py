@@ -41,7 +41,7 @@ def vit_param_specs(config):
 
 
 class ModelParallelState:
-    """State adapter (see ``parallel/checkpoint.py``) for a tp/pp ``ParallelTrainer``."""
+    """State adapter (see ``parallel/checkpoint.py``) for a tp/pp ``StepEngine``."""
 
     def __init__(self, trainer):
         self.trainer, self.grid = trainer, trainer.grid

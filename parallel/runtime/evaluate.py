@@ -14,6 +14,8 @@ import numpy as np
 
 from minivit.io import Loader
 
+from ..pipeline import PipelineForward
+
 
 def topk_correct(logits, labels, k=1):
     """Number of rows of ``logits`` (B, K) whose label (B,) is among the top ``k``; an int."""
@@ -81,3 +83,10 @@ class Evaluator:
 
     def close(self):
         self.loader.close()
+
+
+def eval_model(engine):
+    """The object the Evaluator calls ``forward`` on (pipelined forward when pp > 1)."""
+    if engine.grid.pp > 1:
+        return PipelineForward(engine.model, engine.grid)
+    return engine.model

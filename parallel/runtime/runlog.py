@@ -12,12 +12,14 @@ carry a ``kind`` key:
   FLOPs / s), mfu (gflops_per_s / BLAS peak), comm_bytes, comm_s;
 * ``eval``: step, epoch, loss, accuracy (held-out top-1), samples, seconds.
 """
+import json
 import time
 
 from tqdm import tqdm
 
 from minivit.flops import measure_gemm_peak
-from minivit.train import MetricsWriter
+
+from .. import cost
 
 
 def blas_peak(world, dtype):
@@ -28,6 +30,29 @@ def blas_peak(world, dtype):
     """
     world.barrier()
     return world.allreduce_scalar(measure_gemm_peak(512, dtype, repeats=5))
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``path`` (``metrics.jsonl``), flushed each record."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record):
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def param_count_text(model):
+    """``"N parameters"``, plus this rank's share when the model is split over tp/pp."""
+    total = sum(cost.vit_unit_sizes(model.config))
+    if model.num_params == total:
+        return f"{total:,} parameters"
+    return f"{total:,} parameters ({model.num_params:,} on this rank)"
 
 
 class RunLog:
@@ -62,7 +87,7 @@ class RunLog:
                                **fields})
 
     def train(self, record):
-        """Log one ``parallel.step.train_loop`` record (adds kind and mfu)."""
+        """Log one ``runtime.trainer.Trainer`` record (adds kind and mfu)."""
         if not self.root:
             return record
         record = {"kind": "train", **record, "mfu": record["gflops_per_s"] * 1e9 / self.peak}

@@ -1,5 +1,6 @@
 """One optimizer step of a ViT under data parallelism, gradient accumulation
-and ZeRO stage 0-3: the reusable core of ``run/pretrain.py``.
+and ZeRO stage 0-3: ``StepEngine.train_step``, called once per step by
+``runtime.trainer.Trainer.fit``.
 
 Global batch = micro_batch x accumulation x dp (Goyal et al. 2017, section 2).
 Each rank runs ``accum`` micro-batches of its local slice; the loss backward is
@@ -8,11 +9,9 @@ the mean gradient of the global batch, and gradients are synchronised once per
 step (stage 0-1) or unit by unit as the backward produces them (stage 2-3).
 """
 import math
-import time
 
 import numpy as np
 
-from minivit.flops import train_flops
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import SGD, AdamW, clip_coefficient, grad_sumsq
 
@@ -23,7 +22,7 @@ from ..pipeline import Pipeline, check_schedule
 from ..zero import ZeroOptimizer
 
 
-class ParallelTrainer:
+class StepEngine:
     """Train ``model`` (a ``minivit.model.ViT``) on the dp group of ``grid``.
 
     Parameters
@@ -89,7 +88,7 @@ class ParallelTrainer:
         """One optimizer step on this rank's slice of the global batch.
 
         micro_batches : list of ``accum`` pairs ``(x (b, C, H, W), y (b,))``,
-            x of the model dtype, y integer class ids (as ``minivit.data.StepBatches``).
+            x of the model dtype, y integer class ids (as ``minivit.io.sources.LoaderSteps`` yields them).
         lr : learning rate of this step.
         Returns dict ``loss`` (mean over the global batch), ``accuracy`` (top-1
         over the global batch, in [0, 1]), ``grad_norm`` (global norm of the
@@ -218,72 +217,3 @@ class ParallelTrainer:
             return self.optimizer.full_parameters()
         return self.model.flat.data.copy()
 
-
-def train_loop(trainer, schedule, step_batches, steps, *, global_batch, start_step=0,
-               log=None, audit=None, skip_nonfinite=0, skipped_before=0, stop=None):
-    """Run optimizer steps ``start_step .. steps - 1``; returns the metric records.
-
-    step_batches : iterator of ``(epoch, [(x, y), ...])`` for this rank
-        (``minivit.data.StepBatches(..., rank=dp_rank, world_size=dp)``).
-    schedule : ``lr(step)`` for the 0-based step.  global_batch : images per step.
-    log : optional ``f(record)``; audit : optional ``f(step, ledger_mark)`` run
-        after each step (prints the ``--audit`` tables).  The ledger is cleared
-        after each step, so it never holds more than one step of entries.
-    skip_nonfinite : how many steps with a non-finite loss or gradient norm may be
-        skipped (no update, gradients dropped, data and schedule move on, as a
-        mixed-precision loss scaler skips an overflowing step); 0 stops at the first.
-    skipped_before : non-finite steps of this run already skipped before
-        ``start_step`` (an earlier chunk, or the run a checkpoint resumes); they
-        count against ``skip_nonfinite``, and ``skipped_total`` goes on from them.
-    stop : optional collective ``f(steps_done) -> bool`` run on every rank after
-        each step, after the ledger is cleared (so outside the audited step);
-        True ends the loop early (``parallel.preempt.Preemption.agree``).
-    Record keys as ``minivit.train.train_loop``: step, epoch, loss, accuracy
-    (train-batch top-1), lr, grad_norm, step_time_s, images_per_s, gflops_per_s,
-    comm_bytes (this rank), plus comm_s (seconds blocked in communication); a
-    skipped step adds ``skipped: true`` and ``skipped_total`` (count so far).
-    Raises FloatingPointError naming the step when a non-finite loss or gradient
-    norm exceeds the ``skip_nonfinite`` budget.  The check runs before the
-    optimizer update on all-reduced values, so every rank raises at the same
-    step and the parameters are still those of the last good step.
-    Raises ValueError for a negative or non-integer ``skip_nonfinite`` or
-    ``skipped_before``.
-    """
-    for name, value in (("skip_nonfinite", skip_nonfinite), ("skipped_before", skipped_before)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r}: expected an integer >= 0")
-    flops = train_flops(trainer.model.config, global_batch)
-    records, skipped = [], skipped_before
-    for step in range(start_step, steps):
-        t0 = time.perf_counter()
-        epoch, micro_batches = next(step_batches)
-        lr = schedule(step)
-        mark = trainer.comm.ledger.mark()
-        out = trainer.train_step(micro_batches, lr)
-        seconds = time.perf_counter() - t0
-        record = {"step": step + 1, "epoch": epoch, "loss": out["loss"],
-                  "accuracy": out["accuracy"], "lr": lr, "grad_norm": out["grad_norm"],
-                  "step_time_s": seconds,
-                  "images_per_s": global_batch / seconds,
-                  "gflops_per_s": flops / seconds / 1e9, "comm_bytes": out["comm_bytes"],
-                  "comm_s": out["comm_seconds"]}
-        if not out["finite"]:
-            skipped += 1
-            record.update(skipped=True, skipped_total=skipped)
-        records.append(record)
-        if log is not None:
-            log(record)
-        if audit is not None:
-            audit(step + 1, mark)
-        # keep one step of ledger entries: a long run would otherwise grow it without
-        # bound (per-step totals are already in the records)
-        trainer.comm.ledger.clear()
-        if not out["finite"] and skipped > skip_nonfinite:
-            what = (f"loss became {out['loss']}" if not math.isfinite(out["loss"])
-                    else f"gradient norm became {out['grad_norm']}")
-            budget = (f" (non-finite step {skipped}, --skip-nonfinite allows {skip_nonfinite})"
-                      if skip_nonfinite else "")
-            raise FloatingPointError(f"{what} at step {step + 1}{budget}")
-        if stop is not None and stop(step + 1):
-            break
-    return records

@@ -7,6 +7,8 @@ of parameters, gradients and optimizer state beside the padded formula and
 the closed form of section 5.1.
 """
 from .. import cost
+from ..model_parallel import ModelShard
+from ..offload import rss_bytes
 
 _STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi",
                   3: "3 accum (p-1)/p Psi"}
@@ -17,10 +19,10 @@ def comm_table(step, summary, predicted, *, psi, p, stage, itemsize, accum=1, ot
     """Lines of the per-step communication audit.
 
     summary : ``Ledger.summary(since=mark)`` of the step.
-    predicted : ``{op: bytes}`` from ``ParallelTrainer.predicted_step_bytes()``.
+    predicted : ``{op: bytes}`` from ``StepEngine.predicted_step_bytes()``.
     psi, p, stage, itemsize, accum : for the closed-form total.
     other : ``{(op, group): bytes}`` predicted on the tp and pp groups
-        (``mp_cli.predicted_group_bytes``); checked per group, apart from dp.
+        (``predicted_group_bytes`` below); checked per group, apart from dp.
     """
     other = other or {}
     summary = dict(summary)
@@ -57,3 +59,56 @@ def memory_table(measured, exact, closed, *, p, stage):
         lines.append(f"[audit]   {key:<8}{measured[key]:>14,}{exact[key]:>16,}"
                      f"{closed[key]:>14,.0f}")
     return lines
+
+
+def model_parallel_lines(engine, micro_batch, recompute, offload=None):
+    """``[audit]`` lines for tp/pp: predicted bytes per group (cost.py), pipeline
+    peak contexts and activation bytes, offloaded bytes and RSS."""
+    grid, model, cfg = engine.grid, engine.model, engine.model.config
+    item = engine.itemsize
+    lines = []
+    if isinstance(model, ModelShard):
+        lo, hi = model.stage_blocks
+        tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo, engine.accum,
+                                grid.tp, item, recompute)
+        pp = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, engine.accum, item,
+                                not grid.is_first_stage, not grid.is_last_stage)
+        lines.append(f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}: "
+                     f"predicted tp activation all-reduce {tp:,} B "
+                     f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
+                     f"pp send {pp:,} B (b*s*h per boundary per micro-batch)")
+    if engine.pipeline is not None:
+        p = engine.pipeline
+        lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} micro-batch "
+                     f"contexts alive on stage {grid.pp_rank} (pp={grid.pp}, m={engine.accum}),"
+                     f" {p.peak_activation_bytes:,} activation bytes")
+    if offload is not None:
+        rss = rss_bytes()
+        lines.append(f"[audit] offload: {offload.nbytes:,} B of optimizer state in "
+                     f"{offload.directory}; RSS {rss.get('rss', 0):,} B "
+                     f"(anonymous {rss.get('anon', 0):,} B)")
+    return lines
+
+
+def predicted_group_bytes(engine, micro_batch, recompute):
+    """``{(op, group): bytes}`` this rank sends per step on the tp and pp groups
+    (cost.py): the activation all-reduces / sends plus the float64 scalars (the
+    gradient norm's sum of squares over tp and pp, the logged loss and top-1
+    count over pp).  Empty for the serial model."""
+    grid, model = engine.grid, engine.model
+    if not isinstance(model, ModelShard):
+        return {}
+    cfg, item, out = model.config, engine.itemsize, {}
+    lo, hi = model.stage_blocks
+    if grid.tp > 1:
+        out[("allreduce", "tp")] = (cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
+                                                       hi - lo, engine.accum, grid.tp, item,
+                                                       recompute)
+                                    + cost.allreduce_bytes(1, grid.tp, 8))
+    if grid.pp > 1:
+        out[("send", "pp")] = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
+                                                 engine.accum, item, not grid.is_first_stage,
+                                                 not grid.is_last_stage)
+        out[("allreduce", "pp")] = (cost.allreduce_bytes(2, grid.pp, 8)
+                                    + cost.allreduce_bytes(1, grid.pp, 8))
+    return out

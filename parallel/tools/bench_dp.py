@@ -2,7 +2,7 @@
 against one process with the same cores (the issue's "scaling on this machine").
 
 Each of the DP ranks runs ``--threads`` BLAS threads (default 1) on its
-``--batch`` images and all-reduces gradients (``ParallelTrainer``, ZeRO stage 0,
+``--batch`` images and all-reduces gradients (``StepEngine``, ZeRO stage 0,
 Goyal et al. 2017 section 2: the global batch is ``DP * batch``).  The
 comparison is one process with ``DP * threads`` BLAS threads training on the
 same global batch in one micro-batch.  Rounds alternate: every rank runs one
@@ -37,7 +37,7 @@ def main(args):
 
     from ..grid import ProcessGrid
     from ..runtime.guard import install_guard
-    from ..runtime.step import ParallelTrainer
+    from ..runtime.step import StepEngine
 
     world = MPI.COMM_WORLD
     if world.Get_size() != args.dp:
@@ -57,7 +57,7 @@ def main(args):
     args.batch = per_rank
     lo = rank * per_rank
     x, y = x_all[lo:lo + per_rank], y_all[lo:lo + per_rank]
-    trainer = ParallelTrainer(ViT(cfg, seed=0), grid, zero=0)
+    trainer = StepEngine(ViT(cfg, seed=0), grid, zero=0)
     dp_step = (lambda: trainer.train_step([(x, y)], 1e-4))
     single = None
     if rank == 0:

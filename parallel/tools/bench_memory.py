@@ -8,7 +8,7 @@ of the contexts one micro-batch keeps between its forward and its backward
 ``--recompute``; the gradients are checked bitwise equal.
 
 Offload (ZeRO-Offload analogue, ``parallel/offload.py``): the memory ledger
-(``ParallelTrainer.memory()``) and the process's anonymous resident memory
+(``StepEngine.memory()``) and the process's anonymous resident memory
 (``RssAnon``) after an AdamW step, before and after the optimizer state moves
 to ``numpy.memmap`` files (two fresh processes, one per case).
 """
@@ -30,7 +30,7 @@ from ..grid import ProcessGrid
 from ..model_parallel import ModelShard
 from ..offload import Offload, rss_bytes
 from ..recompute import ctx_nbytes
-from ..runtime.step import ParallelTrainer
+from ..runtime.step import StepEngine
 
 
 def _fwd_bwd(model, x, y):
@@ -74,7 +74,7 @@ def offload_child(config, micro_batch, offload):
     """
     grid = ProcessGrid(MPI.COMM_SELF, dp=1)
     model = ModelShard(config, 0, grid)
-    trainer = ParallelTrainer(model, grid, accum=1)
+    trainer = StepEngine(model, grid, accum=1)
     rng = np.random.default_rng(0)
     batch = [(rng.standard_normal((micro_batch, config.in_chans, config.image_size,
                                    config.image_size)).astype(config.dtype),

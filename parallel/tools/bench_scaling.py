@@ -77,7 +77,7 @@ def _worker(args):
 
     from ..grid import ProcessGrid
     from ..runtime.guard import install_guard
-    from ..runtime.step import ParallelTrainer
+    from ..runtime.step import StepEngine
     world = MPI.COMM_WORLD
     install_guard(world)
     grid = ProcessGrid(world, dp=world.Get_size())
@@ -91,7 +91,7 @@ def _worker(args):
         x = rng.standard_normal((micro, cfg.in_chans, cfg.image_size, cfg.image_size),
                                 dtype=np.float32)
         batches.append((x, rng.integers(0, cfg.num_classes, micro)))
-    trainer = ParallelTrainer(ViT(cfg, seed=0), grid, zero=args.zero[0], accum=accum,
+    trainer = StepEngine(ViT(cfg, seed=0), grid, zero=args.zero[0], accum=accum,
                               bucket_bytes=int(args.bucket_mb * 2**20), overlap=args.overlap,
                               max_grad_norm=1.0)
     trainer.train_step(batches, 1e-4)                     # warm-up (Numba cache, allocations)

@@ -62,3 +62,22 @@ def plot_timeline(timeline, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_timeline(engine, path, schedule, root):
+    """Gather the last step's pipeline events, print the bubble, draw the Gantt chart
+    into ``path`` (PNG) on ``root``; returns ``(measured, theoretical)`` bubble
+    fractions, or None without a pipeline.  Collective over the world."""
+    grid = engine.grid
+    if engine.pipeline is None:
+        return None
+    timeline = gather_timeline(grid, engine.pipeline.events)
+    measured = measured_bubble(timeline)
+    theory = theoretical_bubble(grid.pp, engine.accum)
+    if root:
+        plot_timeline(timeline, path,
+                      f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches; "
+                      f"bubble measured {measured:.1%}, (p-1)/(m+p-1) = {theory:.1%}")
+        print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}): bubble measured "
+              f"{measured:.1%} vs (p-1)/(m+p-1) = {theory:.1%}; wrote {path}", flush=True)
+    return measured, theory

@@ -218,8 +218,15 @@ def test_spread_subset_keeps_classes_balanced():
         spread_subset(s.eval, 0)
 
 
-def test_gemm_peak_arguments():
+def test_gemm_peak_is_2n3_over_the_best_repeat(monkeypatch):
+    import time
+
     from minivit.flops import measure_gemm_peak
-    assert measure_gemm_peak(8, "float64", repeats=1) > 0     # FLOP/s of a tiny GEMM
+    # a fake clock: the repeats take 3, 1 and 2 ms, so the best is 1 ms
+    ticks = iter([0.0, 0.003, 1.0, 1.001, 2.0, 2.002])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
+    assert measure_gemm_peak(8, "float64", repeats=3) == pytest.approx(2 * 8**3 / 0.001,
+                                                                       rel=1e-9)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="n=0"):
         measure_gemm_peak(0)

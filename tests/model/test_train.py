@@ -10,7 +10,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from minivit.config import ViTConfig, get_config
-from minivit.data import RandomImages, StepBatches, accumulation_steps
+from minivit.io import Loader
+from minivit.io.random_images import RandomImages
+from minivit.io.sources import LoaderSteps
+from minivit.parallel.runtime.config import accumulation_steps
 from minivit.flops import forward_matmul_flops, train_flops
 from minivit.model import ViT
 from minivit.optim import SGD, AdamW
@@ -74,32 +77,35 @@ def test_clipping_and_hooks_are_called_in_order():
 
 
 def test_accumulation_steps_errors():
-    assert accumulation_steps(64, 16) == 4
-    assert accumulation_steps(64, 8, world_size=4) == 2
-    with pytest.raises(ValueError, match="global_batch=60 is not divisible by micro_batch=16"):
-        accumulation_steps(60, 16)
-    with pytest.raises(ValueError, match="micro_batch=0"):
-        accumulation_steps(60, 0)
+    assert accumulation_steps(64, 16, 1) == 4
+    assert accumulation_steps(64, 8, 4) == 2
+    with pytest.raises(ValueError, match=r"--global-batch 60 is not divisible by --micro-batch "
+                                         r"16 x dp 1 = 16"):
+        accumulation_steps(60, 16, 1)
+    with pytest.raises(ValueError, match="--micro-batch 0: expected >= 1"):
+        accumulation_steps(60, 0, 1)
 
 
 def test_random_data_deterministic_and_rank_slices():
-    ds = RandomImages(40, 8, 3, 5, seed=3)
-    x1, y1 = ds.batch([0, 7, 12])
-    x2, y2 = RandomImages(40, 8, 3, 5, seed=3).batch([0, 7, 12])
-    assert x1.tobytes() == x2.tobytes() and list(y1) == [0, 2, 2]
-    assert x1.shape == (3, 3, 8, 8) and x1.dtype == np.float32
-    one = StepBatches(ds, global_batch=8, micro_batch=4).iterate()
-    two = [StepBatches(ds, global_batch=8, micro_batch=2, rank=r, world_size=2).iterate()
+    """--data random goes through the Loader: 2 ranks' micro-batches of a step are the
+    global batch of 1 rank, across an epoch boundary (one rule for every source)."""
+    ds = RandomImages(40, 8, 5, seed=3)
+    (x1, y1), (x2, y2) = ds[7], RandomImages(40, 8, 5, seed=3)[7]
+    assert x1.tobytes() == x2.tobytes() and y1 == y2 == 2
+    assert x1.shape == (8, 8, 3) and x1.dtype == np.uint8
+    assert [ds[i][1] for i in (0, 7, 12)] == [0, 2, 2]
+    one = LoaderSteps(Loader(ds, 4, seed=1, prefetch=0), accum=2)
+    two = [LoaderSteps(Loader(ds, 2, rank=r, world_size=2, seed=1, prefetch=0), accum=2)
            for r in range(2)]
-    for _ in range(7):   # crosses the epoch boundary (5 steps per epoch)
+    for _ in range(7):   # crosses the epoch boundary (5 steps of 8 per epoch)
         epoch, full = next(one)
         parts = [next(it) for it in two]
         assert all(p[0] == epoch for p in parts) and len(parts[0][1]) == 2
-        labels = np.concatenate([mb[1] for _, mbs in parts for mb in mbs])
-        assert list(labels) == list(np.concatenate([mb[1] for mb in full]))
+        step_labels = sorted(np.concatenate([mb[1] for _, mbs in parts for mb in mbs]))
+        assert step_labels == sorted(np.concatenate([mb[1] for mb in full]))
     assert epoch == 1
-    with pytest.raises(ValueError, match="smaller than global_batch=64"):
-        StepBatches(ds, global_batch=64, micro_batch=4)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        RandomImages(40, 8, 0)
 
 
 def test_flops_by_hand():

@@ -52,19 +52,21 @@ def _trainer(comm, dp, zero, optimizer="adamw", **overrides):
     from minivit.config import get_config
     from minivit.model import ViT
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.runtime.step import ParallelTrainer
+    from minivit.parallel.runtime.step import StepEngine
     grid = ProcessGrid(comm, dp=dp)
     model = ViT(get_config("vit-nano", **{**TINY, **overrides}), seed=SEED)
-    return ParallelTrainer(model, grid, zero=zero, accum=4 // dp, max_grad_norm=1.0,
+    return StepEngine(model, grid, zero=zero, accum=4 // dp, max_grad_norm=1.0,
                            optimizer=optimizer)
 
 
 def _batches(trainer, start):
-    from minivit.data import RandomImages, StepBatches
-    c = trainer.model.config
-    data = RandomImages(64, c.image_size, c.in_chans, c.num_classes, seed=SEED, dtype=c.dtype)
-    return StepBatches(data, 8, 2, rank=trainer.grid.dp_rank,
-                       world_size=trainer.grid.dp).iterate(start)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from batches import random_steps
+    it = random_steps(trainer.model.config, 8, 2, trainer.grid.dp_rank, trainer.grid.dp,
+                      samples=64, seed=SEED)
+    for _ in range(start):      # the data position of step ``start``
+        next(it)
+    return it
 
 
 def _run(trainer, start, stop):

@@ -18,18 +18,18 @@ from mpi4py import MPI
 
 from conftest import ROOT
 from minivit.config import get_config
-from minivit.data import RandomImages, StepBatches
+from batches import random_steps
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
 from minivit.model import Block, ViT
 from minivit.parallel import cost
 from minivit.parallel.runtime.checkpoint_mp import vit_param_specs
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.model_parallel import ModelShard, balance_stages
-from minivit.parallel.runtime.mp_cli import add_model_parallel_flags, check_model_parallel_flags
+from minivit.parallel.runtime.config import PretrainConfig
 from minivit.parallel.offload import Offload
 from minivit.parallel.pipeline import check_schedule, schedule_order
 from minivit.parallel.recompute import ctx_nbytes
-from minivit.parallel.runtime.step import ParallelTrainer
+from minivit.parallel.runtime.step import StepEngine
 from minivit.parallel.tensor_parallel import (TensorParallelAttention, TensorParallelBlock,
                                               shard_index)
 from minivit.parallel.tools.timeline import measured_bubble, theoretical_bubble
@@ -147,33 +147,20 @@ def test_schedules_and_micro_batch_error():
         check_schedule("zb", 4, 2)
 
 
-def test_cli_errors_name_the_numbers(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_model_parallel_flags(parser)
-    parser.add_argument("--overlap", action="store_true")
-    parser.add_argument("--zero", type=int, default=0)
-
-    def check(argv, accum, message, shape=(4, 64, 4)):
-        args = parser.parse_args(argv)
-        args.accum = accum
-        with pytest.raises(SystemExit):
-            check_model_parallel_flags(args, parser, shape)
-        return message
-
-    import contextlib
-    import io
+def test_config_errors_name_the_numbers(tmp_path):
     a_file = tmp_path / "f"
     a_file.write_text("x")
-    for argv, accum, message in (
-            (["--pp", "2"], 1, "1F1B with 1 micro-batches on pp=2 stages"),
-            (["--tp", "3"], 1, "heads=4 is not divisible by tp=3"),
-            (["--pp", "5", "--schedule", "gpipe"], 5, "depth=4 blocks"),
-            (["--timeline", "x.png"], 1, "expected --pp > 1"),
-            (["--offload-dir", str(a_file)], 1, "exists and is not a directory")):
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            check(argv, accum, message)
-        assert message in err.getvalue(), err.getvalue()
+    for fields, world, message in (
+            ({"pp": 2}, 2, "1F1B with 1 micro-batches on pp=2 stages"),
+            ({"tp": 3}, 3, "heads=4 is not divisible by tp=3"),
+            ({"pp": 5, "schedule": "gpipe", "global_batch": 80}, 5, "depth=4 blocks"),
+            ({"timeline": "x.png"}, 1, "expected --pp > 1"),
+            ({"offload_dir": str(a_file)}, 1, "exists and is not a directory")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            PretrainConfig(model="vit-nano", data="random", **fields).validate(world)
+    # the same fields on a fitting world are accepted
+    assert PretrainConfig(model="vit-nano", data="random", pp=2,
+                          global_batch=32).validate(2).accum == 2
 
 
 def _self_grid():
@@ -189,8 +176,7 @@ def _one_backward(model, x, y):
 
 def test_recompute_gradients_bitwise_equal_and_fewer_activation_bytes():
     cfg = get_config("vit-nano", dtype="float32")
-    data = RandomImages(8, cfg.image_size, cfg.in_chans, cfg.num_classes, seed=2)
-    x, y = next(StepBatches(data, 8, 8).iterate(0))[1][0]
+    x, y = next(random_steps(cfg, 8, 8, samples=8, seed=2))[1][0]
     grid = _self_grid()
     plain, again = ModelShard(cfg, 5, grid), ModelShard(cfg, 5, grid, recompute=True)
     ctx_plain = _one_backward(plain, x, y)
@@ -210,22 +196,22 @@ def _serial_grad(cfg, x, y):
 
 
 def test_offload_equal_results_and_files(tmp_path):
-    data = RandomImages(16, NANO.image_size, NANO.in_chans, NANO.num_classes, seed=1,
-                        dtype="float64")
     results = []
     for offload in (False, True):
         grid = _self_grid()
         model = ViT(NANO, seed=1)
-        trainer = ParallelTrainer(model, grid, accum=2, max_grad_norm=0.1)
+        trainer = StepEngine(model, grid, accum=2, max_grad_norm=0.1)
         off = Offload(trainer, tmp_path / "off", 0) if offload else None
-        it = StepBatches(data, 8, 4).iterate(0)
+        it = random_steps(NANO, 8, 4, samples=16, seed=1)
         losses = [trainer.train_step(next(it)[1], 1e-2)["loss"] for _ in range(3)]
         if off is not None:
             assert off.nbytes == 2 * model.flat.data.nbytes       # exp_avg + exp_avg_sq
             assert sorted(p.name for p in off.files) == ["rank0.exp_avg.bin",
                                                            "rank0.exp_avg_sq.bin"]
-            assert isinstance(trainer.optimizer.state["exp_avg"].base, np.memmap) or \
-                trainer.optimizer.state["exp_avg"].base is not None
+            # the state is a view of the file mapping itself, not a copy of it
+            for key, mm in zip(("exp_avg", "exp_avg_sq"), off.maps):
+                state = trainer.optimizer.state[key]
+                assert np.shares_memory(state, mm) and state.nbytes == mm.nbytes
             off.close()
             assert not any((tmp_path / "off").iterdir())
         results.append((losses, model.flat.data.copy()))

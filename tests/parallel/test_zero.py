@@ -81,7 +81,7 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
     from minivit.model import ViT
     from minivit.parallel.data_parallel import parameter_digest
     from minivit.parallel.grid import ProcessGrid
-    from minivit.parallel.runtime.step import ParallelTrainer
+    from minivit.parallel.runtime.step import StepEngine
     grid = ProcessGrid(world, dp=world.Get_size())
     if delay is not None:
         grid.dp_group.before_op = delay
@@ -89,7 +89,7 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
     images, labels = make_batch(MICRO * accum * p, cfg, cfg.dtype)
     local = slice(r * MICRO * accum, (r + 1) * MICRO * accum)
     model = ViT(cfg, seed=SEED + 1000 * r)          # wrong init on purpose: the broadcast fixes it
-    trainer = ParallelTrainer(model, grid, zero=zero, accum=accum, bucket_bytes=bucket_bytes,
+    trainer = StepEngine(model, grid, zero=zero, accum=accum, bucket_bytes=bucket_bytes,
                               overlap=overlap, weight_decay=0.05, max_grad_norm=clip)
     losses, per_step_bytes = [], []
     for _ in range(STEPS):

@@ -294,8 +294,7 @@ def test_fuzzed_toml_config_parses_or_exits_2(tmp_path_factory, document):
     path.write_bytes(document)
     parser = PRETRAIN.build_parser()
     try:
-        args = PRETRAIN.parse_with_config(parser, ["--config", str(path)])
-        PRETRAIN.check_args(args, parser, world_size=1)
+        args = PRETRAIN.parse_config(parser, ["--config", str(path)], world_size=1)
     except SystemExit as e:
         assert e.code == 2
         return

@@ -77,7 +77,7 @@ def main():
     from minivit.optim import WarmupCosine
     from minivit.parallel.grid import ProcessGrid
     from minivit.parallel.runtime.guard import install_guard
-    from minivit.parallel.runtime.step import ParallelTrainer, train_loop
+    from minivit.parallel.runtime.step import StepEngine
     from minivit.parallel.runtime.watchdog import Watchdog
 
     spec = os.environ["MINIVIT_FAULT"].split(":")
@@ -92,7 +92,7 @@ def main():
     me = grid.rank == bad
     config = get_config("vit-nano", depth=2, dtype="float64")
     model = ViT(config, seed=0)
-    trainer = ParallelTrainer(model, grid, zero=3 if phase == "gather" else 0)
+    trainer = StepEngine(model, grid, zero=3 if phase == "gather" else 0)
     if me and phase in ("forward", "backward"):
         model.units[1] = FaultyUnit(model.units[1], phase, bad)
     if me and phase == "gather":
@@ -122,16 +122,15 @@ def main():
             for x, y in loader.epoch_iter():
                 yield 0, [(x.astype(np.float64), y)]
 
-    def log(record):
-        if phase == "sleep" and record["step"] == 1:
+    schedule, it = WarmupCosine(1e-3, 0, 4), batches()
+    for step in range(4):
+        trainer.train_step(next(it)[1], schedule(step))
+        if phase == "sleep" and step == 0:
             # started after the warm-up step (JIT, loader start), as a user would size it
             dogs.append(Watchdog(float(spec[2]) if len(spec) > 2 else 2.0, grid.ledger, world,
                                  label=grid.coords).start())
             if me:
                 time.sleep(60)
-
-    train_loop(trainer, WarmupCosine(1e-3, 0, 4), batches(), 4, global_batch=4 * grid.dp,
-               log=log)
     for dog in dogs:
         dog.stop()
     loader.close()
@@ -144,13 +143,13 @@ def pipeline_run(world, guard, bad):
     from minivit.optim import WarmupCosine
     from minivit.parallel.grid import ProcessGrid
     from minivit.parallel.model_parallel import ModelShard
-    from minivit.parallel.runtime.step import ParallelTrainer, train_loop
+    from minivit.parallel.runtime.step import StepEngine
 
     p = world.Get_size()
     grid = ProcessGrid(world, dp=1, pp=p)
     guard.label = grid.coords
     config = get_config("vit-nano", depth=p, dtype="float64")
-    trainer = ParallelTrainer(ModelShard(config, 0, grid), grid, accum=3, schedule="1f1b")
+    trainer = StepEngine(ModelShard(config, 0, grid), grid, accum=3, schedule="1f1b")
     if grid.rank == bad:
         def before_op(op):
             if op == "send":   # forward activations (stage < last) or input grads (stage > 0)
@@ -163,7 +162,9 @@ def pipeline_run(world, guard, bad):
             yield 0, [(rng.standard_normal((2, 3, 16, 16)), rng.integers(0, 10, 2))
                       for _ in range(3)]
 
-    train_loop(trainer, WarmupCosine(1e-3, 0, 3), batches(), 3, global_batch=6)
+    schedule, it = WarmupCosine(1e-3, 0, 3), batches()
+    for step in range(3):
+        trainer.train_step(next(it)[1], schedule(step))
     print(f"rank {grid.rank}: finished without the fault firing", flush=True)
 
 

@@ -21,17 +21,18 @@ import tempfile
 import numpy as np
 from mpi4py import MPI
 
+from batches import random_steps
+
 from minivit.config import get_config
-from minivit.data import RandomImages, StepBatches
 from minivit.model import ViT
 from minivit.parallel import cost
 from minivit.parallel.data_parallel import parameter_digest
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.runtime.guard import install_guard
 from minivit.parallel.model_parallel import ModelShard
-from minivit.parallel.runtime.mp_cli import eval_model
+from minivit.parallel.runtime.evaluate import eval_model
 from minivit.parallel.offload import Offload
-from minivit.parallel.runtime.step import ParallelTrainer
+from minivit.parallel.runtime.step import StepEngine
 from minivit.parallel.tensor_parallel import shard_index
 
 GLOBAL_BATCH, STEPS, LR, CLIP = 8, 3, 1e-2, 0.05
@@ -39,16 +40,14 @@ CONFIG = get_config("vit-nano", dtype="float64")
 
 
 def batches(dp_rank, dp, micro_batch):
-    data = RandomImages(32, CONFIG.image_size, CONFIG.in_chans, CONFIG.num_classes, seed=1,
-                        dtype="float64")
-    return StepBatches(data, GLOBAL_BATCH, micro_batch, rank=dp_rank, world_size=dp).iterate(0)
+    return random_steps(CONFIG, GLOBAL_BATCH, micro_batch, dp_rank, dp, samples=32, seed=1)
 
 
 def reference():
     """Losses, grad norms and final parameters of the single-process run."""
     grid = ProcessGrid(MPI.COMM_SELF, dp=1)
     model = ViT(CONFIG, seed=3)
-    trainer = ParallelTrainer(model, grid, accum=4, max_grad_norm=CLIP)
+    trainer = StepEngine(model, grid, accum=4, max_grad_norm=CLIP)
     it = batches(0, 1, 2)
     outs = [trainer.train_step(next(it)[1], LR) for _ in range(STEPS)]
     grid.free()
@@ -80,7 +79,7 @@ def run_layout(lay, ref, world):
     grid = ProcessGrid(world, dp=dp, tp=tp, pp=pp)
     model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
     accum = GLOBAL_BATCH // (micro * dp)
-    trainer = ParallelTrainer(model, grid, zero=lay.get("zero", 0), accum=accum,
+    trainer = StepEngine(model, grid, zero=lay.get("zero", 0), accum=accum,
                               max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
                               overlap=lay.get("overlap", False), bucket_bytes=4096)
     offload = None

@@ -1,0 +1,347 @@
+"""Validated run configurations: ``TrainConfig`` and the flags made from it.
+
+A configuration is a dataclass, as nanoGPT's ``GPTConfig`` or torchtitan's job
+config: every field is one command-line flag (``micro_batch`` is
+``--micro-batch``), and its help text lives next to the field.  ``add_flags``
+turns the fields into argparse flags, the way Hugging Face's
+``HfArgumentParser`` does, so a script defines no flag twice.
+
+``validate(world_size)`` is pure arithmetic on the fields and the world size,
+so under MPI every rank reaches the same verdict, with the same message, before
+any collective.  It raises ``ValueError`` naming the flag and the numbers; the
+scripts print that as a usage error (exit 2, rank 0 only).  It returns the
+config with the derived sizes filled in: ``dp`` (world / (tp x pp) unless
+given), ``global_batch`` (micro-batch x dp unless given) and ``accum``
+(micro-batches per optimizer step per rank).
+
+    global batch = micro-batch x accumulation x dp   (Goyal et al. 2017, section 2)
+
+Packages never take an argparse ``Namespace``: the scripts build a config with
+``from_namespace`` and pass the dataclass on.
+"""
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minivit.config import PRESETS, get_config
+from minivit.io.sources import SYNTHETIC_KINDS, check_source
+
+from ..grid import validate_layout
+from ..pipeline import SCHEDULES, check_schedule
+
+
+def flag(default, help, **argparse_kwargs):
+    """A dataclass field that is also a command-line flag (``help``, ``choices``, ``type``...)."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def positive_int(name, value, minimum=1, hint=""):
+    """``value`` unless it is not an integer >= ``minimum``: ValueError naming ``--name``.
+
+    The one positive-integer check of the runtime (flags, counts and sizes).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"--{name.replace('_', '-')} {value}: expected >= {minimum}{hint}")
+    return int(value)
+
+
+def accumulation_steps(global_batch, micro_batch, dp):
+    """Micro-batches per optimizer step per rank: ``global / (micro x dp)``.
+
+    Raises ValueError naming the numbers unless global_batch is a positive
+    multiple of ``micro_batch x dp``.
+    """
+    for name, value in (("global_batch", global_batch), ("micro_batch", micro_batch)):
+        positive_int(name, value)
+    if global_batch % (micro_batch * dp):
+        raise ValueError(f"--global-batch {global_batch} is not divisible by --micro-batch "
+                         f"{micro_batch} x dp {dp} = {micro_batch * dp}: expected a multiple "
+                         "of it (global = micro x accumulation x dp)")
+    return global_batch // (micro_batch * dp)
+
+
+@dataclass
+class TrainConfig:
+    """What the training runtime needs: batch, layout, optimizer, logging, checkpoints.
+
+    Units: learning rates per step, ``bucket_mb`` in MiB, ``timeout`` in seconds.
+    ``dp``, ``global_batch`` and ``accum`` are derived by :meth:`validate`.
+    ``FLAGS``: the fields a script exposes as flags (None: every field).
+    """
+    FLAGS = None
+    steps: int = flag(60, "optimizer steps to run")
+    micro_batch: int = flag(16, "images per forward/backward pass (per rank)")
+    global_batch: int = flag(None, "images per optimizer step over all ranks; a multiple of "
+                                   "--micro-batch x dp (accumulation = global / (micro x dp)); "
+                                   "default: --micro-batch x dp")
+    dp: int = flag(None, "data-parallel size; default: world size / (tp x pp)")
+    tp: int = flag(1, "tensor-parallel size (Megatron: heads and MLP width split)")
+    pp: int = flag(1, "pipeline-parallel size (stages balanced by parameter count; "
+                      "micro-batches = accumulation steps)")
+    schedule: str = flag("1f1b", "pipeline schedule (with --pp > 1)", choices=SCHEDULES)
+    recompute: bool = flag(False, "activation recompute per block: keep the block input, "
+                                  "rebuild the rest in backward")
+    offload_dir: str = flag(None, "keep the AdamW state (and the ZeRO-3 master shard) in "
+                                  "numpy.memmap files in this local folder")
+    timeline: str = flag(None, "PNG: Gantt chart of the last step's pipeline schedule "
+                               "(with --pp > 1), with the measured bubble")
+    zero: int = flag(0, "ZeRO stage over the dp group: 0 plain DP, 1 optimizer state, "
+                        "2 + gradients, 3 + parameters sharded", choices=[0, 1, 2, 3])
+    bucket_mb: float = flag(25.0, "gradient all-reduce bucket size in MiB (ZeRO 0-1)")
+    overlap: bool = flag(False, "overlap bucket all-reduces with the last backward (ZeRO 0-1)")
+    audit: bool = flag(False, "print per step the collectives (count, bytes) next to "
+                              "parallel/cost.py's prediction, and the memory ledger")
+    optimizer: str = flag("adamw", "optimizer", choices=["adamw", "sgd"])
+    lr: float = flag(1e-3, "peak learning rate")
+    min_lr: float = flag(0.0, "final learning rate of the cosine")
+    warmup: int = flag(5, "linear warmup steps")
+    weight_decay: float = flag(0.05, "decoupled weight decay (AdamW) or L2 (SGD); never on "
+                                     "biases, LayerNorm, position embedding, class token")
+    momentum: float = flag(0.9, "SGD momentum")
+    clip: float = flag(1.0, "max global gradient norm; 0 disables clipping")
+    label_smoothing: float = flag(0.0, "label smoothing of the cross-entropy (0 <= s < 1)")
+    augment: bool = flag(False, "random-resized-crop + horizontal flip on the training images")
+    loader_threads: int = flag(1, "decoding/rendering threads per rank")
+    eval_every: int = flag(15, "held-out evaluation every N optimizer steps (and after the "
+                               "last); 0: only after the last step")
+    eval_batch: int = flag(64, "images per eval forward per rank")
+    seed: int = flag(0, "seed of the init and the data order")
+    dtype: str = flag("float32", "parameter and activation dtype",
+                      choices=["float32", "float64"])
+    threads: int = flag(None, "BLAS and Numba threads per rank; default: cores / ranks")
+    out: str = flag(None, "output directory; default runs/<UTC timestamp>")
+    log_every: int = flag(10, "print a progress line every N steps (metrics.jsonl has "
+                              "every step)")
+    no_progress: bool = flag(False, "no tqdm progress bar")
+    save_every: int = flag(0, "write OUT/ckpt/step_XXXXXXX.h5 every K optimizer steps and "
+                              "after the last; 0: only after the last; -1: never")
+    keep_last: int = flag(0, "keep only the newest K checkpoints (0 keeps all)")
+    resume: str = flag(None, "continue the run in OUT from its newest valid checkpoint (any "
+                             "layout; corrupt files are skipped with a warning); its "
+                             "OUT/config.toml is the base layer of the flags (below --config "
+                             "and the command line; its resume/out and layout keys ignored); "
+                             "--out defaults to OUT (another --out forks into a new folder)",
+                       metavar="OUT")
+    timeout: float = flag(0.0, "watchdog: abort the job (reporting which rank waits in which "
+                               "collective) after S seconds without progress; must exceed the "
+                               "longest step or checkpoint write; 0 disables")
+    skip_nonfinite: int = flag(0, "skip (no update) up to N steps whose loss or gradient norm "
+                                  "is NaN/inf, logged in metrics.jsonl; 0 stops at the first, "
+                                  "naming it")
+    accum: int = field(default=None, metadata={"derived": True})
+
+    @classmethod
+    def from_namespace(cls, namespace):
+        """The config of the parsed flags (argparse ``Namespace``; unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+
+    def flags(self):
+        """``{flag dest: value}`` of the script's flags (for ``config.toml``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata.get("derived")
+                and (self.FLAGS is None or f.name in self.FLAGS)}
+
+    def model_shape(self):
+        """``(heads, mlp_dim, depth)`` of the model, for the tp/pp checks; None: no check."""
+        return None
+
+    def validate(self, world_size):
+        """The config with ``dp``, ``global_batch`` and ``accum`` derived; ValueError naming
+        the flag and the numbers for anything that cannot run on ``world_size`` ranks."""
+        for name in ("steps", "micro_batch", "log_every", "loader_threads", "eval_batch"):
+            positive_int(name, getattr(self, name))
+        if self.threads is not None:
+            positive_int("threads", self.threads, hint=" (omit it for cores / ranks)")
+        positive_int("eval_every", self.eval_every, 0)
+        dp = self.dp if self.dp is not None else world_size // (self.tp * self.pp)
+        try:
+            validate_layout(world_size, dp, self.tp, self.pp)
+        except ValueError as exc:
+            raise ValueError(f"--dp/--tp/--pp: {exc}") from None
+        global_batch = self.global_batch if self.global_batch is not None \
+            else self.micro_batch * dp
+        accum = accumulation_steps(global_batch, self.micro_batch, dp)
+        self._check_model_parallel(accum)
+        self._check_optimizer()
+        self._check_run_control()
+        return dataclasses.replace(self, dp=dp, global_batch=global_batch, accum=accum)
+
+    def _check_model_parallel(self, accum):
+        if self.pp > 1:
+            try:
+                check_schedule(self.schedule, accum, self.pp)
+            except ValueError as exc:
+                raise ValueError(f"--schedule {self.schedule} --pp {self.pp}: {exc}") from None
+        elif self.timeline:
+            raise ValueError(f"--timeline {self.timeline}: expected --pp > 1 (no pipeline "
+                             "to draw)")
+        if self.offload_dir and Path(self.offload_dir).exists() and \
+                not Path(self.offload_dir).is_dir():
+            raise ValueError(f"--offload-dir {self.offload_dir}: exists and is not a "
+                             "directory; expected a folder on local disk")
+        shape = self.model_shape()
+        if shape is not None:
+            heads, mlp, depth = shape
+            for what, value in (("heads", heads), ("mlp_dim", mlp)):
+                if value % self.tp:
+                    raise ValueError(f"--tp {self.tp}: the model's {what}={value} is not "
+                                     f"divisible by tp={self.tp}; expected a divisor of {value}")
+            if self.pp > depth:
+                raise ValueError(f"--pp {self.pp}: the model has depth={depth} blocks; "
+                                 "expected pp <= depth (each stage holds at least one block)")
+        if self.optimizer == "sgd" and self.zero:
+            raise ValueError(f"--optimizer sgd --zero {self.zero}: ZeRO here shards AdamW "
+                             "state; expected --optimizer adamw or --zero 0")
+        if self.overlap and self.zero >= 2:
+            raise ValueError(f"--overlap --zero {self.zero}: overlap applies to ZeRO 0-1 "
+                             "(stages 2-3 reduce-scatter each unit inside its backward already)")
+        if not self.bucket_mb > 0:
+            raise ValueError(f"--bucket-mb {self.bucket_mb}: expected a positive size")
+
+    def _check_optimizer(self):
+        positive_int("warmup", self.warmup, 0)
+        for name in ("lr", "min_lr", "weight_decay", "momentum", "clip"):
+            value = getattr(self, name)    # NaN passes every "<" test, so ask for it by name
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: expected a finite "
+                                 "number >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing {self.label_smoothing}: expected 0 <= s < 1")
+
+    def _check_run_control(self):
+        if self.save_every < -1:
+            raise ValueError(f"--save-every {self.save_every}: expected >= 1, 0 (final only) "
+                             "or -1")
+        positive_int("keep_last", self.keep_last, 0, " (0 keeps all)")
+        if self.resume is not None and not Path(self.resume).is_dir():
+            raise ValueError(f"--resume {self.resume}: no such run directory")
+        if not 0.0 <= self.timeout < float("inf"):
+            raise ValueError(f"--timeout {self.timeout}: expected seconds >= 0 (0 disables)")
+        positive_int("skip_nonfinite", self.skip_nonfinite, 0)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """``run/pretrain.py``: a model preset trained on a ``--data`` source from scratch."""
+    model: str = flag("vit-micro", "model preset (DESIGN.md section 2)", choices=sorted(PRESETS))
+    classes: int = flag(None, "number of classes; default: the preset's (10 nano/micro, "
+                              "1000 others)")
+    data: str = flag("synthetic:fractaldb", "DIR (tar shards: a folder, its index.json or "
+                     "one .tar), synthetic:KIND rendered on the fly (KIND in "
+                     f"{', '.join(SYNTHETIC_KINDS)}), digits, or 'random' (random images "
+                     "with fixed labels: per-class prototype + noise)")
+    eval_data: str = flag(None, "held-out shards for --data DIR; default: the last --holdout "
+                                "fraction of each class of --data")
+    holdout: float = flag(0.1, "held-out fraction: of the instance ids of synthetic:KIND (a "
+                               "disjoint top range), or of each class of --data DIR; 0 "
+                               "disables evaluation")
+    instances: int = flag(None, "synthetic:KIND instances per class, train + held-out; "
+                                "default all the generator has (1000 for FractalDB)")
+    data_seed: int = flag(0, "dataset seed of synthetic:KIND (the categories and instances)")
+    eval_samples: int = flag(200, "evaluate on at most N held-out images, evenly spread over "
+                                  "the classes; 0: all of them")
+    random_samples: int = flag(1024, "size of one epoch of --data random, in images")
+
+    def model_shape(self):
+        preset = get_config(self.model)
+        return preset.heads, preset.mlp_dim, preset.depth
+
+    def validate(self, world_size):
+        try:   # existence only: every rank can check it alike
+            check_source(self.data)
+            if self.eval_data is not None:
+                check_source(self.eval_data)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(str(exc)) from None
+        positive_int("random_samples", self.random_samples)
+        positive_int("eval_samples", self.eval_samples, 0, " (0: all)")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"--holdout {self.holdout}: expected 0 <= fraction < 1")
+        return super().validate(world_size)
+
+
+def add_flags(parser, cls, names=None, defaults=None):
+    """Add one argparse flag per field of dataclass ``cls`` (``names``, else ``cls.FLAGS``,
+    else every field; in that order).
+
+    ``defaults`` overrides field defaults (a script's own, e.g. a fine-tuning lr).
+    bool fields become ``store_true`` flags; ``int``/``float``/``str`` fields take
+    that type; ``choices`` and ``metavar`` come from the field metadata.
+    """
+    defaults = defaults or {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    names = names or cls.FLAGS or [n for n, f in hints.items() if not f.metadata.get("derived")]
+    for name in names:
+        f = hints[name]
+        meta = {k: v for k, v in f.metadata.items() if k != "derived"}
+        default = defaults.get(name, f.default)
+        option = "--" + name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(option, action="store_true", default=default, **meta)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(option, type=kind, default=default, **meta)
+    return parser
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """``run/finetune.py``: a pre-trained backbone (or the same architecture from scratch)
+    trained on a labelled dataset for ``epochs`` passes; ``steps`` follows from the data."""
+    FLAGS = ("checkpoint", "model", "from_scratch", "data", "eval_data", "holdout",
+             "split_seed", "epochs", "max_steps", "micro_batch", "global_batch", "lr", "min_lr",
+             "warmup", "weight_decay", "clip", "label_smoothing", "augment", "seed", "dtype",
+             "out", "threads", "loader_threads", "eval_batch", "log_every", "no_progress")
+    checkpoint: str = flag(None, "pre-trained checkpoint: a step_XXXXXXX.h5 file, a ckpt/ "
+                                 "folder or a run folder (newest valid checkpoint); with "
+                                 "--from-scratch only its architecture is used")
+    model: str = flag(None, "with --from-scratch and no --checkpoint: the preset to train",
+                      choices=sorted(PRESETS))
+    from_scratch: bool = flag(False, "baseline: same architecture, budget and seed, random "
+                                     "initialisation")
+    data: str = flag("digits", "'digits' (built in) or a folder of tar shards (run/pack.py)")
+    eval_data: str = flag(None, "held-out shards; default: a stratified --holdout split of "
+                                "--data")
+    holdout: float = flag(0.2, "held-out fraction per class")
+    split_seed: int = flag(0, "seed of the digits split")
+    epochs: int = flag(10, "passes over the training split")
+    max_steps: int = flag(None, "stop after this many optimizer steps (smoke tests); the "
+                                "schedule still spans them")
+    micro_batch: int = flag(32, "images per forward per rank")
+    lr: float = flag(5e-4, "peak learning rate")
+    min_lr: float = flag(1e-6, "final cosine learning rate")
+    warmup: int = flag(20, "linear warmup steps")
+    weight_decay: float = flag(0.05, "AdamW decoupled decay")
+    clip: float = flag(1.0, "max global grad norm; 0 disables")
+    label_smoothing: float = flag(0.0, "0 <= s < 1")
+    seed: int = flag(0, "seed of the new head (and the whole model with --from-scratch) and "
+                        "of the data order")
+    out: str = flag(None, "output folder; default runs/finetune-<UTC time>")
+    log_every: int = flag(10, "print every N steps")
+    eval_every: int = flag(0, "set from the data: one evaluation per epoch")
+    save_every: int = flag(-1, "fine-tuning writes result.json, no checkpoints")
+
+    def validate(self, world_size):
+        if self.checkpoint is None and not (self.from_scratch and self.model):
+            raise ValueError("--checkpoint is required (or --from-scratch --model PRESET for "
+                             "a baseline without one)")
+        if self.checkpoint is not None and self.model is not None:
+            raise ValueError(f"--model {self.model} with --checkpoint: the checkpoint fixes "
+                             "the architecture; expected only one of them")
+        if self.checkpoint is not None and not Path(self.checkpoint).exists():
+            raise ValueError(f"--checkpoint {self.checkpoint!r}: no such file or directory")
+        try:
+            check_source(self.data)
+            if self.eval_data is not None:
+                check_source(self.eval_data)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(str(exc)) from None
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        positive_int("epochs", self.epochs)
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"--holdout {self.holdout}: expected 0 < fraction < 1")
+        return super().validate(world_size)
