@@ -17,10 +17,15 @@ element from ``unit_start[u]`` on is final; buckets starting there are posted
 with ``MPI_Iallreduce`` while earlier units still compute.
 """
 import hashlib
+import math
 
 import numpy as np
 
+from minivit.optim import SGD, AdamW, clip_coefficient, grad_sumsq
+
 from .cost import bucket_sizes
+from .model_parallel import weighted_sumsq
+from .units import UnitWrapper
 
 
 class DataParallel:
@@ -31,7 +36,10 @@ class DataParallel:
     model : object with ``flat`` (FlatParams), ``units`` and ``unit_ranges()``.
     comm : dp :class:`~minivit.parallel.comm.Communicator`.
     bucket_bytes : bucket size in bytes (>= one element); default 25 MiB (PyTorch DDP).
-    overlap : post bucket all-reduces during the backward of the last micro-batch.
+    overlap : post bucket all-reduces during the backward of the last micro-batch;
+        the model's units must then be wrapped in :class:`GradReadyUnit`
+        (``units.wrap_units(model, GradReadyUnit, dp)``), which tells this object
+        when each unit's backward is done.
 
     Raises ValueError for a non-positive ``bucket_bytes``.
     """
@@ -48,9 +56,6 @@ class DataParallel:
         self.unit_starts = [a for a, _ in model.unit_ranges()]
         self._requests = {}
         self._armed = False
-        if overlap:
-            for u, unit in enumerate(model.units):
-                model.units[u] = _GradReadyUnit(unit, u, self)
 
     # ----------------------------------------------------------- parameters
     def broadcast_parameters(self, root=0):
@@ -100,20 +105,105 @@ def parameter_digest(data):
     return np.frombuffer(digest[:8], dtype=np.uint64).copy()
 
 
-class _GradReadyUnit:
-    """Wrapper that tells :class:`DataParallel` when a unit's backward has finished."""
+class GradReadyUnit(UnitWrapper):
+    """A unit that tells :class:`DataParallel` ``dp`` when its backward has finished."""
 
     def __init__(self, unit, index, dp):
-        self.unit, self.index, self.dp = unit, index, dp
-        self.name = getattr(unit, "name", f"unit{index}")
-
-    def parameters(self):
-        return self.unit.parameters()
-
-    def forward(self, x):
-        return self.unit.forward(x)
+        super().__init__(unit, index)
+        self.dp = dp
 
     def backward(self, dy, ctx):
         dx = self.unit.backward(dy, ctx)
         self.dp._unit_done(self.index)
         return dx
+
+
+class ReplicatedOptimizer:
+    """ZeRO stage 0, plain data parallelism: every dp rank holds the full parameters,
+    gradients and optimizer state, and updates all of them after one all-reduce.
+
+    It has the interface of ``zero.ZeroOptimizer`` (``sync_gradients``,
+    ``grad_norm``, ``step``, ``drop_gradients``, ``memory``, ``state_dict``,
+    ``load_state_dict``, ``full_parameters``), so the train step holds no branch
+    on the stage.  model : ViT or ModelShard; dp : its :class:`DataParallel`.
+    kind : "adamw" or "sgd" (``minivit.optim``); hyper-parameters as there.
+    The wrapped optimizer is ``inner``; ``state`` and ``step_count`` are its own.
+    Raises ValueError for an unknown kind.
+    """
+
+    stage = 0
+
+    def __init__(self, model, dp, kind="adamw", *, betas=(0.9, 0.999), eps=1e-8,
+                 momentum=0.9, weight_decay=0.05):
+        if kind not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer={kind!r}: expected 'adamw' or 'sgd'")
+        self.model, self.dp, self.kind = model, dp, kind
+        self.inner = (SGD(model.flat, lr=0.0, momentum=momentum, weight_decay=weight_decay)
+                      if kind == "sgd" else
+                      AdamW(model.flat, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    @property
+    def step_count(self):
+        return self.inner.step_count
+
+    @step_count.setter
+    def step_count(self, value):
+        self.inner.step_count = value
+
+    def _hyper(self):
+        return self.inner._hyper()
+
+    def sync_gradients(self):
+        """All-reduce the gradient buckets over dp: the mean gradient on every rank."""
+        self.dp.sync_gradients()
+
+    def grad_norm(self):
+        """Global L2 norm of the synchronised mean gradient.  Under tensor/pipeline
+        parallelism it spans every shard and stage, tp-replicated tensors counted once."""
+        groups = getattr(self.model, "norm_groups", ())
+        if not groups:
+            return math.sqrt(grad_sumsq(self.model.flat.grad))
+        local = weighted_sumsq(self.model.flat.grad, self.model.norm_weight)
+        for comm in groups:
+            local = comm.allreduce_scalar(local)
+        return math.sqrt(local)
+
+    def step(self, lr, step, max_grad_norm=None, norm=None):
+        """Clip by the measured global ``norm``, update, zero the gradients; returns norm.
+
+        ``step`` is not used: the inner optimizer counts its own steps."""
+        norm = self.grad_norm() if norm is None else norm
+        grad = self.model.flat.grad
+        if max_grad_norm:
+            coef = clip_coefficient(norm, max_grad_norm)
+            if coef < 1.0:      # as minivit.optim.clip_grad_norm_, from the measured norm
+                grad *= grad.dtype.type(coef)
+        self.inner.step(lr)
+        self.model.flat.zero_grad()
+        return norm
+
+    def drop_gradients(self):
+        """Discard the accumulated gradients without updating (a skipped step)."""
+        self.model.flat.zero_grad()
+
+    def memory(self):
+        """Measured persistent bytes per rank: ``params``, ``grads``, ``optim``, ``total``."""
+        flat = self.model.flat
+        optim = sum(buf.nbytes for buf in self.inner.state.values())
+        return {"params": flat.data.nbytes, "grads": flat.grad.nbytes, "optim": optim,
+                "total": flat.data.nbytes + flat.grad.nbytes + optim}
+
+    def state_dict(self, step=None):
+        """The inner optimizer's ``state_dict`` (full named arrays)."""
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+    def full_parameters(self):
+        """A copy of the full flat parameter vector."""
+        return self.model.flat.data.copy()

@@ -13,20 +13,15 @@ all-reduces, ``cost.tp_comm_elements(recompute=True)``).
 """
 import numpy as np
 
+from .units import UnitWrapper
 
-class Recompute:
+
+class Recompute(UnitWrapper):
     """Wrap a unit (``forward(x) -> (y, ctx)``, ``backward(dy, ctx) -> dx``).
 
     forward(x): runs the unit, drops its ctx, returns ``(y, x)``.
     backward(dy, x): re-runs ``unit.forward(x)`` and differentiates it.
     """
-
-    def __init__(self, unit):
-        self.unit = unit
-        self.name = getattr(unit, "name", "unit")
-
-    def parameters(self):
-        return self.unit.parameters()
 
     def forward(self, x):
         y, _ = self.unit.forward(x)

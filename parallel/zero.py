@@ -29,15 +29,17 @@ from minivit.optim import adamw_update, clip_coefficient, grad_sumsq
 
 from .model_parallel import weighted_sumsq
 from .shard import ShardLayout
+from .units import UnitWrapper, wrap_units
 
 
 class ZeroOptimizer:
     """AdamW with ZeRO-sharded state for ``model`` over the dp communicator ``comm``.
 
-    Constructing it for stage 2 or 3 replaces ``model.units`` with wrappers that
-    move gradients (and, at stage 3, parameters) unit by unit, and releases the
-    model's full gradient buffer (stage >= 2) and parameter buffer (stage 3).
-    Call after the initial parameter broadcast.
+    At stages 2 and 3 the units must then be wrapped by :func:`shard_units`
+    (``ShardedUnit`` moves gradients, and at stage 3 parameters, unit by unit).
+    Build it after the initial parameter broadcast.  ``sync_gradients()``: the
+    dp all-reduce of stage 1 (``dp``, a ``DataParallel``); stages 2-3 have
+    reduce-scattered inside each unit's backward already.
 
     step(lr, step, max_grad_norm=None, norm=None) -> global gradient norm (float,
     before clipping; ``norm`` passes one already measured by :meth:`grad_norm`).  Hyper-parameters as in ``minivit.optim.AdamW``;
@@ -45,11 +47,13 @@ class ZeroOptimizer:
     Raises ValueError for a stage outside 1..3.
     """
 
-    def __init__(self, model, comm, stage, *, betas=(0.9, 0.999), eps=1e-8,
+    kind = "adamw"
+
+    def __init__(self, model, comm, stage, *, dp=None, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.05):
         if stage not in (1, 2, 3):
             raise ValueError(f"zero stage={stage!r}: expected 1, 2 or 3 (0 is plain DP)")
-        self.model, self.comm, self.stage = model, comm, stage
+        self.model, self.comm, self.stage, self.dp = model, comm, stage, dp
         self.hyper = dict(beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
         flat = model.flat
         self.layout = ShardLayout(model.unit_ranges(), comm.size, comm.rank)
@@ -68,22 +72,11 @@ class ZeroOptimizer:
             self.grad_shard = np.zeros(self.layout.numel, self.dtype)
         if stage == 3:
             self.param_shard = self.layout.extract(flat.data)
-        if stage >= 2:
-            self._wrap_units()
-            flat.grad = None          # gradients now live in grad_shard only
-        if stage == 3:
-            flat.data = None          # parameters now live in param_shard only
-            flat.decay_mask = None
 
-    # ------------------------------------------------------------ unit wrappers
-    def _wrap_units(self):
-        model = self.model
-        for u, unit in enumerate(model.units):
-            for prm in unit.parameters():
-                prm.grad = None
-                if self.stage == 3:
-                    prm.data = None
-            model.units[u] = ShardedUnit(unit, u, self)
+    def sync_gradients(self):
+        """Stage 1: all-reduce the gradients over dp; stages 2-3: nothing left to do."""
+        if self.stage == 1:
+            self.dp.sync_gradients()
 
     def _bind(self, unit, u, buf, attr):
         """Point each parameter's ``attr`` ("data"/"grad") at its slice of unit buffer ``buf``."""
@@ -218,7 +211,28 @@ class ZeroOptimizer:
         return self._gather_full(self.param_shard)
 
 
-class ShardedUnit:
+def shard_units(model, optimizer):
+    """Wrap every unit of ``model`` in :class:`ShardedUnit` for ``optimizer`` (a
+    ZeroOptimizer of stage 2 or 3) and release the full buffers the shards
+    replace: the gradients (stage >= 2) and the parameters (stage 3).  Stage 1
+    keeps full buffers and needs no wrapper.  Returns ``model``.
+    """
+    if optimizer.stage < 2:
+        return model
+    for unit in model.units:
+        for prm in unit.parameters():
+            prm.grad = None
+            if optimizer.stage == 3:
+                prm.data = None
+    wrap_units(model, ShardedUnit, optimizer)
+    model.flat.grad = None              # gradients now live in grad_shard only
+    if optimizer.stage == 3:
+        model.flat.data = None          # parameters now live in param_shard only
+        model.flat.decay_mask = None
+    return model
+
+
+class ShardedUnit(UnitWrapper):
     """A unit whose gradients (stage 2-3) and parameters (stage 3) live in shards.
 
     forward(x): stage 3 all-gathers the unit's parameters, runs the unit, frees them.
@@ -227,41 +241,38 @@ class ShardedUnit:
     over dp) and added to this rank's gradient shard; buffers are freed.
     """
 
-    def __init__(self, unit, index, engine):
-        self.unit, self.index, self.engine = unit, index, engine
-        self.name = getattr(unit, "name", f"unit{index}")
-
-    def parameters(self):
-        return self.unit.parameters()
+    def __init__(self, unit, index, zero):
+        super().__init__(unit, index)
+        self.zero = zero       # the ZeroOptimizer holding the shards
 
     def _gather(self):
-        eng = self.engine
-        full = eng.layout.gather_unit(eng.comm, eng.param_shard, self.index)
-        eng._bind(self.unit, self.index, full, "data")
+        zero = self.zero
+        full = zero.layout.gather_unit(zero.comm, zero.param_shard, self.index)
+        zero._bind(self.unit, self.index, full, "data")
 
     def _release(self, attr):
         for prm in self.unit.parameters():
             setattr(prm, attr, None)
 
     def forward(self, x):
-        if self.engine.stage == 3:
+        if self.zero.stage == 3:
             self._gather()
         y, ctx = self.unit.forward(x)
-        if self.engine.stage == 3:
+        if self.zero.stage == 3:
             self._release("data")
         return y, ctx
 
     def backward(self, dy, ctx):
-        eng, u = self.engine, self.index
-        if eng.stage == 3:
+        zero, u = self.zero, self.index
+        if zero.stage == 3:
             self._gather()
-        k = eng.layout.blocks[u]
-        unit_grad = np.zeros(eng.layout.p * k, eng.dtype)   # padded: p equal blocks
-        eng._bind(self.unit, u, unit_grad, "grad")
+        k = zero.layout.blocks[u]
+        unit_grad = np.zeros(zero.layout.p * k, zero.dtype)   # padded: p equal blocks
+        zero._bind(self.unit, u, unit_grad, "grad")
         dx = self.unit.backward(dy, ctx)
-        block = eng.comm.reduce_scatter(unit_grad, np.empty(k, eng.dtype))
-        eng.layout.shard_view(eng.grad_shard, u)[...] += block
+        block = zero.comm.reduce_scatter(unit_grad, np.empty(k, zero.dtype))
+        zero.layout.shard_view(zero.grad_shard, u)[...] += block
         self._release("grad")
-        if eng.stage == 3:
+        if zero.stage == 3:
             self._release("data")
         return dx

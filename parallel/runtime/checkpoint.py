@@ -61,7 +61,7 @@ class DataParallelState:
         self.stage = trainer.zero
         self.root = (trainer.grid.dp_rank if local else trainer.grid.rank) == 0
         opt = trainer.optimizer
-        self.kind = "sgd" if type(opt).__name__ == "SGD" else "adamw"
+        self.kind = opt.kind            # "adamw" or "sgd"
         names = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
         self.groups = ["params"] + [f"optim/{k}" for k in names]
         offsets = self.model.flat.offsets

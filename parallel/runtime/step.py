@@ -13,13 +13,12 @@ import math
 import numpy as np
 
 from minivit.loss import cross_entropy_backward, cross_entropy_forward
-from minivit.optim import SGD, AdamW, clip_coefficient, grad_sumsq
 
 from .. import cost
-from ..data_parallel import DataParallel
-from ..model_parallel import weighted_sumsq
+from ..data_parallel import DataParallel, GradReadyUnit, ReplicatedOptimizer
 from ..pipeline import Pipeline, check_schedule
-from ..zero import ZeroOptimizer
+from ..units import wrap_units
+from ..zero import ZeroOptimizer, shard_units
 
 
 class StepEngine:
@@ -69,14 +68,17 @@ class StepEngine:
         self.dp = DataParallel(model, self.comm, bucket_bytes, overlap=overlap)
         self.dp.broadcast_parameters()
         self.dp.verify_replicas()
+        # the ZeRO stage is an object with one interface (stage 0 included), so the
+        # step below has no branch on it; the unit wrappers are put in place here
         hyper = dict(betas=betas, eps=eps, weight_decay=weight_decay)
-        if optimizer == "sgd":
-            self.optimizer = SGD(model.flat, lr=0.0, momentum=momentum,
-                                 weight_decay=weight_decay)
-        elif zero == 0:
-            self.optimizer = AdamW(model.flat, lr=0.0, **hyper)
+        if zero == 0:
+            self.optimizer = ReplicatedOptimizer(model, self.dp, optimizer, momentum=momentum,
+                                                 **hyper)
         else:
-            self.optimizer = ZeroOptimizer(model, self.comm, zero, **hyper)
+            self.optimizer = ZeroOptimizer(model, self.comm, zero, dp=self.dp, **hyper)
+            shard_units(model, self.optimizer)     # ZeRO-2/3: gradients (and params) sharded
+        if overlap:
+            wrap_units(model, GradReadyUnit, self.dp)   # post bucket all-reduces in backward
         self.step_count = 0
         self.pipeline = None
         if grid.pp > 1:
@@ -117,8 +119,7 @@ class StepEngine:
             if i == self.accum - 1:
                 self.dp.arm()
             self.model.backward(cross_entropy_backward(loss_ctx, scale), ctx)
-        if self.zero <= 1:
-            self.dp.sync_gradients()
+        self.optimizer.sync_gradients()       # ZeRO 0-1: all-reduce; 2-3: done in backward
         # one float64 all-reduce carries both logged numbers; it runs before the
         # update so that the loss and the gradient norm, which are all-reduced values
         # and hence bitwise the same on every rank, decide on every rank alike
@@ -126,50 +127,18 @@ class StepEngine:
         if self.grid.pp > 1:      # only the last stage computed the loss
             self.grid.pp_group.allreduce(totals)
         loss, correct = self.comm.allreduce(totals)
-        norm = self._grad_norm()
+        norm = self.optimizer.grad_norm()      # collective at ZeRO 2-3 and under tp/pp
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
             self.step_count += 1
-            self._optimizer_step(lr, norm)
+            self.optimizer.step(lr, self.step_count, self.max_grad_norm, norm=norm)
         else:
-            self._drop_gradients()      # parameters and optimizer state stay untouched
+            self.optimizer.drop_gradients()    # parameters and optimizer state stay untouched
         entries = self.comm.ledger.since(mark)
         return {"loss": float(loss), "accuracy": float(correct) / (images * self.comm.size),
                 "grad_norm": norm, "finite": finite,
                 "comm_bytes": sum(e.bytes for e in entries),
                 "comm_seconds": sum(e.seconds for e in entries)}
-
-    def _grad_norm(self):
-        """Global L2 norm of the synchronised mean gradient (collective at ZeRO 2-3)."""
-        if self.zero:
-            return self.optimizer.grad_norm()
-        groups = getattr(self.model, "norm_groups", ())
-        if not groups:
-            return math.sqrt(grad_sumsq(self.model.flat.grad))
-        # tensor/pipeline parallel: the norm spans every shard and stage, with
-        # tp-replicated tensors counted once
-        local = weighted_sumsq(self.model.flat.grad, self.model.norm_weight)
-        for comm in groups:
-            local = comm.allreduce_scalar(local)
-        return math.sqrt(local)
-
-    def _drop_gradients(self):
-        if self.zero == 0:
-            self.model.flat.zero_grad()
-        else:
-            self.optimizer.drop_gradients()
-
-    def _optimizer_step(self, lr, norm):
-        if self.zero == 0:
-            grad = self.model.flat.grad
-            if self.max_grad_norm:
-                coef = clip_coefficient(norm, self.max_grad_norm)
-                if coef < 1.0:      # as minivit.optim.clip_grad_norm_, from the measured norm
-                    grad *= grad.dtype.type(coef)
-            self.optimizer.step(lr)
-            self.model.flat.zero_grad()
-            return
-        self.optimizer.step(lr, self.step_count, self.max_grad_norm, norm=norm)
 
     # ------------------------------------------------------------ audit
     def predicted_step_bytes(self):
@@ -184,12 +153,7 @@ class StepEngine:
 
     def memory(self):
         """Measured persistent bytes per rank: ``params``, ``grads``, ``optim``, ``total``."""
-        if self.zero:
-            return self.optimizer.memory()
-        flat = self.model.flat
-        optim = sum(buf.nbytes for buf in self.optimizer.state.values())
-        return {"params": flat.data.nbytes, "grads": flat.grad.nbytes, "optim": optim,
-                "total": flat.data.nbytes + flat.grad.nbytes + optim}
+        return self.optimizer.memory()
 
     def predicted_memory(self):
         """cost.py's per-rank model-state bytes, padding-exact and closed form."""
@@ -202,8 +166,6 @@ class StepEngine:
     def optimizer_state_dict(self):
         """Optimizer state as ``minivit.optim`` ``state_dict()`` gives it: full named
         arrays on every rank, whatever the dp size and stage (gathered under ZeRO)."""
-        if self.zero == 0:
-            return self.optimizer.state_dict()
         return self.optimizer.state_dict(self.step_count)
 
     def load_optimizer_state_dict(self, state):
@@ -213,7 +175,5 @@ class StepEngine:
 
     def full_parameters(self):
         """The full flat parameter vector on every rank (gathered at stage 3)."""
-        if self.zero == 3:
-            return self.optimizer.full_parameters()
-        return self.model.flat.data.copy()
+        return self.optimizer.full_parameters()
 

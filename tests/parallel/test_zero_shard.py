@@ -42,7 +42,8 @@ def test_layout_rejects_bad_input():
 def test_overlap_posts_buckets_before_the_backward_ends():
     from minivit.config import get_config
     from minivit.model import ViT
-    from minivit.parallel.data_parallel import DataParallel
+    from minivit.parallel.data_parallel import DataParallel, GradReadyUnit
+    from minivit.parallel.units import wrap_units
     cfg = get_config("vit-nano", dtype="float64", depth=2)
     model = ViT(cfg, seed=0)
     events = []
@@ -50,6 +51,7 @@ def test_overlap_posts_buckets_before_the_backward_ends():
     post = comm.iallreduce
     comm.iallreduce = lambda buf: (events.append(("post", buf.size)), post(buf))[1]
     dp = DataParallel(model, comm, bucket_bytes=4096 * 8, overlap=True)
+    wrap_units(model, GradReadyUnit, dp)       # the explicit call StepEngine makes
     embed = model.units[0].unit
     embed_backward = embed.backward
     embed.backward = lambda dy, ctx: (events.append(("embed backward", 0)),
