@@ -240,6 +240,9 @@ class FractalDBGenerator(GeneratorBase):
     def _orbit(self, class_id, weight, patch_id):
         """Chaos-game points of one instance: ``(system, xs, ys, ks, bounds, status)``.
 
+        In patch_gray the orbit depends on (class, weight) only; the patch
+        instances differ by their masks.
+
         status: "ok"; "fallback" when the perturbed maps diverged and the
         unchanged maps were used (a factor of 1+2k can make a contractive
         system expand); "truncated" when those diverged too (possible for
@@ -247,10 +250,13 @@ class FractalDBGenerator(GeneratorBase):
         """
         system = self.category(class_id)
         cum = cumulative(system.probs)
-        seed = kernel_seed(self.seed, class_id, weight, patch_id, _TAG, 1)
         n, discard = self.params.num_points, self.params.discard
+        orbit_key = patch_id
         if self.params.mode == "patch_gray":
-            discard = 0   # the published orbit is drawn from its start
+            # the published renderer draws every patch instance of a weight
+            # from one orbit (a fixed seed), started at the origin
+            discard, orbit_key = 0, 0
+        seed = kernel_seed(self.seed, class_id, weight, orbit_key, _TAG, 1)
         xs, ys, ks, bounds, count = chaos_game(self.perturbed(system, weight), cum, n, seed,
                                                discard)
         status = "ok"
