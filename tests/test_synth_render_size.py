@@ -73,3 +73,12 @@ def test_downsample_bad_input():
         downsample(np.zeros((8, 8), np.uint8), 9)
     with pytest.raises(ValueError, match="expected a square uint8"):
         downsample(np.zeros((8, 6), np.uint8), 4)
+
+
+def test_on_the_fly_source_draws_at_the_published_size_unless_told():
+    from minivit.io import SyntheticSource
+    src = SyntheticSource("newton", 2, 16, instances=1, max_iter=4)
+    assert src.generator.render_size == 256
+    direct = SyntheticSource("newton", 2, 16, instances=1, max_iter=4, render_size=16)
+    ref = make_generator("newton", 2, 16, max_iter=4, render_size=16)
+    np.testing.assert_array_equal(direct[1][0], ref.render(1, 0))
