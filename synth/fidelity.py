@@ -1,13 +1,15 @@
 """Fidelity benchmark: minivit's generators against the published renderers.
 
     python run/bench.py fidelity [--categories 20] [--kinds fractaldb visualatom]
-        [--fractaldb-source URL_OR_CLONE] [--visualatom-source URL_OR_CLONE] [--json]
+        [--fractaldb-source URL_OR_CLONE] [--visualatom-source URL_OR_CLONE] [--json FILE]
+        [--mode patch_gray|gray_levels]
 
 FractalDB: the first ``--categories`` published categories
 (``data/csv_rate0.2_category1000``), weight rows ``0.6,1,1,1,1,1`` and
 ``1,1,1,1,1,1``, patch_gray, 362 px, 200,000 points, flip 0, count 0; minivit
 renders the same CSVs (``categories=``) as instances 2 and 0 (weight a x 0.6,
-unchanged).  VisualAtom: the published script with ``make_VisualAtom.sh``'s
+unchanged) in ``--mode`` (default patch_gray, the published drawing;
+gray_levels gives the figures of minivit's earlier drawing).  VisualAtom: the published script with ``make_VisualAtom.sh``'s
 settings at 512 px; minivit draws the categories and centres it logged
 (synth/fidelity_ref.py) with its own noise and greys.  Both sides are compared
 at the published size:
@@ -106,7 +108,7 @@ def summarise(rows):
             "dist_unrelated": mean("dist_unrelated")}
 
 
-def fractaldb_pairs(source, categories, workdir):
+def fractaldb_pairs(source, categories, workdir, mode="patch_gray"):
     """Rows of ``compare`` for FractalDB, and the published renderer's images/s
     (wall clock, flips included)."""
     from .fractaldb import FractalDBGenerator
@@ -117,7 +119,7 @@ def fractaldb_pairs(source, categories, workdir):
     weights = list(WEIGHT_ROWS)
     ref, seconds = render_fractaldb(workdir, paths, [WEIGHT_ROWS[w] for w in weights])
     gen = FractalDBGenerator(len(paths), 362, categories=[read_category(p) for p in paths],
-                             render_size=362)
+                             render_size=362, mode=mode)
     rows = []
     for c, p in enumerate(paths):
         for r, w in enumerate(weights):
@@ -176,6 +178,9 @@ def main(argv=None):
     p.add_argument("--visualatom-source", default=VISUALATOM_REPO,
                    help="URL or local clone of the published VisualAtom repository")
     p.add_argument("--json", help="also write the rows and summaries to this file")
+    p.add_argument("--mode", choices=["patch_gray", "gray_levels"], default="patch_gray",
+                   help="minivit's FractalDB drawing (the published renderer is always "
+                        "patch_gray)")
     args = p.parse_args(argv)
     if args.categories < 2 or args.instances < 1:
         p.error(f"need --categories >= 2 and --instances >= 1, got {args.categories}, "
@@ -184,10 +189,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="minivit-fidelity-") as tmp:
         if "fractaldb" in args.kinds:
             rows, ref_speed = fractaldb_pairs(args.fractaldb_source, args.categories,
-                                              f"{tmp}/fractaldb")
+                                              f"{tmp}/fractaldb", args.mode)
             report["fractaldb"] = {"rows": rows, "summary": summarise(rows),
                                    "published_img_per_s": ref_speed}
-            _print("FractalDB (patch_gray)", rows, report["fractaldb"]["summary"])
+            _print(f"FractalDB (minivit {args.mode}, published patch_gray)", rows,
+                   report["fractaldb"]["summary"])
             print(f"published renderer: {ref_speed:.2f} img/s (wall, one process)")
         if "visualatom" in args.kinds:
             rows = visualatom_pairs(args.visualatom_source, args.categories, args.instances,
