@@ -12,8 +12,8 @@ import numpy as np
 from .base import GeneratorBase, build_params
 from .fractaldb_csv import import_categories
 from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
-from .resample import downsample
 from .patch_gray import PUBLISHED_GREY, PUBLISHED_PAD, draw_patch_gray, scaled_pad
+from .resample import downsample
 from .rng import KIND_TAGS, kernel_seed, numpy_rng
 
 _TAG = KIND_TAGS["fractaldb"]
