@@ -45,7 +45,9 @@ class SyntheticSource:
         generator: an already built generator (``render(class_id, instance_id)
             -> uint8 (size, size, 3)`` and ``instances_per_class``); then
             ``kind`` and ``params`` are not used.
-        **params: passed to ``make_generator``.
+        **params: passed to ``make_generator``; e.g. ``render_size=size``
+            draws straight at ``size`` instead of at the published render
+            size followed by downsampling (see docs/data.md).
 
     ``source[i] -> (uint8 (size, size, 3), label int)``.  Raises
     ``ValueError`` for bad arguments, ``IndexError`` for ``i`` out of range.

@@ -1,6 +1,7 @@
 """Benchmarks: speed figures and ratios against references measured in the same run.
 
     python run/bench.py synth  [--json]     # generator images/s per core
+    python run/bench.py fidelity [...]      # generators vs the published renderers
     python run/bench.py io     [--json]     # tar loader vs webdataset vs loose files
     python run/bench.py train  [...]        # training step vs PyTorch
     python run/bench.py scaling [...]       # strong scaling over MPI ranks
@@ -16,6 +17,7 @@ import sys
 # subcommand -> module exposing ``main(argv) -> int``
 SUBCOMMANDS = {
     "synth": "minivit.synth.bench",
+    "fidelity": "minivit.synth.fidelity",
     "io": "minivit.io.bench",
     "train": "minivit.tools.bench",
     "scaling": "minivit.parallel.tools.bench_scaling",

@@ -2,7 +2,8 @@
 
     mpirun -n N python run/make_dataset.py --kind {fractaldb,visualatom,newton} \\
         --classes C --per-class K --size S --out DIR [--shard-size 1000] [--seed 0] \\
-        [--param NAME=VALUE ...] [--categories CSV_DIR]
+        [--param NAME=VALUE ...] [--categories CSV_DIR] [--render-size R | --direct]
+        [--resample box|lanczos]
 
 Writes ``DIR/<kind>-000000.tar, ...`` (``KEY.png``, ``KEY.cls``, ``KEY.json``
 with the generation parameters), their ``.tar.idx`` sidecars, ``index.json``,
@@ -11,6 +12,10 @@ of the first 16 classes) and, for FractalDB, ``categories/NNNNN.csv`` in the
 public FractalDB layout.  Shard ``s`` is a function of ``s`` alone and rank
 ``r`` writes shards ``r, r+N, ...``, so every output byte is the same for any
 N.  Runs without mpirun (or without mpi4py) as a single process.
+
+Images are drawn at the published render size (FractalDB 362, VisualAtom 512,
+Newton 256) and box-downsampled to --size; --direct draws at --size instead
+(faster, for speed studies: small images lose the fractal structure).
 """
 import argparse
 import json
@@ -54,6 +59,12 @@ def build_parser():
                    help="generator parameter NAME=VALUE (JSON), e.g. num_points=100000")
     p.add_argument("--categories", help="FractalDB: read categories from this folder of CSVs "
                                         "instead of searching")
+    draw = p.add_mutually_exclusive_group()
+    draw.add_argument("--render-size", type=int, help="draw at this size, then downsample to "
+                      "--size (default: the published size, or --size if larger)")
+    draw.add_argument("--direct", action="store_true", help="draw straight at --size")
+    p.add_argument("--resample", choices=["box", "lanczos"], default="box",
+                   help="downsampling filter (default box: area average)")
     return p
 
 
@@ -64,6 +75,8 @@ def check_args(parser, args):
         if args.kind != "fractaldb":
             parser.error(f"--categories is for --kind fractaldb, not {args.kind}")
         params["categories_dir"] = args.categories
+    params["render_size"] = args.size if args.direct else args.render_size
+    params["resample"] = args.resample
     try:
         layout = DatasetLayout(args.classes, args.per_class, args.shard_size)
         gen = make_generator(args.kind, args.classes, args.size, args.seed, **params)
@@ -143,7 +156,8 @@ def run(args, layout, gen, comm, rank, size):
         shards = [pattern % s for s in range(layout.num_shards)]
         write_dataset_index(str(out / "index.json"), shards)
         settings = {"kind": gen.kind, "classes": layout.classes, "per_class": layout.per_class,
-                    "size": gen.size, "seed": gen.seed, "shard_size": layout.shard_size,
+                    "size": gen.size, "render_size": gen.render_size,
+                    "resample": gen.resample, "seed": gen.seed, "shard_size": layout.shard_size,
                     "params": {k: v for k, v in args.param}, "categories": args.categories,
                     "num_samples": layout.num_samples, "num_shards": layout.num_shards}
         (out / "synth.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")

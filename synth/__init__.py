@@ -28,11 +28,14 @@ GENERATORS = {
 def make_generator(kind, num_classes, size, seed=0, **params):
     """Build the generator of ``kind`` ("fractaldb", "visualatom" or "newton").
 
-    num_classes: int >= 1; size: image side in pixels, int >= 8; seed: dataset
-    seed, int >= 0; params: fields of the kind's parameter dataclass
-    (FractalDBParams, VisualAtomParams, NewtonParams) or kind-specific options.
+    num_classes: int >= 1; size: output image side in pixels, int >= 8; seed:
+    dataset seed, int >= 0; params: fields of the kind's parameter dataclass
+    (FractalDBParams, VisualAtomParams, NewtonParams) or options:
+    ``render_size`` (side drawn at; default the published one, see
+    GeneratorBase), ``resample`` ("box" or "lanczos"), FractalDB's
+    ``categories`` / ``categories_dir``.
     Raises ValueError naming the bad value (unknown kind, num_classes <= 0,
-    size < 8, unknown parameter).
+    size < 8, render_size < size, unknown parameter).
     """
     if kind not in GENERATORS:
         raise ValueError(f"unknown generator kind {kind!r}; expected one of {sorted(GENERATORS)}")

@@ -4,6 +4,8 @@ import numbers
 
 import numpy as np
 
+from .resample import check_resample, downsample
+
 MIN_SIZE = 8
 
 
@@ -17,19 +19,33 @@ def check_int(name, value, minimum):
 
 
 class GeneratorBase:
-    """Common attributes: ``num_classes``, ``size`` (pixels, square), ``seed``.
+    """Common attributes: ``num_classes``, ``size`` (output side, pixels,
+    square), ``seed``, ``render_size`` (side the formula is drawn at) and
+    ``resample`` (the filter from render_size down to size).
 
-    Subclasses set ``kind`` and ``instances_per_class`` (None = unbounded) and
-    implement ``render`` and ``metadata``.
+    render_size None means ``max(size, published_render_size)``: the image is
+    drawn as the published dataset draws it and shrunk with an antialiased
+    filter (synth/resample.py).  ``render_size=size`` draws straight at the
+    output size (faster; for speed studies).  Raises ValueError when
+    render_size < size (no upsampling) or for an unknown resample filter.
+
+    Subclasses set ``kind``, ``published_render_size`` and
+    ``instances_per_class`` (None = unbounded) and implement ``draw`` (the
+    image at render_size) and ``metadata``.
     """
 
     kind = None
     instances_per_class = None
+    published_render_size = None
 
-    def __init__(self, num_classes, size, seed=0):
+    def __init__(self, num_classes, size, seed=0, render_size=None, resample="box"):
         self.num_classes = check_int("num_classes", num_classes, 1)
         self.size = check_int("size", size, MIN_SIZE)
         self.seed = check_int("seed", seed, 0)
+        if render_size is None:
+            render_size = max(self.size, self.published_render_size or self.size)
+        self.render_size = check_int("render_size", render_size, self.size)
+        self.resample = check_resample(resample)
 
     def _check_ids(self, class_id, instance_id):
         """ValueError unless 0 <= class_id < num_classes and instance_id is in range."""
@@ -42,19 +58,29 @@ class GeneratorBase:
                              f"{self.instances_per_class}, got {instance_id}")
         return int(class_id), int(instance_id)
 
-    def render(self, class_id, instance_id):
-        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+    def draw(self, class_id, instance_id):
+        """The image at ``render_size``: uint8 (R, R) (grey) or (R, R, 3)."""
         raise NotImplementedError
 
     def metadata(self, class_id, instance_id):
         """JSON-serialisable generation parameters of one image."""
         raise NotImplementedError
 
+    def sizes(self):
+        """``{"size", "render_size", "resample"}`` for metadata records."""
+        return {"size": self.size, "render_size": self.render_size, "resample": self.resample}
+
     def render_native(self, class_id, instance_id):
         """The image in its native layout: uint8 (size, size) for grey generators,
-        else (size, size, 3).  Same pixels as ``render``; saves the RGB copy
-        when encoding."""
-        return self.render(class_id, instance_id)
+        else (size, size, 3): ``draw`` shrunk from render_size to size.  Same
+        pixels as ``render``; saves the RGB copy when encoding."""
+        class_id, instance_id = self._check_ids(class_id, instance_id)
+        return downsample(self.draw(class_id, instance_id), self.size, self.resample)
+
+    def render(self, class_id, instance_id):
+        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
+        img = self.render_native(class_id, instance_id)
+        return grey_to_rgb(img) if img.ndim == 2 else img
 
     def render_png(self, class_id, instance_id, compress_level=None):
         """PNG bytes of ``render(class_id, instance_id)`` (greyscale PNG for grey images)."""
@@ -64,7 +90,7 @@ class GeneratorBase:
 
     def __repr__(self):
         return (f"{type(self).__name__}(num_classes={self.num_classes}, size={self.size}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}, render_size={self.render_size})")
 
 
 def build_params(cls, params, overrides):

@@ -9,14 +9,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import GeneratorBase, build_params, grey_to_rgb
+from .base import GeneratorBase, build_params
 from .fractaldb_csv import import_categories
 from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
+from .patch_gray import PUBLISHED_GREY, PUBLISHED_PAD, draw_patch_gray, scaled_pad
+from .resample import downsample
 from .rng import KIND_TAGS, kernel_seed, numpy_rng
 
 _TAG = KIND_TAGS["fractaldb"]
 NUM_WEIGHTS = 25   # unchanged system + 6 parameters x 4 factors (sec. 3.2)
 NUM_FLIPS = 4      # none, up-down, left-right, both
+MODES = ("patch_gray", "gray_levels", "color")
+
+
+def _flip(img, flip):
+    """Flip ``img`` up-down (flip & 1) and/or left-right (flip & 2); contiguous copy."""
+    if flip & 1:
+        img = img[::-1]
+    if flip & 2:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
 
 
 class CategorySearchError(RuntimeError):
@@ -45,9 +57,20 @@ class FractalDBParams:
     max_tries: candidate systems tried per class before CategorySearchError.
     num_points: chaos-game points per rendered instance.
     weight_step: k of the perturbation factors {1-2k, 1-k, 1+k, 1+2k} (sec. 3.2).
-    num_patches: number of random 3x3 patch patterns per category.
-    mode: "gray" (patch_gray: grey patches) or "color" (one colour per map).
-    discard: initial chaos-game iterates dropped (off the attractor).
+    num_patches: patch draws per (category, weight): random 3x3 patterns in
+        gray_levels/color, independent mask streams in patch_gray (the
+        published renderer's ``--instance``, 10).
+    mode: "patch_gray" (default): the published drawing (synth/patch_gray.py),
+        a fresh random 9-bit 3x3 mask of constant grey ``grey`` per point,
+        the orbit drawn from the origin; "gray_levels": minivit's earlier
+        drawing, one random 3x3 patch of greys in [64, 255] per instance
+        (centre always lit), each distinct pixel stamped once; "color": as
+        gray_levels with one random colour per map.
+    grey: the grey of lit cells in patch_gray (published: 127).
+    pad: border in pixels at 362 px, scaled with the render size, in
+        patch_gray (published make_fractaldb.py default: 6).
+    discard: initial chaos-game iterates dropped (off the attractor) by the
+        category search and the gray_levels/color drawings.
     """
     min_maps: int = 2
     max_maps: int = 8
@@ -60,7 +83,9 @@ class FractalDBParams:
     num_points: int = 200_000
     weight_step: float = 0.4
     num_patches: int = 10
-    mode: str = "gray"
+    mode: str = "patch_gray"
+    grey: int = PUBLISHED_GREY
+    pad: float = PUBLISHED_PAD
     discard: int = 20
 
     def __post_init__(self):
@@ -69,8 +94,12 @@ class FractalDBParams:
                              f"{self.min_maps}, {self.max_maps}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.mode not in ("gray", "color"):
-            raise ValueError(f"mode must be 'gray' or 'color', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 1 <= self.grey <= 255:
+            raise ValueError(f"grey must be in [1, 255], got {self.grey}")
+        if not 0 <= self.pad < 64:
+            raise ValueError(f"pad must be in [0, 64) pixels at 362 px, got {self.pad}")
         for name in ("search_points", "search_size", "max_tries", "num_points", "num_patches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -112,7 +141,8 @@ def search_category(seed, class_id, params):
 
 
 class FractalDBGenerator(GeneratorBase):
-    """FractalDB images: uint8 (size, size, 3).
+    """FractalDB images: uint8 (size, size, 3), drawn at ``render_size``
+    (published: 362 px, ``exe.sh``) and shrunk to ``size``.
 
     ``instance_id`` decomposes as ``weight + 25 * (flip + 4 * patch)`` where
     weight 0 is the unchanged system and weight ``1 + 4 j + m`` multiplies
@@ -125,10 +155,11 @@ class FractalDBGenerator(GeneratorBase):
     """
 
     kind = "fractaldb"
+    published_render_size = 362
 
     def __init__(self, num_classes, size, seed=0, params=None, categories=None,
-                 categories_dir=None, **overrides):
-        super().__init__(num_classes, size, seed)
+                 categories_dir=None, render_size=None, resample="box", **overrides):
+        super().__init__(num_classes, size, seed, render_size, resample)
         self.params = params = build_params(FractalDBParams, params, overrides)
         self.instances_per_class = NUM_WEIGHTS * NUM_FLIPS * params.num_patches
         if categories_dir is not None:
@@ -188,7 +219,8 @@ class FractalDBGenerator(GeneratorBase):
         return maps
 
     def patch(self, class_id, patch_id):
-        """Random 3x3 patch, uint8 (3, 3): 0 = unlit, else a grey level in [64, 255].
+        """gray_levels/color modes: random 3x3 patch, uint8 (3, 3): 0 = unlit,
+        else a grey level in [64, 255].
 
         Each cell is lit with probability 1/2; the centre is always lit so every
         point leaves a mark.
@@ -199,14 +231,17 @@ class FractalDBGenerator(GeneratorBase):
         return np.where(lit, rng.integers(64, 256, (3, 3)), 0).astype(np.uint8)
 
     def colours(self, class_id, num_maps):
-        """Per-map colours, uint8 (N, 3) in colour mode; (N, 1) of 255 in grey mode."""
-        if self.params.mode == "gray":
+        """Per-map colours, uint8 (N, 3) in colour mode; (N, 1) of 255 in gray_levels."""
+        if self.params.mode != "color":
             return np.full((num_maps, 1), 255, np.uint8)
         rng = numpy_rng(self.seed, class_id, _TAG, 3)
         return rng.integers(64, 256, (num_maps, 3)).astype(np.uint8)
 
     def _orbit(self, class_id, weight, patch_id):
         """Chaos-game points of one instance: ``(system, xs, ys, ks, bounds, status)``.
+
+        In patch_gray the orbit depends on (class, weight) only; the patch
+        instances differ by their masks.
 
         status: "ok"; "fallback" when the perturbed maps diverged and the
         unchanged maps were used (a factor of 1+2k can make a contractive
@@ -215,8 +250,13 @@ class FractalDBGenerator(GeneratorBase):
         """
         system = self.category(class_id)
         cum = cumulative(system.probs)
-        seed = kernel_seed(self.seed, class_id, weight, patch_id, _TAG, 1)
         n, discard = self.params.num_points, self.params.discard
+        orbit_key = patch_id
+        if self.params.mode == "patch_gray":
+            # the published renderer draws every patch instance of a weight
+            # from one orbit (a fixed seed), started at the origin
+            discard, orbit_key = 0, 0
+        seed = kernel_seed(self.seed, class_id, weight, orbit_key, _TAG, 1)
         xs, ys, ks, bounds, count = chaos_game(self.perturbed(system, weight), cum, n, seed,
                                                discard)
         status = "ok"
@@ -228,23 +268,35 @@ class FractalDBGenerator(GeneratorBase):
         self._status[(class_id, weight, patch_id)] = status
         return system, xs[:count], ys[:count], ks[:count], bounds, status
 
-    def render_native(self, class_id, instance_id):
-        """uint8 (size, size) in grey mode, (size, size, 3) in colour mode."""
-        class_id, instance_id = self._check_ids(class_id, instance_id)
-        weight, flip, patch_id = self.decompose(instance_id)
-        system, xs, ys, ks, bounds, _ = self._orbit(class_id, weight, patch_id)
-        colours = self.colours(class_id, system.num_maps)
-        img = stamp_points(self.size, xs, ys, ks, bounds, self.patch(class_id, patch_id), colours)
-        if flip & 1:
-            img = img[::-1]
-        if flip & 2:
-            img = img[:, ::-1]
-        return np.ascontiguousarray(img[..., 0] if img.shape[2] == 1 else img)
+    def draw(self, class_id, instance_id):
+        """The image at render_size R: uint8 (R, R) in the grey modes, (R, R, 3)
+        in colour mode (ids checked by the caller)."""
+        return _flip(self._draw_unflipped(class_id, instance_id), self.decompose(instance_id)[1])
 
-    def render(self, class_id, instance_id):
-        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
-        img = self.render_native(class_id, instance_id)
-        return grey_to_rgb(img) if img.ndim == 2 else img
+    def render_native(self, class_id, instance_id):
+        """uint8 (size, size) in the grey modes, (size, size, 3) in colour mode.
+
+        Flipped after downsampling, so the four flips of an instance are exact
+        flips of each other (a fractional-factor resize is not exactly
+        mirror-symmetric) and the flip touches the small image.
+        """
+        class_id, instance_id = self._check_ids(class_id, instance_id)
+        img = downsample(self._draw_unflipped(class_id, instance_id), self.size, self.resample)
+        return _flip(img, self.decompose(instance_id)[1])
+
+    def _draw_unflipped(self, class_id, instance_id):
+        weight, _, patch_id = self.decompose(instance_id)
+        system, xs, ys, ks, bounds, _ = self._orbit(class_id, weight, patch_id)
+        size = self.render_size
+        if self.params.mode == "patch_gray":
+            mask_seed = kernel_seed(self.seed, class_id, weight, patch_id, _TAG, 4)
+            img = draw_patch_gray(size, xs, ys, bounds, scaled_pad(self.params.pad, size),
+                                  mask_seed, np.uint8(self.params.grey))
+        else:
+            colours = self.colours(class_id, system.num_maps)
+            img = stamp_points(size, xs, ys, ks, bounds, self.patch(class_id, patch_id), colours)
+            img = img[..., 0] if img.shape[2] == 1 else img
+        return img
 
     def metadata(self, class_id, instance_id):
         """JSON-serialisable generation parameters of one instance."""
@@ -258,10 +310,10 @@ class FractalDBGenerator(GeneratorBase):
             class_id, weight, patch_id)[5]
         return {
             "kind": self.kind, "seed": self.seed, "class_id": class_id,
-            "instance_id": instance_id, "size": self.size,
+            "instance_id": instance_id, **self.sizes(),
             "maps": system.maps.tolist(), "probs": system.probs.tolist(),
             "weight": weight, "perturbed_param": None if weight == 0 else "abcdef"[(weight - 1) // 4],
             "factor": factor, "flip": ["none", "up-down", "left-right", "both"][flip],
             "patch": patch_id, "num_points": self.params.num_points, "mode": self.params.mode,
-            "orbit": status,
+            "grey": self.params.grey, "pad": self.params.pad, "orbit": status,
         }

@@ -207,12 +207,21 @@ def shade(zr, zi, cnt, roots_r, roots_i, table, radius):
 
 
 class NewtonGenerator(GeneratorBase):
-    """Newton-fractal images: uint8 (size, size, 3); unbounded instances."""
+    """Newton-fractal images: uint8 (size, size, 3); unbounded instances.
+
+    No published dataset fixes a size, so the render size is ours: 256 px, the
+    size of every Newton speed figure in docs/performance.md.  Basin
+    boundaries are fractal, so a 32 px image sampled straight aliases them;
+    256 -> 32 averages 8x8 samples per pixel, and every training size up to
+    256 px sees the same drawing.
+    """
 
     kind = "newton"
+    published_render_size = 256
 
-    def __init__(self, num_classes, size, seed=0, params=None, **overrides):
-        super().__init__(num_classes, size, seed)
+    def __init__(self, num_classes, size, seed=0, params=None, render_size=None,
+                 resample="box", **overrides):
+        super().__init__(num_classes, size, seed, render_size, resample)
         self.params = build_params(NewtonParams, params, overrides)
         self._categories = {}
 
@@ -243,16 +252,15 @@ class NewtonGenerator(GeneratorBase):
         centre = complex(*rng.uniform(-p.centre_shift, p.centre_shift, 2))
         return roots + jitter, zoom, centre
 
-    def render(self, class_id, instance_id):
-        """Image of ``(class_id, instance_id)``: uint8 (size, size, 3)."""
-        class_id, instance_id = self._check_ids(class_id, instance_id)
+    def draw(self, class_id, instance_id):
+        """The image at render_size: uint8 (R, R, 3) (ids checked by the caller)."""
         p = self.params
         _, palette = self.category(class_id)
         roots, zoom, centre = self.instance(class_id, instance_id)
         coeffs = np.poly(roots)
         half = p.half_width / zoom
-        step = 2.0 * half / (self.size - 1)
-        zr, zi, cnt = newton_counts(self.size, centre.real - half, centre.imag + half, step,
+        step = 2.0 * half / (self.render_size - 1)
+        zr, zi, cnt = newton_counts(self.render_size, centre.real - half, centre.imag + half, step,
                                     coeffs.real.astype(np.float32),
                                     coeffs.imag.astype(np.float32), p.max_iter, p.tol)
         # converged iterates sit within ~tol of a root; 10x is slack for float32
@@ -265,7 +273,7 @@ class NewtonGenerator(GeneratorBase):
         roots, zoom, centre = self.instance(class_id, instance_id)
         _, palette = self.category(class_id)
         return {"kind": self.kind, "seed": self.seed, "class_id": class_id,
-                "instance_id": instance_id, "size": self.size, "degree": len(roots),
+                "instance_id": instance_id, **self.sizes(), "degree": len(roots),
                 "roots": [[float(r.real), float(r.imag)] for r in roots],
                 "zoom": zoom, "centre": [centre.real, centre.imag],
                 "palette": palette.round(3).tolist(), "max_iter": self.params.max_iter}

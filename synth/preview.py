@@ -5,13 +5,15 @@ import numpy as np
 from PIL import Image
 
 
-def preview_grid(generator, num_classes=16, instance_id=0, tile=128, columns=None, gap=2):
+def preview_grid(generator, num_classes=16, instance_id=0, tile=128, columns=None, gap=2,
+                 resample=Image.BILINEAR):
     """uint8 (H, W, 3) grid of ``generator.render(c, instance_id)`` for the first
     ``num_classes`` classes (fewer if the generator has fewer).
 
-    Each image is resized to ``tile`` x ``tile`` pixels (Pillow bilinear; no
-    resize if it already has that size); ``gap`` pixels of black between
-    tiles; ``columns`` defaults to ceil(sqrt(n)).
+    Each image is resized to ``tile`` x ``tile`` pixels (Pillow filter
+    ``resample``, bilinear by default; ``Image.NEAREST`` shows small training
+    images pixel for pixel; no resize if it already has that size); ``gap``
+    pixels of black between tiles; ``columns`` defaults to ceil(sqrt(n)).
     """
     n = min(num_classes, generator.num_classes)
     if n < 1 or tile < 1:
@@ -22,7 +24,7 @@ def preview_grid(generator, num_classes=16, instance_id=0, tile=128, columns=Non
     for c in range(n):
         img = generator.render(c, instance_id)
         if img.shape[0] != tile:
-            img = np.asarray(Image.fromarray(img).resize((tile, tile), Image.BILINEAR))
+            img = np.asarray(Image.fromarray(img).resize((tile, tile), resample))
         r, q = divmod(c, columns)
         grid[r * (tile + gap):r * (tile + gap) + tile, q * (tile + gap):q * (tile + gap) + tile] = img
     return grid

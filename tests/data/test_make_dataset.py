@@ -166,3 +166,26 @@ def test_shards_read_back_with_minivit_io_and_webdataset(newton_dir):
     key, img, label, meta = samples[4]
     assert (label, meta["instance_id"]) == (1, 1)
     np.testing.assert_array_equal(img, gen.render(1, 1))
+
+
+@pytest.mark.parametrize("flag, render_size", [([], 256), (["--direct"], 16),
+                                               (["--render-size", "48"], 48)])
+def test_render_size_flags(tmp_path, capsys, flag, render_size):
+    out = tmp_path / "n"
+    code, err = run_in_process(args(out, kind="newton", classes=2, per_class=1, size=16,
+                                    shard=10, extra=["--param", "max_iter=4", *flag]), capsys)
+    assert code == 0, err
+    settings = json.loads((out / "synth.json").read_text())
+    assert settings["render_size"] == render_size and settings["resample"] == "box"
+    gen = make_generator("newton", 2, 16, seed=3, max_iter=4, render_size=render_size)
+    with tarfile.open(out / "newton-000000.tar") as tar:
+        img = decode_png(tar.extractfile("c00001_i000000.png").read())
+        meta = json.loads(tar.extractfile("c00001_i000000.json").read())
+    np.testing.assert_array_equal(img, gen.render(1, 0))
+    assert meta["render_size"] == render_size
+
+
+def test_direct_and_render_size_are_exclusive(tmp_path, capsys):
+    code, err = run_in_process(args(tmp_path / "x", kind="newton", classes=2, per_class=1,
+                                    size=16, extra=["--direct", "--render-size", "32"]), capsys)
+    assert code == 2 and "not allowed with argument" in err

@@ -245,7 +245,8 @@ def test_bad_params():
     with pytest.raises(ValueError, match=r"search_points=1000 can light at most 0.015 of the "
                                          r"256x256 search grid, below threshold 0.2"):
         FractalDBGenerator(2, 16, search_points=1000)
-    with pytest.raises(ValueError, match="mode must be 'gray' or 'color', got 'rgb'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('patch_gray', 'gray_levels', "
+                                         r"'color'\), got 'rgb'"):
         FractalDBGenerator(2, 16, mode="rgb")
     with pytest.raises(ValueError, match=r"unknown FractalDBParams field\(s\) \['points'\]"):
         FractalDBGenerator(2, 16, points=5)
