@@ -182,3 +182,27 @@ def test_prefetch_and_threads_are_bounded(ds):
             assert len(ld._pending) == 3          # batches decoded ahead, never more
             assert threading.active_count() - before <= 2
     assert threading.active_count() == before    # close() joined the workers
+
+
+def test_a_step_may_straddle_an_epoch_alike_on_every_rank():
+    """``LoaderSteps`` groups ``accum`` consecutive Loader batches into one optimizer step,
+    and the Loader crosses epoch boundaries: with 5 batches per epoch and accum = 2, step
+    2 (0-based) takes the last batch of epoch 0 and the first of epoch 1.  Every rank
+    straddles at the same step; the step reports the epoch of its first micro-batch."""
+    from minivit.io.random_images import RandomImages
+    from minivit.io.sources import LoaderSteps
+    data = RandomImages(40, 8, 40, seed=0)    # label = sample index: the order is visible
+    loaders = [Loader(data, 4, rank=r, world_size=2, seed=3, prefetch=0) for r in range(2)]
+    steps = [LoaderSteps(loader, accum=2) for loader in loaders]
+    assert loaders[0].steps_per_epoch == 5    # 40 samples = 5 batches of micro 4 x dp 2
+    for step in range(5):                     # 10 batches: two epochs
+        for r, (loader, it) in enumerate(zip(loaders, steps)):
+            epoch, micro = next(it)
+            assert epoch == (0 if step <= 2 else 1)
+            want = []
+            for k in range(2):                # the k-th micro-batch is loader batch 2 step + k
+                e, s = divmod(2 * step + k, 5)
+                want.append(list(loader.order(e)[loader.batch_positions(s)]))
+            assert [list(y) for _, y in micro] == want
+            if step == 2:                     # the straddling step: epochs 0 and 1
+                assert want[0] != want[1] and loader.state_dict()["epoch"] == 1
