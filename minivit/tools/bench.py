@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +37,31 @@ from ..threads import env_applied, limit_threads
 from ..train import train_step
 
 
+@dataclass
+class BenchTrainConfig:
+    """The validated flags of ``run/bench.py train`` (see :func:`parse_args`).
+
+    batch: images per step (per rank with ``dp``); steps / warmup: timed / untimed
+    steps; peak_n: side of the square GEMM timed for the peak (elements);
+    threads: BLAS and Numba threads; image_size / num_classes: None for the preset's.
+    """
+    model: str
+    image_size: int
+    batch: int
+    threads: int
+    dtype: str
+    steps: int
+    warmup: int
+    num_classes: int
+    peak_n: int
+    vs_torch: bool
+    json: bool
+    breakdown: bool
+    dp: int
+
+
 def parse_args(argv):
+    """``BenchTrainConfig`` of ``argv``; a bad value is a usage error (exit 2)."""
     ap = argparse.ArgumentParser(prog="bench.py train", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit-tiny", choices=sorted(PRESETS))
     ap.add_argument("--image-size", type=int, default=None, help="pixels (default: preset's)")
@@ -69,7 +94,7 @@ def parse_args(argv):
         ap.error(str(exc))
     if args.threads is None:
         args.threads = 1 if args.dp > 1 else (os.cpu_count() or 1)
-    return args
+    return BenchTrainConfig(**vars(args))
 
 
 def model_config(args):
@@ -188,7 +213,7 @@ def main(argv=None):
 
 
 def run(args):
-    """Time the training step for parsed ``args`` (see ``parse_args``); returns 0."""
+    """Time the training step for ``args`` (a ``BenchTrainConfig``); returns 0."""
     if args.vs_torch and args.breakdown:
         raise SystemExit("--vs-torch and --breakdown: expected one at a time")
     if args.vs_torch and importlib.util.find_spec("torch") is None:

@@ -27,7 +27,7 @@ def _wait_for_rank0(comm):
 
 
 def main(args):
-    """``args``: the parsed ``run/bench.py train`` flags (``minivit.tools.bench.parse_args``)."""
+    """``args``: a ``minivit.tools.bench.BenchTrainConfig`` (``run/bench.py train`` flags)."""
     from mpi4py import MPI
 
     from minivit.tools.bench import build, make_step, summarise
