@@ -42,8 +42,20 @@ class MultiHeadAttention(Module):
 
     def backward(self, dy, ctx):
         # forward: y = proj(concat_h softmax(q_h k_h^T * scale) v_h), [q, k, v] = qkv(x)
+        dx, wctx = self.backward_input(dy, ctx)
+        self.backward_weight(wctx)
+        return dx
+
+    def backward_input(self, dy, ctx):
+        # forward: y = proj(concat_h softmax(q_h k_h^T * scale) v_h), [q, k, v] = qkv(x)
         qkv_ctx, qkv, p, proj_ctx = ctx
         b, t, _, h, hd = qkv.shape
-        do = self.proj.backward(dy, proj_ctx).reshape(b, t, h, hd)
-        dqkv = attention_backward(do, qkv, p, self.scale)      # (B, T, 3, H, hd)
-        return self.qkv.backward(dqkv.reshape(b, t, 3 * h * hd), qkv_ctx)
+        do, w_proj = self.proj.backward_input(dy, proj_ctx)
+        dqkv = attention_backward(do.reshape(b, t, h, hd), qkv, p, self.scale)  # (B,T,3,H,hd)
+        dx, w_qkv = self.qkv.backward_input(dqkv.reshape(b, t, 3 * h * hd), qkv_ctx)
+        return dx, (w_proj, w_qkv)
+
+    def backward_weight(self, wctx):
+        w_proj, w_qkv = wctx
+        self.proj.backward_weight(w_proj)
+        self.qkv.backward_weight(w_qkv)

@@ -7,6 +7,16 @@ Conventions (DESIGN.md section 2):
 - Leading axes are flattened to one 2-D ``(rows, features)`` array so each
   matmul is a single BLAS call; ``x2d @ W.T`` passes the transpose to BLAS
   as a flag, without a copy.
+- The backward is also available as two halves, for zero-bubble pipeline
+  schedules (Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024,
+  section 2): ``backward_input(dy, ctx) -> (dx, wctx)`` computes the gradient
+  of the input (the critical path between pipeline stages) and returns the
+  weight-gradient work left, ``backward_weight(wctx)`` accumulates it later.
+  ``backward`` is their composition, and each parameter's gradient is the same
+  single ``+=`` either way, so split and unsplit gradients are bitwise equal.
+  Only ``Linear`` defers work (``dW = dy^T x`` and the bias sum: half the
+  backward FLOPs); a LayerNorm's weight gradient is a cheap reduction fused with
+  its ``dx`` in one kernel, so it stays in ``backward_input``.
 """
 import numpy as np
 
@@ -15,10 +25,19 @@ from .params import make_param
 
 
 class Module:
-    """Base: a module lists its Parameters in a stable order via ``parameters()``."""
+    """Base: a module lists its Parameters in a stable order via ``parameters()``.
+
+    Default split backward: everything in ``backward_input`` (nothing deferred).
+    """
 
     def parameters(self):
         return []
+
+    def backward_input(self, dy, ctx):
+        return self.backward(dy, ctx), None
+
+    def backward_weight(self, wctx):
+        pass
 
     def __call__(self, x):
         return self.forward(x)
@@ -51,12 +70,22 @@ class Linear(Module):
 
     def backward(self, dy, ctx):
         # forward: y = x @ W.T + b
+        dx, wctx = self.backward_input(dy, ctx)
+        self.backward_weight(wctx)
+        return dx
+
+    def backward_input(self, dy, ctx):
+        # forward: y = x @ W.T + b  ->  dx = dy @ W; dW and db are left in wctx
         x2d = ctx
         dy2d = dy.reshape(-1, self.out_features)
+        return (dy2d @ self.weight.data).reshape(*dy.shape[:-1], self.in_features), (dy2d, x2d)
+
+    def backward_weight(self, wctx):
+        # forward: y = x @ W.T + b  ->  dW = dy^T x, db = sum over rows of dy
+        dy2d, x2d = wctx
         self.weight.grad += dy2d.T @ x2d
         if self.bias is not None:
             kernels.bias_grad_(dy2d, self.bias.grad)
-        return (dy2d @ self.weight.data).reshape(*dy.shape[:-1], self.in_features)
 
 
 class LayerNorm(Module):
@@ -120,6 +149,18 @@ class Sequential(Module):
             dy = m.backward(dy, c)
         return dy
 
+    def backward_input(self, dy, ctx):
+        # forward: y = f_n(... f_1(x)); the weight work of each module, last first
+        wctxs = []
+        for m, c in zip(reversed(self.modules), reversed(ctx)):
+            dy, w = m.backward_input(dy, c)
+            wctxs.append(w)
+        return dy, wctxs
+
+    def backward_weight(self, wctx):
+        for m, w in zip(reversed(self.modules), wctx):
+            m.backward_weight(w)
+
 
 class Residual(Module):
     """y = x + inner(x) (the pre-LN residual branch when inner = Sequential([LN, f]))."""
@@ -141,7 +182,19 @@ class Residual(Module):
 
     def backward(self, dy, ctx):
         # forward: y = x + inner(x)
-        dx = self.inner.backward(dy, ctx)
+        return self._add_skip(self.inner.backward(dy, ctx), dy)
+
+    def backward_input(self, dy, ctx):
+        # forward: y = x + inner(x)
+        dx, wctx = self.inner.backward_input(dy, ctx)
+        return self._add_skip(dx, dy), wctx
+
+    def backward_weight(self, wctx):
+        self.inner.backward_weight(wctx)
+
+    @staticmethod
+    def _add_skip(dx, dy):
+        # dy may be held by a deferred weight gradient: never write into it
         if dx.shape != dy.shape or dx.dtype != dy.dtype or np.may_share_memory(dx, dy):
             return dy + dx
         dx += dy

@@ -79,6 +79,19 @@ class Embed(Module):
 
     def backward(self, dy, ctx):
         # forward: y = concat(cls, patchify(x) @ W.T + b) + pos
+        dx, wctx = self.backward_input(dy, ctx)
+        self.backward_weight(wctx)
+        return dx
+
+    def backward_weight(self, wctx):
+        # forward: emb = patches @ W.T + b  ->  dW = demb^T patches, db = sum of demb
+        demb, patches = wctx
+        self.weight.grad.reshape(self.config.dim, -1)[...] += demb.T @ patches
+        self.bias.grad += demb.sum(axis=0)
+
+    def backward_input(self, dy, ctx):
+        # forward: y = concat(cls, patchify(x) @ W.T + b) + pos; the position and class
+        # token gradients are cheap sums and stay here, dW and db go to backward_weight
         patches, x_shape = ctx
         c = self.config
         self.pos_embed.grad += dy.sum(axis=0, keepdims=True)
@@ -86,13 +99,11 @@ class Embed(Module):
             self.cls_token.grad += dy[:, :1].sum(axis=0, keepdims=True)
             dy = dy[:, 1:]
         demb = np.ascontiguousarray(dy).reshape(-1, c.dim)            # (B*N, D)
-        self.weight.grad.reshape(c.dim, -1)[...] += demb.T @ patches
-        self.bias.grad += demb.sum(axis=0)
         dpatches = demb @ self.weight.data.reshape(c.dim, -1)
         b, ch, hgt, wid = x_shape
         p = c.patch_size
         dx6 = dpatches.reshape(b, hgt // p, wid // p, ch, p, p).transpose(0, 3, 1, 4, 2, 5)
-        return dx6.reshape(x_shape)
+        return dx6.reshape(x_shape), (demb, patches)
 
 
 class Head(Module):
@@ -124,14 +135,24 @@ class Head(Module):
 
     def backward(self, dy, ctx):
         # forward: logits = fc(LN(pool(x)))
+        dx, wctx = self.backward_input(dy, ctx)
+        self.backward_weight(wctx)
+        return dx
+
+    def backward_input(self, dy, ctx):
+        # forward: logits = fc(LN(pool(x))); fc's dW and db go to backward_weight
         x_shape, norm_ctx, fc_ctx = ctx
-        dpooled = self.norm.backward(self.fc.backward(dy, fc_ctx), norm_ctx)
+        dh, wctx = self.fc.backward_input(dy, fc_ctx)
+        dpooled = self.norm.backward(dh, norm_ctx)
         dx = np.zeros(x_shape, dtype=dpooled.dtype)
         if self.class_token:
             dx[:, 0] = dpooled
         else:
             dx += dpooled[:, None, :] / x_shape[1]
-        return dx
+        return dx, wctx
+
+    def backward_weight(self, wctx):
+        self.fc.backward_weight(wctx)
 
 
 class ViT:
@@ -196,3 +217,18 @@ class ViT:
         for unit, c in zip(reversed(self.units), reversed(ctx)):
             dy = unit.backward(dy, c)
         return dy
+
+    def backward_input(self, dlogits, ctx):
+        """The input half of :meth:`backward`: ``(dx, wctx)``, the weight gradients
+        left in ``wctx`` for :meth:`backward_weight` (zero-bubble pipelines)."""
+        # forward: logits = head(blocks(embed(x)))
+        dy, wctxs = dlogits, []
+        for unit, c in zip(reversed(self.units), reversed(ctx)):
+            dy, w = unit.backward_input(dy, c)
+            wctxs.append(w)
+        return dy, wctxs
+
+    def backward_weight(self, wctx):
+        """Accumulate the weight gradients :meth:`backward_input` left."""
+        for unit, w in zip(reversed(self.units), wctx):
+            unit.backward_weight(w)

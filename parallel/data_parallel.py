@@ -117,6 +117,11 @@ class GradReadyUnit(UnitWrapper):
         self.dp._unit_done(self.index)
         return dx
 
+    def backward_input(self, dy, ctx):
+        raise ValueError("GradReadyUnit reduces the unit's gradient after its whole backward: the "
+                         "split backward of a zero-bubble schedule needs ZeRO 0-1 without "
+                         "--overlap")
+
 
 class ReplicatedOptimizer:
     """ZeRO stage 0, plain data parallelism: every dp rank holds the full parameters,

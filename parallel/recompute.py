@@ -32,6 +32,11 @@ class Recompute(UnitWrapper):
         _, inner = self.unit.forward(ctx)
         return self.unit.backward(dy, inner)
 
+    def backward_input(self, dy, ctx):
+        # forward: y = unit(x); the rebuilt ctx lives on in the weight work until W
+        _, inner = self.unit.forward(ctx)
+        return self.unit.backward_input(dy, inner)
+
 
 def ctx_nbytes(ctx):
     """Bytes of the distinct arrays referenced by ``ctx`` (nested tuples/lists/dicts).

@@ -100,9 +100,12 @@ class ColumnParallelLinear(Linear):
     def forward(self, x):
         return Linear.forward(self, x)
 
-    def backward(self, dy, ctx):
-        # forward: y_r = x @ W_r.T + b_r (x entered through f)
-        return self.f.backward(Linear.backward(self, dy, ctx), None)
+    # backward: Linear.backward, the composition of the two halves below
+
+    def backward_input(self, dy, ctx):
+        # forward: y_r = x @ W_r.T + b_r (x entered through f): f's all-reduce is on dx
+        dx, wctx = Linear.backward_input(self, dy, ctx)
+        return self.f.backward(dx, None), wctx
 
 
 class RowParallelLinear(Linear):

@@ -12,6 +12,12 @@ add work *around* those calls, per unit, without changing the model's code:
 * ``recompute.Recompute``: keeps only the unit input and re-runs the forward
   inside backward.
 
+The protocol's split backward (``backward_input(dy, ctx) -> (dx, wctx)`` and
+``backward_weight(wctx)``, see ``minivit.layers``) is delegated too; the
+wrappers whose communication needs the whole backward (``ShardedUnit``,
+``GradReadyUnit``) refuse it, and the configuration rejects those layouts
+with the zero-bubble schedule before any step.
+
 They all derive from :class:`UnitWrapper`, and a wrapper is put in place by
 one explicit call, :func:`wrap_units`, which the step engine makes where a
 reader sees it (``runtime.step.StepEngine.__init__``).
@@ -38,6 +44,12 @@ class UnitWrapper:
 
     def backward(self, dy, ctx):
         return self.unit.backward(dy, ctx)
+
+    def backward_input(self, dy, ctx):
+        return self.unit.backward_input(dy, ctx)
+
+    def backward_weight(self, wctx):
+        self.unit.backward_weight(wctx)
 
 
 def wrap_units(model, wrapper, *args):

@@ -276,3 +276,8 @@ class ShardedUnit(UnitWrapper):
         if zero.stage == 3:
             self._release("data")
         return dx
+
+    def backward_input(self, dy, ctx):
+        raise ValueError("ShardedUnit reduces the unit's gradient after its whole backward: the "
+                         "split backward of a zero-bubble schedule needs ZeRO 0-1 without "
+                         "--overlap")

@@ -80,7 +80,10 @@ class TrainConfig:
     tp: int = flag(1, "tensor-parallel size (Megatron: heads and MLP width split)")
     pp: int = flag(1, "pipeline-parallel size (stages balanced by parameter count; "
                       "micro-batches = accumulation steps)")
-    schedule: str = flag("1f1b", "pipeline schedule (with --pp > 1)", choices=SCHEDULES)
+    schedule: str = flag("1f1b", "pipeline schedule (with --pp > 1): gpipe, 1f1b, or zb-h1 "
+                                 "(zero bubble: backward split into input and weight halves, "
+                                 "the weight halves fill the bubble; ZeRO 0-1)",
+                         choices=SCHEDULES)
     recompute: bool = flag(False, "activation recompute per block: keep the block input, "
                                   "rebuild the rest in backward")
     offload_dir: str = flag(None, "keep the AdamW state (and the ZeRO-3 master shard) in "
@@ -192,6 +195,12 @@ class TrainConfig:
             if self.pp > depth:
                 raise ValueError(f"--pp {self.pp}: the model has depth={depth} blocks; "
                                  "expected pp <= depth (each stage holds at least one block)")
+        if self.pp > 1 and self.schedule == "zb-h1" and (self.zero >= 2 or self.overlap):
+            raise ValueError(f"--schedule zb-h1 with --zero {self.zero}"
+                             f"{' --overlap' if self.overlap else ''}: the weight-gradient "
+                             "passes run after the input backward, and ZeRO-2/3 and --overlap "
+                             "reduce a unit's gradient right after its whole backward; "
+                             "expected --zero 0 or 1 without --overlap")
         if self.optimizer == "sgd" and self.zero:
             raise ValueError(f"--optimizer sgd --zero {self.zero}: ZeRO here shards AdamW "
                              "state; expected --optimizer adamw or --zero 0")

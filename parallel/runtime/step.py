@@ -16,7 +16,7 @@ from minivit.loss import cross_entropy_backward, cross_entropy_forward
 
 from .. import cost
 from ..data_parallel import DataParallel, GradReadyUnit, ReplicatedOptimizer
-from ..pipeline import Pipeline, check_schedule
+from ..pipeline import SPLIT_BACKWARD, Pipeline, check_schedule
 from ..units import wrap_units
 from ..zero import ZeroOptimizer, shard_units
 
@@ -58,6 +58,10 @@ class StepEngine:
         if optimizer not in ("adamw", "sgd") or (optimizer == "sgd" and zero):
             raise ValueError(f"optimizer={optimizer!r} with zero={zero}: expected 'adamw', "
                              "or 'sgd' with zero=0 (ZeRO shards AdamW state)")
+        if schedule in SPLIT_BACKWARD and grid.pp > 1 and (zero >= 2 or overlap):
+            raise ValueError(f"schedule={schedule!r} with zero={zero}, overlap={overlap}: "
+                             "expected ZeRO 0-1 without overlap (they reduce a unit's "
+                             "gradient after its whole backward)")
         if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
             raise ValueError(f"accum={accum!r}: expected a positive integer")
         self.model, self.grid, self.comm = model, grid, grid.dp_group

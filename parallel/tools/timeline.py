@@ -3,17 +3,23 @@ the bubble and draw the schedule as a per-stage Gantt chart.
 
 Bubble fraction (Narayanan et al. 2021, section 2.2.1, eq. 1): with ``p``
 stages and ``m`` equal micro-batches a stage idles ``(p - 1) / (m + p - 1)``
-of the step, for GPipe and 1F1B alike.  Measured here as
-``1 - mean_over_stages(busy time) / (last end - first start)``.
+of the step, for GPipe and 1F1B alike; ZB-H1's formula needs the F, B and W
+times (``pipeline.bubble_fraction``), taken here from the measured means.
+Measured here as ``1 - mean_over_stages(busy time) / (last end - first start)``.
 """
 import numpy as np
+
+from ..pipeline import bubble_fraction
+
+KIND_NAMES = {0: "forward", 1: "backward (B: input)", 2: "weight (W)"}
 
 
 def gather_timeline(grid, events):
     """All stages' events on every rank of the pp group: array (pp, n, 4).
 
-    events : (n, 4) float64 rows ``(kind 0=F/1=B, micro-batch, start_s, end_s)``
-    (``Pipeline.events``; n = 2 m on every stage).  One all-gather over pp.
+    events : (n, 4) float64 rows ``(kind 0=F/1=B/2=W, micro-batch, start_s, end_s)``
+    (``Pipeline.events``; n = 2 m, or 3 m for ZB-H1, on every stage).  One
+    all-gather over pp.
     """
     events = np.ascontiguousarray(events, dtype=np.float64)
     out = np.empty((grid.pp,) + events.shape, np.float64)
@@ -26,6 +32,17 @@ def theoretical_bubble(p, m):
     return (p - 1) / (m + p - 1)
 
 
+def predicted_bubble(schedule, timeline):
+    """The schedule's bubble formula with the mean measured F, B and W seconds of
+    ``timeline`` (B includes W for the unsplit schedules)."""
+    pp, n = timeline.shape[:2]
+    kinds = timeline[:, :, 0]
+    seconds = timeline[:, :, 3] - timeline[:, :, 2]
+    mean = [float(seconds[kinds == k].mean()) if (kinds == k).any() else 0.0 for k in (0, 1, 2)]
+    m = int(timeline[0, :, 1].max()) + 1
+    return bubble_fraction(schedule, pp, m, *mean)
+
+
 def measured_bubble(timeline):
     """``1 - mean busy / span`` of a (pp, n, 4) timeline (see module docstring)."""
     start, end = timeline[:, :, 2].min(), timeline[:, :, 3].max()
@@ -34,8 +51,9 @@ def measured_bubble(timeline):
 
 
 def plot_timeline(timeline, path, title):
-    """Write a Gantt chart (one row per stage, forward blue / backward orange,
-    micro-batch number inside each box) of a (pp, n, 4) timeline to ``path`` (PNG)."""
+    """Write a Gantt chart (one row per stage, forward blue / backward orange /
+    weight-gradient green, micro-batch number inside each box) of a (pp, n, 4)
+    timeline to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -44,7 +62,7 @@ def plot_timeline(timeline, path, title):
     t0 = timeline[:, :, 2].min()
     pp = timeline.shape[0]
     fig, ax = plt.subplots(figsize=(10, 0.6 * pp + 1.2))
-    colors = {0: "#4c72b0", 1: "#dd8452"}
+    colors = {0: "#4c72b0", 1: "#dd8452", 2: "#55a868"}
     for stage in range(pp):
         for kind, mb, start, end in timeline[stage]:
             left, width = (start - t0) * 1e3, (end - start) * 1e3
@@ -57,8 +75,9 @@ def plot_timeline(timeline, path, title):
     ax.invert_yaxis()
     ax.set_xlabel("time in step (ms)")
     ax.set_title(title, fontsize=9)
-    ax.legend(handles=[Patch(color=colors[0], label="forward"),
-                       Patch(color=colors[1], label="backward")], loc="lower right", fontsize=8)
+    present = sorted({int(k) for k in timeline[:, :, 0].ravel()})
+    ax.legend(handles=[Patch(color=colors[k], label=KIND_NAMES[k]) for k in present],
+              loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -73,11 +92,14 @@ def write_timeline(engine, path, schedule, root):
         return None
     timeline = gather_timeline(grid, engine.pipeline.events)
     measured = measured_bubble(timeline)
-    theory = theoretical_bubble(grid.pp, engine.accum)
+    theory = predicted_bubble(schedule, timeline)
+    formula = ("(p-1)(F+B-W)/(m(F+B+W)+(p-1)(F+B-W))" if schedule == "zb-h1"
+               else "(p-1)/(m+p-1)")
     if root:
         plot_timeline(timeline, path,
                       f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches; "
-                      f"bubble measured {measured:.1%}, (p-1)/(m+p-1) = {theory:.1%}")
+                      f"bubble measured {measured:.1%}, {formula} = {theory:.1%}")
         print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}): bubble measured "
-              f"{measured:.1%} vs (p-1)/(m+p-1) = {theory:.1%}; wrote {path}", flush=True)
+              f"{measured:.1%} vs {formula} = {theory:.1%} (mean measured F, B, W); "
+              f"wrote {path}", flush=True)
     return measured, theory

@@ -11,7 +11,9 @@ also checks: tp-replicated parameters bitwise identical over tp; the ledger's tp
 all-reduce and pp send bytes equal cost.py; 1F1B peak contexts <= pp; the
 evaluation forward (pipelined for pp > 1) gives the serial logits on every rank.  A layout
 with ``"grads": true`` instead checks that after one pipelined step the dp
-replicas of every stage hold identical gradients.  Rank 0 prints one
+replicas of every stage hold identical gradients; one with ``"bitwise_vs":
+"1f1b"`` checks that its schedule's gradients after one step are bitwise those
+of the named schedule (ZB-H1's split backward against the unsplit one).  Rank 0 prints one
 ``OK <layout> ...`` line per layout; any failure raises (the guard ends all ranks).
 """
 import json
@@ -88,6 +90,8 @@ def run_layout(lay, ref, world):
     it = batches(grid.dp_rank, dp, micro)
     if lay.get("grads"):
         return check_grads(trainer, grid, next(it)[1], accum)
+    if lay.get("bitwise_vs"):
+        return check_bitwise(trainer, grid, lay, next(it)[1], accum)
     worst = 0.0
     for step in range(STEPS):
         mark = grid.ledger.mark()
@@ -102,8 +106,8 @@ def run_layout(lay, ref, world):
         worst = max(worst, close(value, expected, f"parameter {name}"))
     worst = max(worst, check_eval_forward(trainer, ref[2]))
     peak = trainer.pipeline.peak_contexts if trainer.pipeline else 1
-    if pp > 1 and trainer.schedule == "1f1b" and peak > pp:
-        raise AssertionError(f"1F1B peak contexts {peak} > pp={pp}")
+    if pp > 1 and trainer.schedule in ("1f1b", "zb-h1") and peak > pp:
+        raise AssertionError(f"{trainer.schedule} peak micro-batches in flight {peak} > pp={pp}")
     peaks = grid.world.allgather(np.array([peak], np.int64), np.empty(grid.world_size, np.int64))
     if offload is not None:
         offload.close()
@@ -161,6 +165,23 @@ def check_grads(trainer, grid, micro_batches, accum):
                 for n, g in trainer.model.flat.named_arrays(grad).items())
     grid.free()
     return f"dp gradient replicas bitwise identical on every stage; max rel err {worst:.1e}"
+
+
+def check_bitwise(trainer, grid, lay, micro_batches, accum):
+    """One step of ``lay["schedule"]`` and of ``lay["bitwise_vs"]`` from the same
+    parameters: the stage gradients must be bitwise equal."""
+    other = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
+    ref = StepEngine(other, grid, accum=accum, schedule=lay["bitwise_vs"])
+    for engine in (trainer, ref):
+        engine.pipeline.run(micro_batches, 1.0 / (accum * grid.dp))
+    same = np.array_equal(trainer.model.flat.grad, ref.model.flat.grad)
+    flags = grid.world.allgather(np.array([same], np.int64), np.empty(grid.world_size, np.int64))
+    if not flags.all():
+        raise AssertionError(f"{lay['schedule']} gradients differ from {lay['bitwise_vs']} "
+                             f"on ranks {np.flatnonzero(flags == 0).tolist()}")
+    grid.free()
+    return (f"{lay['schedule']} gradients bitwise equal to {lay['bitwise_vs']} on every stage; "
+            f"peak in flight {trainer.pipeline.peak_contexts} vs {ref.pipeline.peak_contexts}")
 
 
 def main():
