@@ -14,6 +14,7 @@ ever gain entries that are the same whoever computes them).
 from .base import GeneratorBase
 from .fractaldb import CategorySearchError, FractalDBGenerator, FractalDBParams
 from .newton import NewtonGenerator, NewtonParams
+from .onepfrac import OnePFracGenerator, OnePFracParams
 from .png import decode_png, encode_png
 from .visualatom import VisualAtomGenerator, VisualAtomParams
 
@@ -22,15 +23,17 @@ GENERATORS = {
     "fractaldb": FractalDBGenerator,
     "visualatom": VisualAtomGenerator,
     "newton": NewtonGenerator,
+    "onepfrac": OnePFracGenerator,
 }
 
 
 def make_generator(kind, num_classes, size, seed=0, **params):
-    """Build the generator of ``kind`` ("fractaldb", "visualatom" or "newton").
+    """Build the generator of ``kind`` ("fractaldb", "visualatom", "newton" or "onepfrac").
 
     num_classes: int >= 1; size: image side in pixels, int >= 8; seed: dataset
     seed, int >= 0; params: fields of the kind's parameter dataclass
-    (FractalDBParams, VisualAtomParams, NewtonParams) or kind-specific options.
+    (FractalDBParams, VisualAtomParams, NewtonParams,
+    OnePFracParams) or kind-specific options.
     Raises ValueError naming the bad value (unknown kind, num_classes <= 0,
     size < 8, unknown parameter).
     """
@@ -41,4 +44,5 @@ def make_generator(kind, num_classes, size, seed=0, **params):
 
 __all__ = ["GENERATORS", "make_generator", "GeneratorBase", "CategorySearchError",
            "FractalDBGenerator", "FractalDBParams", "VisualAtomGenerator", "VisualAtomParams",
-           "NewtonGenerator", "NewtonParams", "encode_png", "decode_png"]
+           "NewtonGenerator", "NewtonParams",
+           "OnePFracGenerator", "OnePFracParams", "encode_png", "decode_png"]
