@@ -151,3 +151,57 @@ def test_mix_batch_validates(kwargs, match):
 def test_mixup_settings_validated(bad):
     with pytest.raises(ValueError, match="Mixup"):
         Mixup(**bad)
+
+
+class ArrayDataset:
+    """24 random 10x10 images with labels 0..K-1."""
+
+    def __init__(self):
+        rng = np.random.default_rng(4)
+        self.images = rng.integers(0, 256, (24, 10, 10, 3), dtype=np.uint8)
+        self.labels = np.arange(24) % K
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def loader_steps(batch, rank, world, steps, state=None):
+    """Mixed (images, targets) of ``steps`` loader steps, as a training loop would build them."""
+    from minivit.io import Loader
+    out = []
+    with Loader(ArrayDataset(), batch, rank=rank, world_size=world, seed=7, augment=True,
+                image_size=8, prefetch=0) as ld:
+        if state is not None:
+            ld.load_state_dict(state)
+        for _ in range(steps):
+            epoch, step = ld.epoch, ld.step          # before next_batch advances them
+            x, y = ld.next_batch()
+            out.append(mix_batch(x, y, ld.batch_positions(step), mixup=Mixup(), num_classes=K,
+                                 seed=7, epoch=epoch, global_batch=8))
+    return out
+
+
+def test_loader_layouts_see_the_same_mixed_batches():
+    # 4 optimizer steps of 8 images (crossing an epoch boundary): one process,
+    # dp=2 ranks of 4, and one process with 2 accumulated micro-batches of 4
+    whole = loader_steps(8, 0, 1, 4)
+    ranks = [loader_steps(4, r, 2, 4) for r in range(2)]
+    accum = loader_steps(4, 0, 1, 8)
+    for s in range(4):
+        for k in range(2):   # images, targets
+            np.testing.assert_array_equal(
+                np.concatenate([ranks[0][s][k], ranks[1][s][k]]), whole[s][k])
+            np.testing.assert_array_equal(
+                np.concatenate([accum[2 * s][k], accum[2 * s + 1][k]]), whole[s][k])
+    assert any(not np.isin(t, (0.0, 1.0)).all() for _, t in whole)   # really mixed
+
+
+def test_resumed_loader_mixes_exactly_the_same():
+    full = loader_steps(4, 1, 2, 5)
+    resumed = loader_steps(4, 1, 2, 2, state={"epoch": 1, "step": 0, "seed": 7})
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
