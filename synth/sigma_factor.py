@@ -39,7 +39,9 @@ def sample_singular_values(n, sigma, rng):
     each uniform within the bounds that still let the remaining pairs reach
     ``sigma`` (Anderson & Farrell, WACV 2022, sec. 3.2, "sample_svs" in their
     code); the last pair is then fixed by the sum.  rng: a
-    ``numpy.random.Generator``.  Raises ValueError unless ``0 < sigma < 3 n``.
+    ``numpy.random.Generator``.  Raises ValueError unless ``0 < sigma < 3 n``
+    (their code means to clamp sigma into [0, 3n] but writes ``a == 0``, a
+    comparison, so an unreachable sigma silently breaks the constraints).
     """
     _check_sigma(n, sigma)
     s = np.empty((n, 2))
@@ -52,8 +54,7 @@ def sample_singular_values(n, sigma, rng):
         s2 = rng.uniform(max(0.0, (p - s1 - rest) / 2.0), min(s1, (p - s1) / 2.0))
         s[i] = s1, s2
         p -= s1 + 2.0 * s2
-    # last pair: s1 = p - 2 s2 <= 1 and s2 <= s1 give (p - 1) / 2 <= s2 <= p / 3.
-    # The published code omits max(0, .), which lets s2 < 0 when p < 1.
+    # last pair: s1 = p - 2 s2 <= 1 and s2 <= s1 give (p - 1) / 2 <= s2 <= p / 3
     s2 = rng.uniform(max(0.0, (p - 1.0) / 2.0), p / 3.0)
     s[-1] = p - 2.0 * s2, s2
     return s
