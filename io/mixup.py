@@ -192,3 +192,44 @@ def mix_batch(images, labels, positions, *, mixup, num_classes, seed, epoch, glo
         np.add.at(targets, (mine, labels[mine]), draw.lam)
         np.add.at(targets, (mine, labels[other]), 1.0 - draw.lam)
     return out, targets
+
+
+class MixedSteps:
+    """``LoaderSteps`` with mixing: per optimizer step ``(epoch, [(x, targets), ...])``.
+
+    loader: a ``minivit.io.Loader`` built with ``batch_size = micro-batch`` and
+    ``world_size = dp`` (as for ``minivit.io.sources.LoaderSteps``); accum:
+    micro-batches per optimizer step, int >= 1; mixup: a ``Mixup``;
+    num_classes: K; dtype: of x.  The global batch is ``micro x dp x accum``.
+    x: ``(b, 3, S, S)`` of ``dtype``; targets: float64 ``(b, K)`` soft targets
+    for ``minivit.loss.cross_entropy_forward``.  Training accuracy must then
+    compare predictions with ``targets.argmax(1)``, not with the targets.
+    Raises ValueError for a bad ``accum`` or an odd micro-batch.
+    """
+
+    def __init__(self, loader, accum, mixup, num_classes, dtype="float32"):
+        if isinstance(accum, bool) or not isinstance(accum, (int, np.integer)) or accum < 1:
+            raise ValueError(f"accum={accum!r}: expected a positive integer")
+        if loader.batch_size % 2:
+            raise ValueError(f"mixup/cutmix pair positions (2k, 2k+1) on one rank: the "
+                             f"micro-batch must be even, got {loader.batch_size}")
+        if not isinstance(mixup, Mixup):
+            raise ValueError(f"mixup must be a Mixup, got {mixup!r}")
+        self.loader, self.accum, self.mixup = loader, int(accum), mixup
+        self.num_classes, self.dtype = int(num_classes), np.dtype(dtype)
+        self.global_batch = loader.global_batch * self.accum
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        first_epoch = self.loader.epoch
+        micro = []
+        for _ in range(self.accum):
+            epoch, step = self.loader.epoch, self.loader.step   # before next_batch advances
+            x, y = self.loader.next_batch()
+            x, t = mix_batch(x, y, self.loader.batch_positions(step), mixup=self.mixup,
+                             num_classes=self.num_classes, seed=self.loader.seed, epoch=epoch,
+                             global_batch=self.global_batch)
+            micro.append((x.astype(self.dtype, copy=False), t))
+        return first_epoch, micro

@@ -205,3 +205,32 @@ def test_resumed_loader_mixes_exactly_the_same():
     for a, b in zip(full[3:], resumed):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_mixed_steps_for_dp_and_accumulation_layouts():
+    from minivit.io import Loader
+    from minivit.io.mixup import MixedSteps
+
+    def steps(batch, rank, world, accum, n=3):
+        with Loader(ArrayDataset(), batch, rank=rank, world_size=world, seed=7, augment=True,
+                    image_size=8, prefetch=0) as ld:
+            it = MixedSteps(ld, accum, Mixup(), K, dtype="float64")
+            assert it.global_batch == 8
+            out = [next(it) for _ in range(n)]
+        return [(e, np.concatenate([m[0] for m in mb]), np.concatenate([m[1] for m in mb]))
+                for e, mb in out]
+
+    whole = steps(8, 0, 1, 1)
+    accum = steps(4, 0, 1, 2)
+    ranks = [steps(2, r, 2, 2) for r in range(2)]      # dp=2 x accum=2 x micro 2
+    for s in range(3):
+        assert whole[s][1].dtype == np.float64
+        for k in (1, 2):
+            np.testing.assert_array_equal(accum[s][k], whole[s][k])
+            # rank r's micro-batches hold positions [4a + 2r, 4a + 2r + 2) for a = 0, 1
+            merged = np.concatenate([ranks[0][s][k][:2], ranks[1][s][k][:2],
+                                     ranks[0][s][k][2:], ranks[1][s][k][2:]])
+            np.testing.assert_array_equal(merged, whole[s][k])
+    with Loader(ArrayDataset(), 3, seed=7, image_size=8) as ld, \
+            pytest.raises(ValueError, match="even"):
+        MixedSteps(ld, 1, Mixup(), K)
