@@ -7,9 +7,10 @@ from .augment import Augment
 from .dataset import ShardDataset
 from .errors import CorruptSampleError, ShardError, ShardWarning
 from .loader import Loader
+from .mixup import Mixup, mix_batch
 from .index import read_dataset_index, read_shard_index, write_dataset_index
 from .synthetic import SyntheticSource
 from .writer import ShardWriter
 
-__all__ = ["ShardWriter", "ShardDataset", "Loader", "Augment", "SyntheticSource", "ShardError", "CorruptSampleError",
+__all__ = ["ShardWriter", "ShardDataset", "Loader", "Augment", "Mixup", "mix_batch", "SyntheticSource", "ShardError", "CorruptSampleError",
            "ShardWarning", "write_dataset_index", "read_dataset_index", "read_shard_index"]

@@ -10,7 +10,7 @@ image_size, description)`` of datasets with the ``ShardDataset`` interface
   the last ``holdout`` fraction of each class in dataset order.  For shards
   written by ``run/make_dataset.py`` (class-major, instance ids ascending)
   those are the highest instance ids of every class: a disjoint instance range.
-* ``synthetic:KIND`` (fractaldb, visualatom, newton): ``SyntheticSource``
+* ``synthetic:KIND`` (fractaldb, visualatom, newton, onepfrac): ``SyntheticSource``
   rendering on the fly; the held-out split is a disjoint instance-id range at
   the top of ``range(instances)``.
 * ``digits``: scikit-learn's bundled handwritten digits (1797 grey 8x8),
@@ -32,7 +32,7 @@ from .dataset import ShardDataset
 from .random_images import RandomImages
 from .synthetic import SyntheticSource
 
-SYNTHETIC_KINDS = ("fractaldb", "visualatom", "newton")
+SYNTHETIC_KINDS = ("fractaldb", "visualatom", "newton", "onepfrac")
 BUILTINS = ("digits", "random")
 
 

@@ -373,3 +373,60 @@ def xent_backward(probs, labels, smoothing, scale):
     dz = np.empty_like(probs)
     _xent_bwd(probs, labels, float(smoothing), float(scale), dz)
     return dz
+
+
+# ---------------------------------------- soft-target softmax cross-entropy
+# Soft targets t (rows summing to 1, e.g. mixup/cutmix: Zhang et al., ICLR 2018,
+# eq. 1; Yun et al., ICCV 2019, eq. 1) composed with label smoothing:
+# t' = (1 - s) t + s / K, loss_i = lse(z_i) - sum_k t'_{i,k} z_{i,k}.
+@njit(cache=True, error_model="numpy")
+def _xent_soft_fwd(z, t, smoothing, probs, losses):
+    rows, k = z.shape
+    off = smoothing / k
+    for r in range(rows):
+        m = np.float64(z[r, 0])
+        for j in range(1, k):
+            if z[r, j] > m:
+                m = np.float64(z[r, j])
+        s = 0.0
+        tz = 0.0
+        for j in range(k):
+            s += math.exp(z[r, j] - m)
+            tz += ((1.0 - smoothing) * t[r, j] + off) * z[r, j]
+        inv = 1.0 / s
+        for j in range(k):
+            probs[r, j] = math.exp(z[r, j] - m) * inv
+        losses[r] = m + math.log(s) - tz
+
+
+@njit(cache=True, error_model="numpy")
+def _xent_soft_bwd(probs, t, smoothing, scale, dz):
+    rows, k = probs.shape
+    off = smoothing / k
+    for r in range(rows):
+        # d/dz [lse(z) - <t', z>] = (sum_k t'_k) p - t'; the sum is 1 up to
+        # rounding, kept so the gradient is exact for the targets given
+        tsum = 0.0
+        for j in range(k):
+            tsum += (1.0 - smoothing) * t[r, j] + off
+        for j in range(k):
+            dz[r, j] = (tsum * probs[r, j] - ((1.0 - smoothing) * t[r, j] + off)) * scale
+
+
+def xent_soft_forward(logits, targets, smoothing):
+    """Per-row soft-target cross-entropy: ``(losses (rows,) float64, probs (rows, K))``.
+
+    targets: float64 (rows, K), validated by the caller (minivit.loss).
+    """
+    z = _rows(logits, "logits")
+    probs = np.empty_like(z)
+    losses = np.empty(z.shape[0])
+    _xent_soft_fwd(z, _rows(targets, "targets"), float(smoothing), probs, losses)
+    return losses, probs
+
+
+def xent_soft_backward(probs, targets, smoothing, scale):
+    """d(sum_i scale * loss_i)/dz = scale * (sum(t') probs - t'); (rows, K), dtype of probs."""
+    dz = np.empty_like(probs)
+    _xent_soft_bwd(probs, targets, float(smoothing), float(scale), dz)
+    return dz

@@ -90,3 +90,19 @@ def attention_backward(do, qkv, p, scale):
     ds = softmax_backward(g @ v.transpose(0, 1, 3, 2), p64, scale)
     grads = (ds @ k, ds.transpose(0, 1, 3, 2) @ q, p64.transpose(0, 1, 3, 2) @ g)
     return np.stack([d.transpose(0, 2, 1, 3) for d in grads], axis=2).astype(qkv.dtype)
+
+
+def xent_soft_forward(logits, targets, smoothing):
+    z = logits.astype(np.float64)
+    k = z.shape[1]
+    m = z.max(-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
+    target = (1.0 - smoothing) * targets + smoothing / k
+    losses = -(target * (z - lse[:, None])).sum(-1)
+    return losses, np.exp(z - lse[:, None]).astype(logits.dtype)
+
+
+def xent_soft_backward(probs, targets, smoothing, scale):
+    p = probs.astype(np.float64)
+    target = (1.0 - smoothing) * targets + smoothing / p.shape[1]
+    return ((target.sum(-1, keepdims=True) * p - target) * scale).astype(probs.dtype)

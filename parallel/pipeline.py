@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from minivit.loss import cross_entropy_backward, cross_entropy_forward
+from minivit.loss import correct_top1, cross_entropy_backward, cross_entropy_forward
 
 from .recompute import ctx_nbytes
 
@@ -153,7 +153,7 @@ class Pipeline:
                 out, ctx = model.forward(x)
                 if last:
                     loss, loss_ctx = cross_entropy_forward(out, y, smoothing)
-                    totals += (loss * scale, int((out.argmax(axis=1) == y).sum()))
+                    totals += (loss * scale, correct_top1(out, y))
                     ctx = (ctx, loss_ctx)
                 ctxs[i] = ctx
                 events.append((0, i, t0, time.perf_counter()))

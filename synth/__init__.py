@@ -14,6 +14,7 @@ ever gain entries that are the same whoever computes them).
 from .base import GeneratorBase
 from .fractaldb import CategorySearchError, FractalDBGenerator, FractalDBParams
 from .newton import NewtonGenerator, NewtonParams
+from .onepfrac import OnePFracGenerator, OnePFracParams
 from .png import decode_png, encode_png
 from .visualatom import VisualAtomGenerator, VisualAtomParams
 
@@ -22,15 +23,16 @@ GENERATORS = {
     "fractaldb": FractalDBGenerator,
     "visualatom": VisualAtomGenerator,
     "newton": NewtonGenerator,
+    "onepfrac": OnePFracGenerator,
 }
 
 
 def make_generator(kind, num_classes, size, seed=0, **params):
-    """Build the generator of ``kind`` ("fractaldb", "visualatom" or "newton").
+    """Build the generator of ``kind`` ("fractaldb", "visualatom", "newton" or "onepfrac").
 
     num_classes: int >= 1; size: output image side in pixels, int >= 8; seed:
     dataset seed, int >= 0; params: fields of the kind's parameter dataclass
-    (FractalDBParams, VisualAtomParams, NewtonParams) or options:
+    (FractalDBParams, VisualAtomParams, NewtonParams, OnePFracParams) or options:
     ``render_size`` (side drawn at; default the published one, see
     GeneratorBase), ``resample`` ("box" or "lanczos"), FractalDB's
     ``categories`` / ``categories_dir``.
@@ -44,4 +46,5 @@ def make_generator(kind, num_classes, size, seed=0, **params):
 
 __all__ = ["GENERATORS", "make_generator", "GeneratorBase", "CategorySearchError",
            "FractalDBGenerator", "FractalDBParams", "VisualAtomGenerator", "VisualAtomParams",
-           "NewtonGenerator", "NewtonParams", "encode_png", "decode_png"]
+           "NewtonGenerator", "NewtonParams",
+           "OnePFracGenerator", "OnePFracParams", "encode_png", "decode_png"]

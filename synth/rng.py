@@ -15,7 +15,8 @@ import numpy as np
 # Stable per-generator tags mixed into every seed, so FractalDB class 3 and
 # Newton class 3 never share a random stream.  Never change these: they define
 # the published bytes of every dataset.
-KIND_TAGS = {"fractaldb": 0x46444231, "visualatom": 0x56415431, "newton": 0x4E57541}
+KIND_TAGS = {"fractaldb": 0x46444231, "visualatom": 0x56415431, "newton": 0x4E57541,
+             "onepfrac": 0x31504652}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -106,6 +106,12 @@ class TrainConfig:
     clip: float = flag(1.0, "max global gradient norm; 0 disables clipping")
     label_smoothing: float = flag(0.0, "label smoothing of the cross-entropy (0 <= s < 1)")
     augment: bool = flag(False, "random-resized-crop + horizontal flip on the training images")
+    mixup: float = flag(0.0, "mixup Beta(alpha, alpha) of the whole global batch (Zhang et "
+                             "al. 2018; DeiT uses 0.8); 0 disables; soft targets")
+    cutmix: float = flag(0.0, "cutmix Beta(alpha, alpha) box mixing (Yun et al. 2019; DeiT "
+                              "uses 1.0); 0 disables; with --mixup too, one of them per step")
+    mix_prob: float = flag(1.0, "probability that a step is mixed at all (with --mixup/--cutmix)")
+    switch_prob: float = flag(0.5, "probability of cutmix rather than mixup when both are on")
     loader_threads: int = flag(1, "decoding/rendering threads per rank")
     eval_every: int = flag(15, "held-out evaluation every N optimizer steps (and after the "
                                "last); 0: only after the last step")
@@ -150,6 +156,14 @@ class TrainConfig:
     def model_shape(self):
         """``(heads, mlp_dim, depth)`` of the model, for the tp/pp checks; None: no check."""
         return None
+
+    def mixing(self):
+        """The ``minivit.io.Mixup`` of ``--mixup/--cutmix``, or None when both are 0."""
+        if not (self.mixup or self.cutmix):
+            return None
+        from minivit.io import Mixup
+        return Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, prob=self.mix_prob,
+                     switch_prob=self.switch_prob)
 
     def validate(self, world_size):
         """The config with ``dp``, ``global_batch`` and ``accum`` derived; ValueError naming
@@ -219,6 +233,18 @@ class TrainConfig:
                                  "number >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing {self.label_smoothing}: expected 0 <= s < 1")
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name} {value}: expected a Beta alpha >= 0 (0 disables)")
+        for name in ("mix_prob", "switch_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: expected a probability "
+                                 "in [0, 1]")
+        if (self.mixup or self.cutmix) and self.micro_batch % 2:
+            raise ValueError(f"--micro-batch {self.micro_batch} with --mixup/--cutmix: expected "
+                             "an even micro-batch (samples 2k and 2k+1 of a rank are mixed)")
 
     def _check_run_control(self):
         if self.save_every < -1:
@@ -302,7 +328,8 @@ class FinetuneConfig(TrainConfig):
     trained on a labelled dataset for ``epochs`` passes; ``steps`` follows from the data."""
     FLAGS = ("checkpoint", "model", "from_scratch", "data", "eval_data", "holdout",
              "split_seed", "epochs", "max_steps", "micro_batch", "global_batch", "lr", "min_lr",
-             "warmup", "weight_decay", "clip", "label_smoothing", "augment", "seed", "dtype",
+             "warmup", "weight_decay", "clip", "label_smoothing", "augment", "mixup", "cutmix",
+             "mix_prob", "switch_prob", "seed", "dtype",
              "out", "threads", "loader_threads", "eval_batch", "log_every", "no_progress")
     checkpoint: str = flag(None, "pre-trained checkpoint: a step_XXXXXXX.h5 file, a ckpt/ "
                                  "folder or a run folder (newest valid checkpoint); with "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from minivit.checkpoint import CheckpointError
 from minivit.config import get_config
 from minivit.io import Loader
+from minivit.io.mixup import MixedSteps
 from minivit.io.sources import LoaderSteps, open_data, spread_subset
 
 from .evaluate import Evaluator
@@ -69,8 +70,18 @@ def pretrain_data(cfg, grid, resume=None):
     evaluator = (Evaluator(heldout, grid.dp_group, cfg.eval_batch, config.image_size,
                            cfg.dtype, num_threads=cfg.loader_threads)
                  if heldout is not None else None)
-    return RunData(config, cfg.model, cfg.data, LoaderSteps(loader, cfg.accum, cfg.dtype),
+    return RunData(config, cfg.model, cfg.data, step_batches(cfg, loader, splits.num_classes),
                    evaluator, splits.description, splits.num_classes)
+
+
+def step_batches(cfg, loader, num_classes):
+    """Per-step micro-batches of ``loader``: ``LoaderSteps``, or ``MixedSteps`` (soft
+    targets mixed over the global batch, seeded by (seed, epoch, step)) with
+    ``--mixup``/``--cutmix``."""
+    mixing = cfg.mixing()
+    if mixing is None:
+        return LoaderSteps(loader, cfg.accum, cfg.dtype)
+    return MixedSteps(loader, cfg.accum, mixing, num_classes, cfg.dtype)
 
 
 def data_state(batches, global_batch):
@@ -115,5 +126,5 @@ def finetune_data(cfg, grid, preset, image_size):
     evaluator = Evaluator(splits.eval, grid.dp_group, cfg.eval_batch, image_size, cfg.dtype,
                           num_threads=cfg.loader_threads)
     # config: set by the caller once the model (and its new head) is built
-    return RunData(None, preset, cfg.data, LoaderSteps(loader, cfg.accum, cfg.dtype),
+    return RunData(None, preset, cfg.data, step_batches(cfg, loader, splits.num_classes),
                    evaluator, splits.description, splits.num_classes), steps_per_epoch

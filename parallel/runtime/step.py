@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from minivit.loss import cross_entropy_backward, cross_entropy_forward
+from minivit.loss import correct_top1, cross_entropy_backward, cross_entropy_forward
 
 from .. import cost
 from ..data_parallel import DataParallel, GradReadyUnit, ReplicatedOptimizer
@@ -118,7 +118,7 @@ class StepEngine:
         for i, (x, y) in enumerate(micro_batches):
             logits, ctx = self.model.forward(x)
             loss, loss_ctx = cross_entropy_forward(logits, y, self.smoothing)
-            totals += (loss * scale, int((logits.argmax(axis=1) == y).sum()))
+            totals += (loss * scale, correct_top1(logits, y))
             images += len(y)
             if i == self.accum - 1:
                 self.dp.arm()

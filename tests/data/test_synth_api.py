@@ -13,11 +13,12 @@ from minivit.synth import GENERATORS, decode_png, encode_png, make_generator
 
 FAST = {"fractaldb": dict(num_points=2000, search_points=2000, search_size=64),
         "visualatom": dict(vertices=(20, 40), orbits=(1, 4)),
-        "newton": {}}
+        "newton": {},
+        "onepfrac": dict(num_points=2000, search_points=2000, search_size=64, render_size=48)}
 
 
 def test_registry_kinds():
-    assert set(GENERATORS) == {"fractaldb", "visualatom", "newton"}
+    assert set(GENERATORS) == {"fractaldb", "visualatom", "newton", "onepfrac"}
     for kind, cls in GENERATORS.items():
         gen = make_generator(kind, 3, 16, seed=1, **FAST[kind])
         assert isinstance(gen, cls) and gen.num_classes == 3 and gen.size == 16
@@ -54,7 +55,7 @@ def test_same_bytes_in_a_fresh_process():
             "    print(hashlib.sha256(g.render(4, 3).tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
-    assert out == local and len(set(local)) == 3
+    assert out == local and len(set(local)) == len(kinds)
 
 
 @pytest.mark.parametrize("shape", [(9, 13), (9, 13, 3)])
