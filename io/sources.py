@@ -122,19 +122,52 @@ class DigitsSource:
 def parse_spec(spec):
     """``(kind, value)``: ("synthetic", KIND), ("builtin", NAME) or ("shards", PATH).
 
-    Raises ValueError for an unknown synthetic kind or an empty spec.
+    ``synthetic:KIND:NAME=VALUE,...`` passes generator parameters (see
+    :func:`synthetic_params`).  Raises ValueError for an unknown synthetic kind,
+    a malformed parameter list or an empty spec.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"--data {spec!r}: expected DIR, synthetic:KIND or one of {BUILTINS}")
     if spec.startswith("synthetic:"):
-        kind = spec.split(":", 1)[1]
+        kind = spec.split(":", 2)[1]
         if kind not in SYNTHETIC_KINDS:
             raise ValueError(f"--data {spec!r}: unknown generator {kind!r}, expected "
                              f"synthetic:KIND with KIND in {SYNTHETIC_KINDS}")
+        synthetic_params(spec)
         return "synthetic", kind
     if spec in BUILTINS:
         return "builtin", spec
     return "shards", spec
+
+
+def synthetic_params(spec):
+    """Generator parameters of ``synthetic:KIND:NAME=VALUE,...`` as a dict (``{}`` without).
+
+    Values are read as int, then float, then ``true``/``false``, else kept as
+    strings: ``synthetic:onepfrac:delta=0.05,num_maps=3``.  The names are checked
+    by the generator (``minivit.synth.make_generator``).  Raises ValueError for an
+    entry without ``=`` or with an empty name.
+    """
+    parts = spec.split(":", 2)
+    if len(parts) < 3 or not parts[2]:
+        return {}
+    params = {}
+    for entry in parts[2].split(","):
+        name, sep, text = entry.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--data {spec!r}: generator parameter {entry!r} is not "
+                             "NAME=VALUE; expected synthetic:KIND:NAME=VALUE,NAME=VALUE")
+        params[name.strip()] = _parse_value(text.strip())
+    return params
+
+
+def _parse_value(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def check_source(spec):
@@ -178,7 +211,8 @@ def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, hold
         raise ValueError(f"holdout {holdout!r}: expected 0 <= fraction < 1")
     kind, value = parse_spec(spec)
     if kind == "synthetic":
-        return _synthetic(value, classes, image_size, seed, instances, holdout)
+        return _synthetic(value, classes, image_size, seed, instances, holdout,
+                          synthetic_params(spec))
     if spec == "random":
         data = RandomImages(random_samples, image_size, classes or 10, seed=random_seed)
         return DataSplits(data, None, data.num_classes, image_size,
@@ -207,10 +241,10 @@ def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, hold
                       f"{holdout:.0%} of each class)")
 
 
-def _synthetic(kind, classes, image_size, seed, instances, holdout):
+def _synthetic(kind, classes, image_size, seed, instances, holdout, params):
     if classes is None or classes < 1:
         raise ValueError(f"--data synthetic:{kind} needs --classes >= 1, got {classes!r}")
-    probe = SyntheticSource(kind, classes, image_size, seed=seed, instances=1)
+    probe = SyntheticSource(kind, classes, image_size, seed=seed, instances=1, **params)
     available = probe.generator.instances_per_class
     total = instances if instances is not None else available
     if total is None:
@@ -227,8 +261,9 @@ def _synthetic(kind, classes, image_size, seed, instances, holdout):
     ev = (SyntheticSource(kind, classes, image_size, seed=seed,
                           instances=range(total - n_eval, total), generator=probe.generator)
           if n_eval else None)
+    shown = "".join(f", {k}={v}" for k, v in params.items())
     return DataSplits(train, ev, classes, image_size,
-                      f"synthetic:{kind} on the fly, {classes} classes, {image_size} px, "
+                      f"synthetic:{kind} on the fly{shown}, {classes} classes, {image_size} px, "
                       f"instances 0..{total - n_eval - 1} train"
                       + (f", {total - n_eval}..{total - 1} held-out" if n_eval else ""))
 

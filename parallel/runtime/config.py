@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minivit.config import PRESETS, get_config
-from minivit.io.sources import SYNTHETIC_KINDS, check_source
+from minivit.io.sources import SYNTHETIC_KINDS, check_source, synthetic_params
 
 from ..grid import validate_layout
 from ..pipeline import SCHEDULES, check_schedule
@@ -266,7 +266,8 @@ class PretrainConfig(TrainConfig):
                               "1000 others)")
     data: str = flag("synthetic:fractaldb", "DIR (tar shards: a folder, its index.json or "
                      "one .tar), synthetic:KIND rendered on the fly (KIND in "
-                     f"{', '.join(SYNTHETIC_KINDS)}), digits, or 'random' (random images "
+                     f"{', '.join(SYNTHETIC_KINDS)}; generator parameters as "
+                     "synthetic:KIND:NAME=VALUE,...), digits, or 'random' (random images "
                      "with fixed labels: per-class prototype + noise)")
     eval_data: str = flag(None, "held-out shards for --data DIR; default: the last --holdout "
                                 "fraction of each class of --data")
@@ -289,6 +290,9 @@ class PretrainConfig(TrainConfig):
             check_source(self.data)
             if self.eval_data is not None:
                 check_source(self.eval_data)
+            if self.data.startswith("synthetic:"):   # parameter names, before any rendering
+                from minivit.synth import make_generator
+                make_generator(self.data.split(":")[1], 1, 8, **synthetic_params(self.data))
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(str(exc)) from None
         positive_int("random_samples", self.random_samples)

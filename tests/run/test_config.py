@@ -38,3 +38,18 @@ def test_positive_int_is_the_one_check():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="--eval-batch"):
             positive_int("eval_batch", bad)
+
+
+def test_synthetic_generator_parameters_in_the_data_spec():
+    from minivit.io.sources import open_data, synthetic_params
+    assert synthetic_params("synthetic:onepfrac:delta=0.05,num_maps=3,perturbation=additive") \
+        == {"delta": 0.05, "num_maps": 3, "perturbation": "additive"}
+    assert synthetic_params("synthetic:newton") == {}
+    splits = open_data("synthetic:onepfrac:delta=0.05,num_points=3000,search_points=3000",
+                       classes=2, image_size=16, instances=4, holdout=0.5)
+    assert splits.train.generator.params.delta == 0.05 and "delta=0.05" in splits.description
+    with pytest.raises(ValueError, match="is not NAME=VALUE"):
+        synthetic_params("synthetic:onepfrac:delta")
+    with pytest.raises(ValueError, match=r"unknown OnePFracParams field\(s\) \['deltas'\]"):
+        PretrainConfig(model="vit-nano", data="synthetic:onepfrac:deltas=0.1",
+                       instances=10).validate(1)
