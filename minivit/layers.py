@@ -150,16 +150,27 @@ class Sequential(Module):
         return dy
 
     def backward_input(self, dy, ctx):
-        # forward: y = f_n(... f_1(x)); the weight work of each module, last first
-        wctxs = []
-        for m, c in zip(reversed(self.modules), reversed(ctx)):
-            dy, w = m.backward_input(dy, c)
-            wctxs.append(w)
-        return dy, wctxs
+        # forward: y = f_n(... f_1(x))
+        return chain_backward_input(self.modules, dy, ctx)
 
     def backward_weight(self, wctx):
-        for m, w in zip(reversed(self.modules), wctx):
-            m.backward_weight(w)
+        chain_backward_weight(self.modules, wctx)
+
+
+def chain_backward_input(modules, dy, ctxs):
+    """Input halves of a chain ``y = f_n(... f_1(x))``, last module first: ``(dx, wctxs)``
+    with one weight context per module, in that (reversed) order."""
+    wctxs = []
+    for m, c in zip(reversed(modules), reversed(ctxs)):
+        dy, w = m.backward_input(dy, c)
+        wctxs.append(w)
+    return dy, wctxs
+
+
+def chain_backward_weight(modules, wctxs):
+    """The weight halves left by :func:`chain_backward_input`."""
+    for m, w in zip(reversed(modules), wctxs):
+        m.backward_weight(w)
 
 
 class Residual(Module):

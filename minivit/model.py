@@ -12,7 +12,8 @@ import numpy as np
 
 from .attention import MultiHeadAttention
 from .config import ViTConfig
-from .layers import MLP, LayerNorm, Linear, Module, Residual, Sequential
+from .layers import (MLP, LayerNorm, Linear, Module, Residual, Sequential,
+                     chain_backward_input, chain_backward_weight)
 from .params import FlatParams, make_param
 
 
@@ -222,13 +223,8 @@ class ViT:
         """The input half of :meth:`backward`: ``(dx, wctx)``, the weight gradients
         left in ``wctx`` for :meth:`backward_weight` (zero-bubble pipelines)."""
         # forward: logits = head(blocks(embed(x)))
-        dy, wctxs = dlogits, []
-        for unit, c in zip(reversed(self.units), reversed(ctx)):
-            dy, w = unit.backward_input(dy, c)
-            wctxs.append(w)
-        return dy, wctxs
+        return chain_backward_input(self.units, dlogits, ctx)
 
     def backward_weight(self, wctx):
         """Accumulate the weight gradients :meth:`backward_input` left."""
-        for unit, w in zip(reversed(self.units), wctx):
-            unit.backward_weight(w)
+        chain_backward_weight(self.units, wctx)
