@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -154,7 +155,27 @@ def summarise(seconds, cfg, batch, peak):
             "gflops_per_s": gflops, "mfu": gflops / peak, "peak_gflops": peak}
 
 
-def _torch_worker(conn, cfg, x, y, state, threads, drop_env):
+def machine_info():
+    """``{"cpu", "blas", "openblas_coretype"}``: the CPU model (``/proc/cpuinfo``), the
+    BLAS NumPy uses with the kernel set it chose (threadpoolctl: OpenBLAS's
+    ``architecture``, e.g. SkylakeX or Zen) and ``OPENBLAS_CORETYPE`` if set.
+    The same shapes run at different speeds on AMD and Intel machines, so every
+    figure is printed with these."""
+    from threadpoolctl import threadpool_info
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {"cpu": cpu, "blas": "; ".join(blas) or "unknown",
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def _torch_worker(conn, cfg, x, y, state, threads, drop_env, autocast=None):
     """Child process: build the PyTorch reference and run one step per request."""
     for key in drop_env:        # minivit's thread settings (minivit/threads.py) are not torch's
         os.environ.pop(key, None)
@@ -165,16 +186,17 @@ def _torch_worker(conn, cfg, x, y, state, threads, drop_env):
         conn.send(f"--vs-torch needs PyTorch (pip install -e '.[torch]'): {err}")
         return
     torch.set_num_threads(threads)
-    trainer = TorchTrainer(cfg, x, y, state=state)
+    trainer = TorchTrainer(cfg, x, y, state=state, autocast=autocast)
     conn.send("ready")
     while conn.recv() == "step":
         conn.send(trainer.step())
     conn.close()
 
 
-def torch_step_fn(cfg, model, x, y, threads):
+def torch_step_fn(cfg, model, x, y, threads, autocast=None):
     """``(step, close)``: one PyTorch training step of the same ViT in a child process,
-    and the call that ends that process.
+    and the call that ends that process.  autocast: None or "bfloat16"
+    (``TorchTrainer``).
 
     The reference runs in its own process: in one process, PyTorch's OpenMP
     pool and OpenBLAS's threads contend for the cores after each switch, which
@@ -186,7 +208,7 @@ def torch_step_fn(cfg, model, x, y, threads):
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_torch_worker, daemon=True,
                        args=(child, cfg, x, y, model.flat.state_dict(), threads,
-                             minivit.THREAD_ENV_SET))
+                             minivit.THREAD_ENV_SET, autocast))
     proc.start()
     status = parent.recv()
     if status != "ready":
@@ -231,11 +253,15 @@ def run(args):
             from .profiler import breakdown
             rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
         elif args.vs_torch:
-            torch_step, close = torch_step_fn(cfg, model, x, y, args.threads)
+            # PyTorch fp32, and (fp32 runs only) PyTorch's bf16 autocast as a marked
+            # reference row: what its mixed precision gives on CPUs with bf16 units
+            kinds = [None] + (["bfloat16"] if args.dtype == "float32" else [])
+            refs = [torch_step_fn(cfg, model, x, y, args.threads, k) for k in kinds]
             try:
-                times = time_alternating(args.steps, fns + [torch_step], args.warmup)
+                times = time_alternating(args.steps, fns + [r[0] for r in refs], args.warmup)
             finally:
-                close()
+                for _, close in refs:
+                    close()
         else:
             times = time_alternating(args.steps, fns, args.warmup)
         peak = max(peak, gemm_peak(args.peak_n))    # best of before and after
@@ -246,8 +272,9 @@ def run(args):
         for name, sec in rows:
             print(f"  {name:<10} {sec * 1e3:9.1f} ms  {sec / total:6.1%}")
         return 0
+    machine = machine_info()
     out = {"model": args.model, "image_size": cfg.image_size, "batch": args.batch,
-           "dtype": args.dtype, "threads": args.threads, "steps": args.steps,
+           "dtype": args.dtype, "threads": args.threads, "steps": args.steps, **machine,
            **summarise(times[0], cfg, args.batch, peak),
            "load_avg": os.getloadavg()[0]}
     if args.vs_torch:
@@ -255,9 +282,15 @@ def run(args):
         out.update(torch_ms_per_step=t["ms_per_step"], torch_ms_min=t["ms_min"],
                    torch_ms_max=t["ms_max"], ratio=out["ms_per_step"] / t["ms_per_step"],
                    paired_ratio=float(np.median(np.asarray(times[0]) / np.asarray(times[1]))))
+        if len(times) > 2:
+            b = summarise(times[2], cfg, args.batch, peak)
+            out.update(torch_bf16_autocast_ms_per_step=b["ms_per_step"],
+                       ratio_vs_bf16_autocast=out["ms_per_step"] / b["ms_per_step"])
     if args.json:
         print(json.dumps(out))
         return 0
+    print(f"machine: {machine['cpu']}; BLAS {machine['blas']}; OPENBLAS_CORETYPE "
+          f"{machine['openblas_coretype'] or 'not set'}")
     line = (f"{args.model} {cfg.image_size}px batch {args.batch} {args.dtype} {args.threads}t: "
             f"{out['ms_per_step']:.1f} ms/step (min {out['ms_min']:.1f}, max "
             f"{out['ms_max']:.1f}), {out['images_per_s']:.1f} img/s, "
@@ -267,5 +300,9 @@ def run(args):
         line += (f" | torch {out['torch_ms_per_step']:.1f} ms/step (min "
                  f"{out['torch_ms_min']:.1f}, max {out['torch_ms_max']:.1f}), ratio "
                  f"minivit/torch {out['ratio']:.2f} (paired median {out['paired_ratio']:.2f})")
+        if "torch_bf16_autocast_ms_per_step" in out:
+            line += (f" | reference, torch bf16 autocast (mixed precision; minivit is "
+                     f"{args.dtype}): {out['torch_bf16_autocast_ms_per_step']:.1f} ms/step, "
+                     f"ratio {out['ratio_vs_bf16_autocast']:.2f}")
     print(line + f" [load {out['load_avg']:.1f}]")
     return 0

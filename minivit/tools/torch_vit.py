@@ -113,9 +113,12 @@ class TorchTrainer:
     """One AdamW training step (forward, cross-entropy, backward, step) of TorchViT.
 
     x: (B, C, H, W) ndarray, y: (B,) integer ndarray; same dtype as the model.
+    autocast: None (the model's dtype throughout) or "bfloat16": forward and
+    loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's mixed
+    precision (fp32 master weights, bf16 matmuls on CPUs with bf16 units).
     """
 
-    def __init__(self, config, x, y, state=None, lr=1e-4, weight_decay=0.05):
+    def __init__(self, config, x, y, state=None, lr=1e-4, weight_decay=0.05, autocast=None):
         dtype = torch.float64 if config.dtype == "float64" else torch.float32
         self.model = TorchViT(config).to(dtype)
         if state is not None:
@@ -123,10 +126,17 @@ class TorchTrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        if autocast not in (None, "bfloat16"):
+            raise ValueError(f"autocast={autocast!r}: expected None or 'bfloat16'")
+        self.autocast = autocast
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.autocast is None:
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(self.model(self.x), self.y)
         loss.backward()
         self.opt.step()
         return loss.item()

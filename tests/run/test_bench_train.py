@@ -26,6 +26,10 @@ def test_json_keys_and_values(capsys):
     assert out["ms_min"] <= out["ms_per_step"] <= out["ms_max"]
     assert out["images_per_s"] == pytest.approx(4 / out["ms_per_step"] * 1e3)
     assert out["mfu"] == pytest.approx(out["gflops_per_s"] / out["peak_gflops"])
+    # the machine the figures belong to: CPU model and the BLAS kernel set chosen
+    from minivit.tools.bench import machine_info
+    assert out["cpu"] == machine_info()["cpu"] and out["cpu"] != ""
+    assert "openblas" in out["blas"].lower() and "(" in out["blas"]
 
 
 def test_bad_flags_are_named():
@@ -110,3 +114,19 @@ def test_vs_torch_without_torch_says_how_to_install(monkeypatch):
     from minivit.tools.bench import run
     with pytest.raises(SystemExit, match=r'pip install -e "\.\[torch\]"'):
         run(parse_args(TINY + ["--vs-torch"]))
+
+
+def test_torch_bf16_autocast_reference_step():
+    torch = pytest.importorskip("torch")
+    from minivit.tools.torch_vit import TorchTrainer
+    cfg = get_config("vit-nano")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    state = ViT(cfg, seed=3).flat.state_dict()
+    fp32 = TorchTrainer(cfg, x, y, state=state).step()
+    bf16 = TorchTrainer(cfg, x, y, state=state, autocast="bfloat16").step()
+    # the same model and batch: the bf16 loss is the fp32 one to bf16 precision, not equal
+    assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
+    with pytest.raises(ValueError, match="autocast='float8'"):
+        TorchTrainer(cfg, x, y, autocast="float8")
