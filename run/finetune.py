@@ -37,6 +37,7 @@ from minivit.parallel.runtime.cliconfig import parse_with_config
 from minivit.parallel.runtime.config import FinetuneConfig, add_flags
 from minivit.parallel.runtime.data import finetune_data
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
+from minivit.parallel.runtime.launch import announce, open_world
 from minivit.parallel.runtime.trainer import Trainer
 from minivit.threads import limit_threads
 from minivit.transfer import load_backbone, open_pretrained, pretrained_config
@@ -107,8 +108,7 @@ def finetune(cfg, world_comm, guard):
 
 
 def main(argv=None):
-    from mpi4py import MPI
-    world_comm = MPI.COMM_WORLD
+    world_comm = open_world("finetune.py")   # exit 2 when N tasks each see a world of 1
     guard = install_guard(world_comm)   # an exception on one rank ends every rank
     # every rank reaches the same parser.error; one copy of the message is enough
     parser = usage_from_rank0(build_parser(), world_comm)
@@ -117,6 +117,7 @@ def main(argv=None):
         cfg = FinetuneConfig.from_namespace(args).validate(world_comm.Get_size())
     except ValueError as exc:
         parser.error(str(exc))
+    announce(world_comm)      # the first line: which MPI ran, and the world size
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
     try:
         with limit_threads(threads):
