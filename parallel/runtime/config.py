@@ -110,7 +110,8 @@ class TrainConfig:
     seed: int = flag(0, "seed of the init and the data order")
     dtype: str = flag("float32", "parameter and activation dtype",
                       choices=["float32", "float64"])
-    threads: int = flag(None, "BLAS and Numba threads per rank; default: cores / ranks")
+    threads: int = flag(None, "BLAS and Numba threads per rank; default: the node's cores / "
+                              "ranks on the node")
     out: str = flag(None, "output directory; default runs/<UTC timestamp>")
     log_every: int = flag(10, "print a progress line every N steps (metrics.jsonl has "
                               "every step)")

@@ -162,3 +162,19 @@ def announce(world, environ=None):
         hint = (f" (the Slurm allocation has SLURM_NTASKS={allocated} tasks: start with srun "
                 "to use them)")
     print(f"MPI: {describe_library()}; world size {size}{hint}", flush=True)
+
+
+def default_threads(world):
+    """BLAS and Numba threads per rank when ``--threads`` is not given: this node's cores
+    (``os.cpu_count()``) divided by the ranks of ``world`` (an mpi4py ``Intracomm``) on this
+    node, at least 1.  Collective over ``world``.
+
+    Dividing by the world size instead would give a 2-node job half the threads its
+    cores allow.  A rank's --cpus-per-task (Slurm) is what ``--threads`` should be given.
+    """
+    from mpi4py import MPI
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return max(1, (os.cpu_count() or 1) // node.Get_size())
+    finally:
+        node.Free()
