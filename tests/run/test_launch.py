@@ -159,3 +159,15 @@ def test_default_threads_divide_the_node_by_its_ranks():
     from minivit.parallel.runtime.launch import default_threads
     # this process is a world of 1: one rank on its node gets every core
     assert default_threads(MPI.COMM_WORLD) == max(1, os.cpu_count() or 1)
+
+
+def test_no_mpi_library_names_the_fix():
+    """``pip install -e .`` without the mpich extra on a machine with no MPI."""
+    env = {**os.environ, "MPI4PY_LIBMPI": "/nonexistent/libmpi.so"}
+    proc = subprocess.run([sys.executable, "-c", "import minivit.parallel.comm"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr[proc.stderr.index("RuntimeError: "):]
+    assert last.startswith("RuntimeError: mpi4py found no MPI library.")
+    assert 'pip install -e ".[mpich]"' in last and "MPI4PY_LIBMPI" in last
+    assert "/nonexistent/libmpi.so" in last      # mpi4py's own list of what it tried
