@@ -29,8 +29,9 @@ setup(
     install_requires=[
         "numpy",
         "numba",
+        # mpi4py's wheel loads the first libmpi it finds: the mpich extra's on a laptop,
+        # the site's MPI on a cluster (README.md, "On a cluster")
         "mpi4py",
-        "mpich",          # the PyPI wheel that brings mpirun / mpiexec
         "scipy",
         "pillow",
         "h5py",
@@ -41,6 +42,9 @@ setup(
         "safetensors",    # run/export.py: timm-compatible weights for PyTorch users
     ],
     extras_require={
+        # MPI from PyPI (libmpi + mpirun) for a laptop or one machine.  Left out on a
+        # cluster, so that mpi4py and the PATH find only the site's MPI and launcher.
+        "mpich": ["mpich"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "webdataset"],
         # Cross-checks and benchmarks only; never a runtime dependency.
         # 2.13.0 is the CPU build available on this project's machines.

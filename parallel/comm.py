@@ -16,9 +16,18 @@ import time
 from collections import deque, namedtuple
 
 import numpy as np
-from mpi4py import MPI
 
 from . import cost
+
+# mpi4py's binary wheel loads the first libmpi it finds; without one, name the fix
+NO_MPI_LIBRARY = ('mpi4py found no MPI library. On a laptop or one machine install the mpich '
+                  'wheel: python -m pip install -e ".[mpich]"; on a cluster load the site\'s '
+                  'MPI so its libmpi.so is found (e.g. module load openmpi), or set '
+                  'MPI4PY_LIBMPI=/path/to/libmpi.so. See README.md, "On a cluster".')
+try:
+    from mpi4py import MPI
+except RuntimeError as exc:     # mpi4py's "cannot load MPI library", with the paths tried
+    raise RuntimeError(f"{NO_MPI_LIBRARY}\n{exc}") from None
 
 Entry = namedtuple("Entry", "op group bytes seconds")
 

@@ -23,7 +23,6 @@ fields of ``minivit.parallel.runtime.config.FinetuneConfig``; the loop is
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -37,6 +36,7 @@ from minivit.parallel.runtime.cliconfig import parse_with_config
 from minivit.parallel.runtime.config import FinetuneConfig, add_flags
 from minivit.parallel.runtime.data import finetune_data
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
+from minivit.parallel.runtime.launch import announce, default_threads, open_world
 from minivit.parallel.runtime.trainer import Trainer
 from minivit.threads import limit_threads
 from minivit.transfer import load_backbone, open_pretrained, pretrained_config
@@ -107,8 +107,7 @@ def finetune(cfg, world_comm, guard):
 
 
 def main(argv=None):
-    from mpi4py import MPI
-    world_comm = MPI.COMM_WORLD
+    world_comm = open_world("finetune.py")   # exit 2 when N tasks each see a world of 1
     guard = install_guard(world_comm)   # an exception on one rank ends every rank
     # every rank reaches the same parser.error; one copy of the message is enough
     parser = usage_from_rank0(build_parser(), world_comm)
@@ -117,7 +116,8 @@ def main(argv=None):
         cfg = FinetuneConfig.from_namespace(args).validate(world_comm.Get_size())
     except ValueError as exc:
         parser.error(str(exc))
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
+    announce(world_comm)      # the first line: which MPI ran, and the world size
+    threads = cfg.threads or default_threads(world_comm)   # cores / ranks on the node
     try:
         with limit_threads(threads):
             finetune(cfg, world_comm, guard)

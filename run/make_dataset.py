@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -97,12 +98,13 @@ def check_args(parser, args):
 
 
 def mpi_world():
-    """``(comm or None, rank, size)``; a single process without mpi4py."""
+    """``(comm or None, rank, size)``; one process without mpi4py; exit 2 in the singleton
+    trap (N tasks, each a world of 1, would all write the same shards)."""
     try:
-        from mpi4py import MPI
+        from minivit.parallel.runtime.launch import open_world
+        comm = open_world("make_dataset.py")
     except ImportError:
         return None, 0, 1
-    comm = MPI.COMM_WORLD
     return comm, comm.Get_rank(), comm.Get_size()
 
 
@@ -145,11 +147,15 @@ def run(args, layout, gen, comm, rank, size):
             export_categories(out / "categories", categories)
     pattern = str(out / f"{gen.kind}-%06d.tar")
     mine = layout.rank_shards(rank, size)
-    total = sum(len(layout.shard_samples(s)) for s in mine)
-    with tqdm(total=total, disable=rank != 0, unit="img",
+    total, start = sum(len(layout.shard_samples(s)) for s in mine), time.perf_counter()
+    # the bar only on a terminal (disable=None); redirected, a line per shard of rank 0
+    with tqdm(total=total, disable=None if rank == 0 else True, unit="img",
               desc=f"{gen.kind} rank 0/{size}") as bar:
-        for shard in mine:
-            write_shard(gen, layout, shard, pattern, bar)
+        for done, shard in enumerate(mine, 1):
+            path = write_shard(gen, layout, shard, pattern, bar)
+            if rank == 0 and bar.disable:
+                print(f"rank 0/{size}: wrote {path} ({done}/{len(mine)} shards of rank 0, "
+                      f"{time.perf_counter() - start:.1f} s)", flush=True)
     if comm is not None:
         comm.Barrier()
     if rank == 0:
@@ -168,8 +174,8 @@ def run(args, layout, gen, comm, rank, size):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    comm, rank, size = mpi_world()      # first: the singleton trap exits before any write
     layout, gen = check_args(parser, args)
-    comm, rank, size = mpi_world()
     try:
         run(args, layout, gen, comm, rank, size)
     except CategorySearchError as exc:

@@ -18,7 +18,6 @@ The flags are the fields of ``minivit.parallel.runtime.config.PretrainConfig``;
 the loop is ``minivit.parallel.runtime.trainer.Trainer.fit``.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from minivit.parallel.runtime.cliconfig import toml_defaults
 from minivit.parallel.runtime.config import PretrainConfig, add_flags
 from minivit.parallel.runtime.data import pretrain_data
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
+from minivit.parallel.runtime.launch import announce, default_threads, open_world
 from minivit.parallel.runtime.preempt import INTERACTIVE_SIGNALS, Preemption
 from minivit.parallel.runtime.resume import resume_point
 from minivit.parallel.runtime.trainer import Trainer
@@ -100,14 +100,15 @@ def pretrain(cfg, world_comm, guard):
 
 
 def main(argv=None):
-    from mpi4py import MPI
-    world_comm = MPI.COMM_WORLD
-    # first: an exception on one rank must end every rank, never hang the job
+    # exit 2 on every process, before writing, when N launched tasks each see a world of 1
+    world_comm = open_world("pretrain.py")
+    # then: an exception on one rank must end every rank, never hang the job
     guard = install_guard(world_comm)
     # every rank reaches the same parser.error; one copy of the message is enough
     parser = usage_from_rank0(build_parser(), world_comm)
     cfg = parse_config(parser, argv, world_comm.Get_size())
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // world_comm.Get_size())
+    announce(world_comm)      # the first line: which MPI ran, and the world size
+    threads = cfg.threads or default_threads(world_comm)   # cores / ranks on the node
     with limit_threads(threads):
         try:
             pretrain(cfg, world_comm, guard)

@@ -5,6 +5,7 @@ rank and a hard timeout, so a hang fails the test instead of the CI run.
 """
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +27,24 @@ SINGLE_THREAD_ENV = {
 
 
 def mpirun_executable():
-    """Path of ``mpirun`` (the ``mpich`` wheel installs it next to python)."""
+    """Path of ``mpirun``: the ``mpich`` extra's, next to the interpreter (of the venv, or of
+    the Python it was made from), before any other on the PATH.
+
+    A system MPI's ``/usr/bin/mpirun`` (CI installs Debian's Open MPI) must not launch
+    tests whose mpi4py loads the mpich wheel's library: MPICH aborts under Open MPI's
+    PMIx.  With no launcher next to Python (a cluster install), the PATH's is used.
+    """
+    folders = [Path(sys.executable).parent]
+    if sys.base_prefix in site.PREFIXES:   # a venv that sees the base Python's packages
+        folders.append(Path(sys.base_prefix) / "bin")
+    for folder in folders:
+        candidate = folder / "mpirun"
+        if candidate.exists():
+            return str(candidate)
     exe = shutil.which("mpirun") or shutil.which("mpiexec")
     if exe is None:
-        candidate = Path(sys.executable).with_name("mpirun")
-        if candidate.exists():
-            exe = str(candidate)
-    if exe is None:
-        raise RuntimeError("mpirun not found: install the project (pip install -e .) "
-                           "which brings the mpich wheel")
+        raise RuntimeError('mpirun not found: install the project with its mpich extra '
+                           '(pip install -e ".[mpich,test]") or load the site\'s MPI')
     return exe
 
 

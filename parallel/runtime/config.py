@@ -119,11 +119,13 @@ class TrainConfig:
     seed: int = flag(0, "seed of the init and the data order")
     dtype: str = flag("float32", "parameter and activation dtype",
                       choices=["float32", "float64"])
-    threads: int = flag(None, "BLAS and Numba threads per rank; default: cores / ranks")
+    threads: int = flag(None, "BLAS and Numba threads per rank; default: the node's cores / "
+                              "ranks on the node")
     out: str = flag(None, "output directory; default runs/<UTC timestamp>")
     log_every: int = flag(10, "print a progress line every N steps (metrics.jsonl has "
                               "every step)")
-    no_progress: bool = flag(False, "no tqdm progress bar")
+    no_progress: bool = flag(False, "no tqdm progress bar (it is drawn only when stderr is a "
+                                    "terminal; redirected, only the --log-every lines)")
     save_every: int = flag(0, "write OUT/ckpt/step_XXXXXXX.h5 every K optimizer steps and "
                               "after the last; 0: only after the last; -1: never")
     keep_last: int = flag(0, "keep only the newest K checkpoints (0 keeps all)")

@@ -61,13 +61,19 @@ class RunLog:
     root : True on the writing rank.  path : metrics.jsonl path (None: no file).
     steps : total optimizer steps (bar length).  peak : FLOP/s for ``mfu``.
     log_every : print a train line every N steps (and at the first and last).
+    progress : False: never draw the bar.  stream : where the bar goes (default
+        stderr, as tqdm's).
+
+    The bar is drawn only when ``stream`` is a terminal (tqdm's ``disable=None``).
+    Redirected, as in a batch job or under a launcher that pipes the output, its
+    carriage-return frames would bury the log, so only the plain lines are written.
     """
 
-    def __init__(self, root, path, steps, peak, log_every=10, progress=True):
+    def __init__(self, root, path, steps, peak, log_every=10, progress=True, stream=None):
         self.root, self.steps, self.peak, self.log_every = root, steps, peak, log_every
         self.writer = MetricsWriter(path) if root and path is not None else None
-        self.bar = tqdm(total=steps, disable=not root or not progress, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=steps, disable=None if root and progress else True, unit="step",
+                        dynamic_ncols=True, file=stream)
         self.evals = []
 
     def say(self, text):

@@ -33,6 +33,7 @@ from ..tools.timeline import write_timeline
 from .checkpoint import state_adapter
 from .cliconfig import write_text_atomic, write_toml
 from .evaluate import eval_model
+from .launch import describe_library
 from .data import data_state
 from .resume import CheckpointManager, fork_metrics, skipped_nonfinite, truncate_metrics
 from .runlog import RunLog, blas_peak, param_count_text
@@ -204,6 +205,7 @@ class Trainer:
         self.runlog = RunLog(self.root, self.out / "metrics.jsonl", cfg.steps, peak,
                              cfg.log_every, progress=not cfg.no_progress)
         self.runlog.header(script=self.script, num_params=model.num_params, dtype=cfg.dtype,
+                           mpi_library=describe_library(),
                            world_size=grid.world_size, dp=grid.dp, tp=grid.tp, pp=grid.pp,
                            zero=cfg.zero, global_batch=cfg.global_batch, steps=cfg.steps,
                            data_description=self.data.description,
