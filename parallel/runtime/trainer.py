@@ -79,6 +79,7 @@ class Trainer:
         # the --skip-nonfinite budget is per run: the count is saved and resumed
         self.skipped = skipped_nonfinite(resume[1], resume[0]) if resume else 0
         self.records, self.runlog, self.watchdog = [], None, None
+        self.flops = train_flops(data.config, cfg.global_batch)    # model FLOPs per step
         if resume:
             self.ckpt.load(resume[0])
 
@@ -194,7 +195,6 @@ class Trainer:
         cfg, grid, model = self.cfg, self.grid, self.engine.model
         peak = blas_peak(grid.world, cfg.dtype)
         grid.ledger.clear()   # the peak's all-reduce is not part of step 1
-        self.flops = train_flops(self.data.config, cfg.global_batch)
         self._say_root(
             f"{self.data.preset}: "
             f"{param_count_text(model)}, {cfg.dtype}; world {grid.world_size} = dp {grid.dp} "
