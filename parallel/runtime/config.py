@@ -255,6 +255,9 @@ class TrainConfig:
         positive_int("keep_last", self.keep_last, 0, " (0 keeps all)")
         if self.resume is not None and not Path(self.resume).is_dir():
             raise ValueError(f"--resume {self.resume}: no such run directory")
+        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out}: exists and is not a directory; expected a "
+                             "folder for metrics.jsonl, config files and checkpoints")
         if not 0.0 <= self.timeout < float("inf"):
             raise ValueError(f"--timeout {self.timeout}: expected seconds >= 0 (0 disables)")
         positive_int("skip_nonfinite", self.skip_nonfinite, 0)
@@ -292,11 +295,14 @@ class PretrainConfig(TrainConfig):
             check_source(self.data)
             if self.eval_data is not None:
                 check_source(self.eval_data)
-            if self.data.startswith("synthetic:"):   # parameter names, before any rendering
+            if self.data.startswith("synthetic:"):   # parameters, before any rendering
                 from minivit.synth import make_generator
                 make_generator(self.data.split(":")[1], 1, 8, **synthetic_params(self.data))
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(str(exc)) from None
+        except TypeError as exc:   # a generator parameter of the wrong type (delta=abc)
+            raise ValueError(f"--data {self.data}: a generator parameter has the wrong "
+                             f"type: {exc}") from None
         positive_int("random_samples", self.random_samples)
         positive_int("eval_samples", self.eval_samples, 0, " (0: all)")
         if not 0.0 <= self.holdout < 1.0:

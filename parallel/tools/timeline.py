@@ -76,8 +76,9 @@ def plot_timeline(timeline, path, title):
     ax.set_xlabel("time in step (ms)")
     ax.set_title(title, fontsize=9)
     present = sorted({int(k) for k in timeline[:, :, 0].ravel()})
+    # beside the chart, not over the last stage's final ops
     ax.legend(handles=[Patch(color=colors[k], label=KIND_NAMES[k]) for k in present],
-              loc="lower right", fontsize=8)
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -53,3 +53,12 @@ def test_synthetic_generator_parameters_in_the_data_spec():
     with pytest.raises(ValueError, match=r"unknown OnePFracParams field\(s\) \['deltas'\]"):
         PretrainConfig(model="vit-nano", data="synthetic:onepfrac:deltas=0.1",
                        instances=10).validate(1)
+    with pytest.raises(ValueError, match="a generator parameter has the wrong type"):
+        PretrainConfig(model="vit-nano", data="synthetic:onepfrac:delta=abc",
+                       instances=10).validate(1)
+
+
+def test_out_must_be_a_folder(tmp_path):
+    (tmp_path / "file.h5").write_text("x")
+    with pytest.raises(ValueError, match="--out .*file.h5: exists and is not a directory"):
+        PretrainConfig(model="vit-nano", data="random", out=str(tmp_path / "file.h5")).validate(1)
