@@ -286,8 +286,13 @@ def embed_ctx_bytes(cfg, b, itemsize):
 def head_ctx_bytes(cfg, b, itemsize, loss=True):
     """Bytes the head keeps: the pooled token (B, D), its LayerNorm output (B, D)
     and float64 (mean, rstd) (``Head.forward``); with ``loss``, also the
-    cross-entropy's probabilities (B, K) and int64 labels (``loss.cross_entropy_forward``)."""
-    out = itemsize * 2 * b * cfg.dim + _LN_STATS * b
+    cross-entropy's probabilities (B, K) and int64 labels (``loss.cross_entropy_forward``).
+
+    At B = 1 with a class token, ``np.ascontiguousarray(x[:, 0])`` is already
+    contiguous, so it is a view and the context keeps the whole (1, T, D) input
+    alive: ``s T D`` instead of ``s D`` for the pooled token."""
+    pooled = b * cfg.dim if (b > 1 or not cfg.class_token) else cfg.seq_len * cfg.dim
+    out = itemsize * (pooled + b * cfg.dim) + _LN_STATS * b
     if loss:
         out += itemsize * b * cfg.num_classes + 8 * b
     return out

@@ -1,7 +1,8 @@
 """The planner's model of a training step at any scale: memory per rank and seconds per step.
 
 Memory per rank = model state (ZeRO section 5.1, ``cost.zero_memory_bytes``,
-on ``Psi / (tp pp)`` parameters) + activations (``cost.peak_activation_bytes``:
+on ``Psi / (tp pp)`` parameters) + this code's other per-parameter arrays (the
+weight-decay mask, and under tp the norm weights) + activations (``cost.peak_activation_bytes``:
 the contexts of the micro-batches in flight, derived from this code's contexts)
 + transient buffers (the ZeRO-3 gathered unit and its padded gradient, one
 backward's gradient arrays) + the resident bytes of an idle rank (Python,
@@ -183,13 +184,25 @@ def plan_step(layout, machine):
     model_state = state["params"] + state["grads"] + optim
     act = cost.peak_activation_bytes(cfg, b, item, m=m, pp=lay.pp, stage=0, tp=lay.tp,
                                      recompute=lay.recompute, schedule=lay.schedule)
+    # persistent arrays beyond the 16 Psi of ZeRO's count, measured by run/bench.py
+    # rankmem: the weight-decay mask (one model-dtype value per parameter,
+    # FlatParams.decay_mask; ZeRO 1-3 keep their shard of it, ZeRO-3 drops the full
+    # one) and, under tp, ModelShard.norm_weight (the same length)
+    shard = psi_rank / p
+    decay = item * ((0 if lay.zero == 3 else psi_rank) + (shard if lay.zero >= 1 else 0))
+    norm_weight = item * psi_rank if lay.tp > 1 else 0
     largest = max(share)
     gather = 2 * largest * item if lay.zero == 3 else 0      # gathered unit + its gradient
     rows = b * cfg.seq_len
     # the backward's live gradient arrays: dy, dx (B T D) and the MLP's (B T M/tp) pair
     workspace = item * rows * (2 * cfg.dim + 2 * cfg.mlp_dim // lay.tp)
     baseline = machine.process_baseline_bytes
-    peak = model_state + act["total"] + gather + workspace + baseline
+    peak = model_state + decay + norm_weight + act["total"] + gather + workspace + baseline
+    # offloaded state is file-backed: its pages are resident while the update
+    # touches them (VmHWM counts them) but reclaimable, so "fits" leaves them out
+    mapped = (state["optim"] + (state["params"] if lay.zero == 3 else 0)) if lay.offload else 0
+    if lay.offload and lay.zero == 3:
+        peak -= state["params"]           # the parameter shard is mapped too (Offload)
     # ---- compute
     fwd_block = (forward_matmul_flops(cfg, b) - forward_matmul_flops(
         get_config(lay.model, depth=1, dtype=lay.dtype), b)) / (cfg.depth - 1) \
@@ -235,6 +248,7 @@ def plan_step(layout, machine):
         "model_state_bytes_per_rank": int(model_state),
         "activation_bytes_per_rank": int(act["total"]),
         "peak_bytes_per_rank": int(peak),
+        "peak_resident_bytes_per_rank": int(peak + mapped),
         "step_seconds": step,
         "step_seconds_overlap": with_overlap,
         "step_seconds_no_overlap": no_overlap,
@@ -243,6 +257,8 @@ def plan_step(layout, machine):
         "memory": {"params": int(state["params"]), "grads": int(state["grads"]),
                    "optim": int(optim), "optim_offloaded": int(state["optim"] - optim),
                    "activations": act, "zero3_gather": int(gather),
+                   "decay_mask": int(decay), "norm_weight": int(norm_weight),
+                   "offload_mapped": int(mapped),
                    "backward_workspace": int(workspace), "process_baseline": int(baseline)},
         "time": {"compute": compute, "dp": dp_time, "dp_exposed_with_overlap": exposed_dp,
                  "tp": tp_time, "pp": pp_time},

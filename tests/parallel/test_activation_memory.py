@@ -120,3 +120,15 @@ def test_peak_activation_bytes_adds_the_rebuilt_block():
     assert out["total"] == out["contexts"] + cost.block_ctx_bytes(cfg, 2, 4)
     with pytest.raises(ValueError, match="tp=3"):
         cost.block_ctx_bytes(cfg, 2, 4, tp=3)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_head_at_batch_one_keeps_the_whole_last_activation(class_token):
+    """x[:, 0] of a (1, T, D) array is contiguous, so the head's pooled token is a view
+    and its context holds the (1, T, D) base (found by the world-8 MPI check)."""
+    cfg = get_config("vit-nano", dtype="float64", class_token=class_token)
+    model = ViT(cfg, seed=0)
+    _, ctx = model.forward(_images(cfg, b=1))
+    assert ctx_nbytes(ctx[-1]) == cost.head_ctx_bytes(cfg, 1, 8, loss=False)
+    pooled = cfg.seq_len * cfg.dim if class_token else cfg.dim
+    assert ctx_nbytes(ctx[-1]) == 8 * (pooled + cfg.dim) + 16
