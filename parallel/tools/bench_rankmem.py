@@ -25,10 +25,12 @@ through the one-rank model state.  Machine: ``run/machines/this-machine.toml``.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -156,7 +158,9 @@ def predict(lay, machine):
 
 
 def run_layout(lay, timeout):
-    cmd = ["mpirun", "-n", str(lay["ranks"]), sys.executable, "-m",
+    mpirun = (shutil.which("mpirun") or shutil.which("mpiexec")
+              or str(Path(sys.executable).with_name("mpirun")))
+    cmd = [mpirun, "-n", str(lay["ranks"]), sys.executable, "-m",
            "minivit.parallel.tools.bench_rankmem", "--worker", json.dumps(lay)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                NUMBA_NUM_THREADS="1") if lay["ranks"] > 1 else dict(os.environ)
