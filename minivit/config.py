@@ -3,7 +3,13 @@
 The presets follow DESIGN.md section 2.  ``vit-tiny/small/base`` have the
 shapes of timm's ``vit_{tiny,small,base}_patch16_224`` (Dosovitskiy et al.,
 "An Image is Worth 16x16 Words", ICLR 2021, Table 1; DeiT for tiny/small), so
-their parameter counts equal timm's.
+their parameter counts equal timm's.  The very large presets (issue 15) are
+``vit-large`` (ViT-L/16, Dosovitskiy et al. Table 1; timm
+``vit_large_patch16_224``, 304,326,632 parameters), ``vit-huge`` (ViT-H/14;
+timm ``vit_huge_patch14_224`` with 1000 classes, 632,045,800) and
+``vit-giant`` (ViT-g/14 of Zhai et al. 2022, "Scaling Vision Transformers",
+Table 2: width 1408, depth 40, MLP 6144, 16 heads; timm
+``vit_giant_patch14_224``, 1,012,611,432).
 """
 from dataclasses import dataclass, replace
 
@@ -89,6 +95,12 @@ PRESETS = {
                            mlp_dim=1536, num_classes=1000),
     "vit-base": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, heads=12,
                           mlp_dim=3072, num_classes=1000),
+    "vit-large": ViTConfig(image_size=224, patch_size=16, dim=1024, depth=24, heads=16,
+                           mlp_dim=4096, num_classes=1000),
+    "vit-huge": ViTConfig(image_size=224, patch_size=14, dim=1280, depth=32, heads=16,
+                          mlp_dim=5120, num_classes=1000),
+    "vit-giant": ViTConfig(image_size=224, patch_size=14, dim=1408, depth=40, heads=16,
+                           mlp_dim=6144, num_classes=1000),
 }
 
 

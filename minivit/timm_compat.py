@@ -16,9 +16,10 @@ import numpy as np
 from .checkpoint_state import read_params, save_model
 from .config import ViTConfig, get_config
 
-# timm model names whose architecture equals a preset (timm ``vit_*_patch16_224``)
+# timm model names whose architecture equals a preset (with num_classes=1000)
 TIMM_NAMES = {"vit-tiny": "vit_tiny_patch16_224", "vit-small": "vit_small_patch16_224",
-              "vit-base": "vit_base_patch16_224"}
+              "vit-base": "vit_base_patch16_224", "vit-large": "vit_large_patch16_224",
+              "vit-huge": "vit_huge_patch14_224", "vit-giant": "vit_giant_patch14_224"}
 
 
 def timm_kwargs(config):

@@ -225,3 +225,130 @@ def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next):
     next stage and its gradient to the previous one, per micro-batch (Narayanan
     et al. 2021, section 2.2)."""
     return (int(bool(has_prev)) + int(bool(has_next))) * micro_batches * b * s * h * itemsize
+
+
+# --------------------------------------- activation memory (issue 15: the contexts)
+# Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+# Models" (arXiv 2205.05198), section 4, counts the bytes a transformer layer
+# keeps for its backward (34 s b h + 5 a s^2 b at 16-bit, with dropout masks).
+# The same count here is derived from this code's own contexts (``ctx``), which
+# ``recompute.ctx_nbytes`` measures: s = itemsize of the model dtype, B images,
+# T = seq_len tokens, D = dim, M = mlp_dim, H = heads, K = classes,
+# N = patches, P = C p^2.  LayerNorm keeps its mean and 1/std in float64
+# (``kernels.layernorm_forward``), whatever the model dtype.
+_LN_STATS = 2 * 8        # bytes per row: mean and rstd, float64
+
+
+def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False):
+    """Bytes of the context one transformer block keeps for one micro-batch of ``b`` images.
+
+    Without recompute (``minivit.model.Block``, or ``TensorParallelBlock`` with
+    heads and MLP split over ``tp``), the block keeps, per micro-batch:
+
+    ========================  ===================  ==========================
+    tensor                    shape                kept by
+    ========================  ===================  ==========================
+    block input x             (B T, D)             norm1 (its x2d)
+    norm1 output              (B T, D)             qkv Linear
+    qkv output                (B, T, 3, H/tp, hd)  attention core
+    attention probabilities   (B, H/tp, T, T)      attention core
+    attention output o        (B T, D/tp)          proj Linear
+    x + attn (residual 1)     (B T, D)             norm2
+    norm2 output              (B T, D)             fc1 Linear
+    fc1 output                (B T, M/tp)          GELU
+    GELU output               (B T, M/tp)          fc2 Linear
+    2 x (mean, rstd)          2 x 2 x (B T,) f64   norm1, norm2
+    ========================  ===================  ==========================
+
+    ``s B T (4 D + (4 D + 2 M + H T) / tp) + 32 B T`` bytes; for ViT's M = 4 D
+    and tp = 1 that is ``s B T (16 D + H T) + 32 B T`` (Korthikanti's
+    ``34 s b h + 5 a s^2 b`` at 2-byte activations keeps Q, K, V apart, the
+    softmax input and output and dropout masks; this code keeps qkv once, only
+    the probabilities, and has no dropout).
+    With recompute (``recompute.Recompute``) the block keeps only its input:
+    ``s B T D``.  Raises ValueError unless heads and mlp_dim divide by tp.
+    """
+    if cfg.heads % tp or cfg.mlp_dim % tp:
+        raise ValueError(f"tp={tp}: expected a divisor of heads={cfg.heads} and "
+                         f"mlp_dim={cfg.mlp_dim}")
+    rows, d, m, t = b * cfg.seq_len, cfg.dim, cfg.mlp_dim, cfg.seq_len
+    if recompute:
+        return itemsize * rows * d
+    elems = rows * (4 * d + (4 * d + 2 * m + cfg.heads * t) // tp)
+    return itemsize * elems + 2 * _LN_STATS * rows
+
+
+def embed_ctx_bytes(cfg, b, itemsize):
+    """Bytes the patch embedding keeps: the patchified images (B N, C p^2) (``Embed.forward``)."""
+    return itemsize * b * cfg.num_patches * cfg.patch_dim
+
+
+def head_ctx_bytes(cfg, b, itemsize, loss=True):
+    """Bytes the head keeps: the pooled token (B, D), its LayerNorm output (B, D)
+    and float64 (mean, rstd) (``Head.forward``); with ``loss``, also the
+    cross-entropy's probabilities (B, K) and int64 labels (``loss.cross_entropy_forward``).
+
+    At B = 1 with a class token, ``np.ascontiguousarray(x[:, 0])`` is already
+    contiguous, so it is a view and the context keeps the whole (1, T, D) input
+    alive: ``s T D`` instead of ``s D`` for the pooled token."""
+    pooled = b * cfg.dim if (b > 1 or not cfg.class_token) else cfg.seq_len * cfg.dim
+    out = itemsize * (pooled + b * cfg.dim) + _LN_STATS * b
+    if loss:
+        out += itemsize * b * cfg.num_classes + 8 * b
+    return out
+
+
+def stage_activation_bytes(cfg, b, itemsize, *, blocks, first=True, last=True, tp=1,
+                           recompute=False, loss=True):
+    """Context bytes of one micro-batch on one pipeline stage (or the whole model).
+
+    blocks : transformer blocks on the stage; first / last : the stage holds the
+    embedding / the head (and, with ``loss``, the loss context, as
+    ``pipeline.Pipeline`` keeps it).  The serial model is ``first = last = True``,
+    ``blocks = depth``.  Equal to ``sum(ctx_nbytes(ctx))`` of the stage's units.
+    """
+    out = blocks * block_ctx_bytes(cfg, b, itemsize, tp=tp, recompute=recompute)
+    if first:
+        out += embed_ctx_bytes(cfg, b, itemsize)
+    if last:
+        out += head_ctx_bytes(cfg, b, itemsize, loss=loss)
+    return out
+
+
+def micro_batches_in_flight(schedule, m, pp, stage):
+    """Micro-batch contexts alive at once on ``stage`` at the peak of a step.
+
+    GPipe (Huang et al. 2019): all ``m`` forwards run before any backward.
+    1F1B (Narayanan et al. 2021, section 2.2.1): ``pp - stage - 1`` warm-up
+    forwards plus the one of the first steady-state pair, ``min(pp - stage, m)``.
+    ZB-H1 (Qi et al. 2024, section 3.1): a micro-batch stays from its F to its W,
+    which lags F by ``pp - 1`` on every stage: ``min(pp, m)`` (part of it only
+    the weight halves' arrays once its B has run).
+    Without a pipeline (pp = 1) micro-batches run one after another: 1.
+    Raises ValueError for an unknown schedule.
+    """
+    if schedule not in ("gpipe", "1f1b", "zb-h1"):
+        raise ValueError(f"schedule={schedule!r}: expected 'gpipe', '1f1b' or 'zb-h1'")
+    if pp == 1:
+        return 1
+    if schedule == "zb-h1":
+        return min(pp, m)
+    return m if schedule == "gpipe" else min(pp - stage, m)
+
+
+def peak_activation_bytes(cfg, b, itemsize, *, m=1, pp=1, stage=0, blocks=None, tp=1,
+                          recompute=False, schedule="1f1b"):
+    """Peak context bytes on a stage: in-flight micro-batches x one micro-batch's contexts,
+    plus, with recompute, the one block context rebuilt at a time in the backward.
+
+    blocks : blocks on this stage (default ``depth / pp``, the even split).
+    Returns a dict: ``per_micro_batch``, ``in_flight``, ``contexts``
+    (``in_flight * per_micro_batch``), ``recompute_transient`` and ``total``.
+    """
+    blocks = cfg.depth // pp if blocks is None else blocks
+    per = stage_activation_bytes(cfg, b, itemsize, blocks=blocks, first=stage == 0,
+                                 last=stage == pp - 1, tp=tp, recompute=recompute)
+    n = micro_batches_in_flight(schedule, m, pp, stage)
+    rebuilt = block_ctx_bytes(cfg, b, itemsize, tp=tp) if recompute else 0
+    return {"per_micro_batch": per, "in_flight": n, "contexts": n * per,
+            "recompute_transient": rebuilt, "total": n * per + rebuilt}

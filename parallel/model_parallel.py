@@ -118,12 +118,28 @@ class ModelShard(ViT):
         return x, ctxs
 
 
+_SUMSQ_CHUNK = 1 << 18      # elements per float64 chunk: 2 MiB of temporaries at most
+
+
 def weighted_sumsq(grad, weight):
-    """Sum of ``weight * grad**2`` in float64 (``weight`` None: plain sum of squares)."""
-    g = np.asarray(grad, dtype=np.float64).ravel()
-    if weight is None:
-        return float(np.dot(g, g))
-    return float(np.dot(g * np.asarray(weight, dtype=np.float64).ravel(), g))
+    """Sum of ``weight * grad**2`` in float64 (``weight`` None: plain sum of squares).
+
+    grad, weight : 1-D arrays of equal length (any float dtype).  Works in
+    chunks of ``_SUMSQ_CHUNK`` elements, so the float64 temporaries stay at
+    a few MiB instead of three float64 copies of the rank's whole gradient
+    (3 x 8 Psi / tp bytes: 990 MiB per rank for vit-base at tp 2, measured by
+    ``run/bench.py rankmem``, issue 15).
+    """
+    g = np.ascontiguousarray(grad).ravel()
+    w = None if weight is None else np.ascontiguousarray(weight).ravel()
+    total = 0.0
+    for lo in range(0, g.size, _SUMSQ_CHUNK):
+        gc = g[lo:lo + _SUMSQ_CHUNK].astype(np.float64)
+        if w is None:
+            total += float(np.dot(gc, gc))
+        else:
+            total += float(np.dot(gc * w[lo:lo + _SUMSQ_CHUNK], gc))
+    return total
 
 
 def build_model(config, seed, grid, recompute=False):

@@ -111,7 +111,9 @@ class ZeroOptimizer:
         coef = self.dtype.type(coef)
         lay, flat = self.layout, self.model.flat
         if self.stage == 3:
-            grad = self.grad_shard * coef if coef < 1 else self.grad_shard
+            grad = self.grad_shard
+            if coef < 1:          # in place: the shard is zeroed right after the update
+                grad *= coef
             adamw_update(self.param_shard, grad, self.exp_avg, self.exp_avg_sq,
                          self.decay_shard, lr=lr, step=step, **self.hyper)
             self.grad_shard.fill(0)

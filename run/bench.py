@@ -6,6 +6,7 @@
     python run/bench.py train  [...]        # training step vs PyTorch
     python run/bench.py scaling [...]       # strong scaling over MPI ranks
     python run/bench.py memory [...]        # recompute activation bytes, offload RSS
+    python run/bench.py rankmem [...]       # peak RSS per MPI rank vs plan.py (issue 15)
 
 Each subcommand lives in the package that owns the code it measures; this
 script only dispatches.  Speed is measured here, never in timed unit tests.
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "train": "minivit.tools.bench",
     "scaling": "minivit.parallel.tools.bench_scaling",
     "memory": "minivit.parallel.tools.bench_memory",
+    "rankmem": "minivit.parallel.tools.bench_rankmem",
 }
 
 

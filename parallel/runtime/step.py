@@ -17,6 +17,7 @@ from minivit.loss import correct_top1, cross_entropy_backward, cross_entropy_for
 from .. import cost
 from ..data_parallel import DataParallel, GradReadyUnit, ReplicatedOptimizer
 from ..pipeline import SPLIT_BACKWARD, Pipeline, check_schedule
+from ..recompute import ctx_nbytes
 from ..units import wrap_units
 from ..zero import ZeroOptimizer, shard_units
 
@@ -84,6 +85,10 @@ class StepEngine:
         if overlap:
             wrap_units(model, GradReadyUnit, self.dp)   # post bucket all-reduces in backward
         self.step_count = 0
+        # bytes of the contexts of the last step's first micro-batch (model + loss;
+        # the --audit activation line, cost.stage_activation_bytes); pp > 1: see
+        # ``pipeline.peak_activation_bytes``
+        self.activation_bytes = 0
         self.pipeline = None
         if grid.pp > 1:
             check_schedule(schedule, accum, grid.pp)
@@ -120,6 +125,8 @@ class StepEngine:
             loss, loss_ctx = cross_entropy_forward(logits, y, self.smoothing)
             totals += (loss * scale, correct_top1(logits, y))
             images += len(y)
+            if i == 0:
+                self.activation_bytes = ctx_nbytes((ctx, loss_ctx))
             if i == self.accum - 1:
                 self.dp.arm()
             self.model.backward(cross_entropy_backward(loss_ctx, scale), ctx)

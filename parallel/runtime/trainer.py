@@ -227,6 +227,7 @@ class Trainer:
             other=audit_tables.predicted_group_bytes(engine, cfg.micro_batch, cfg.recompute))
         lines += audit_tables.model_parallel_lines(engine, cfg.micro_batch, cfg.recompute,
                                                    self.offload)
+        lines += audit_tables.activation_lines(engine, cfg.micro_batch, cfg.recompute)
         if self.step == 1:
             exact, closed = engine.predicted_memory()
             lines += audit_tables.memory_table(engine.memory(), exact, closed,

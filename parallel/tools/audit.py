@@ -4,7 +4,9 @@ Communication: per (op, group) the count and bytes this rank sent, beside the
 padding-exact prediction of ``cost.step_comm_bytes`` and the closed form of
 the ZeRO paper (Rajbhandari et al. 2020, section 7).  Memory: measured bytes
 of parameters, gradients and optimizer state beside the padded formula and
-the closed form of section 5.1.
+the closed form of section 5.1.  Activations: the measured bytes of one
+micro-batch's contexts (``recompute.ctx_nbytes``) beside
+``cost.stage_activation_bytes`` (issue 15), and the micro-batches in flight.
 """
 from .. import cost
 from ..model_parallel import ModelShard
@@ -112,3 +114,30 @@ def predicted_group_bytes(engine, micro_batch, recompute):
         out[("allreduce", "pp")] = (cost.allreduce_bytes(2, grid.pp, 8)
                                     + cost.allreduce_bytes(1, grid.pp, 8))
     return out
+
+
+def activation_lines(engine, micro_batch, recompute):
+    """``[audit]`` lines: measured context bytes of one micro-batch on this rank next
+    to the closed form of ``cost.stage_activation_bytes`` (and, under a pipeline,
+    the measured peak next to in-flight x per-micro-batch)."""
+    grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
+    first, last, blocks = True, True, cfg.depth
+    if isinstance(model, ModelShard):
+        lo, hi = model.stage_blocks
+        first, last, blocks = grid.is_first_stage, grid.is_last_stage, hi - lo
+    per = cost.stage_activation_bytes(cfg, micro_batch, item, blocks=blocks, first=first,
+                                      last=last, tp=grid.tp, recompute=recompute)
+    block = cost.block_ctx_bytes(cfg, micro_batch, item, tp=grid.tp, recompute=recompute)
+    form = ("s B T D" if recompute else
+            "s B T (4D + (4D + 2M + H T)/tp) + 32 B T")
+    if engine.pipeline is None:
+        measured, n = engine.activation_bytes, 1
+    else:
+        measured = engine.pipeline.peak_activation_bytes
+        n = cost.micro_batches_in_flight(engine.schedule, engine.accum, grid.pp, grid.pp_rank)
+    ok = "OK" if measured == n * per else "MISMATCH"
+    return [f"[audit] activations on stage {grid.pp_rank}: measured {measured:,} B of contexts,"
+            f" formula {n} in flight x {per:,} B = {n * per:,} B  {ok}",
+            f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
+            f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
+            f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}"]

@@ -7,8 +7,12 @@ from minivit.loss import cross_entropy_forward
 from minivit.model import ViT
 from minivit.params import FlatParams, Parameter, init_shard, init_tensor
 
-# timm.create_model(name, num_classes=1000) parameter counts
-TIMM_COUNTS = {"vit-tiny": 5_717_416, "vit-small": 22_050_664, "vit-base": 86_567_656}
+# timm.create_model(name, num_classes=1000) parameter counts; the last three were
+# read from timm 1.0.31 by tests/support/timm_counts.py (test_counts_equal_timm_itself
+# below re-reads them whenever timm is installed)
+TIMM_COUNTS = {"vit-tiny": 5_717_416, "vit-small": 22_050_664, "vit-base": 86_567_656,
+               "vit-large": 304_326_632, "vit-huge": 632_045_800,
+               "vit-giant": 1_012_611_432}
 
 
 def param_count(config):
@@ -53,7 +57,8 @@ def test_presets_and_defaults():
     assert get_config("vit-micro").num_classes == 10
     assert get_config("vit-base").num_classes == 1000
     assert get_config("vit-tiny", num_classes=7).num_classes == 7
-    assert set(PRESETS) == {"vit-nano", "vit-micro", "vit-tiny", "vit-small", "vit-base"}
+    assert set(PRESETS) == {"vit-nano", "vit-micro", "vit-tiny", "vit-small", "vit-base",
+                            "vit-large", "vit-huge", "vit-giant"}
 
 
 def test_units_are_contiguous_in_flat_buffer():
@@ -132,8 +137,8 @@ def test_bad_config(kwargs, match):
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(ValueError, match="unknown preset 'vit-huge'.*vit-nano"):
-        get_config("vit-huge")
+    with pytest.raises(ValueError, match="unknown preset 'vit-colossal'.*vit-nano"):
+        get_config("vit-colossal")
 
 
 def test_bad_input_shape_dtype_and_labels():
@@ -148,3 +153,50 @@ def test_bad_input_shape_dtype_and_labels():
         cross_entropy_forward(np.zeros((2, 10)), np.array([-1, 0]))
     with pytest.raises(ValueError, match="labels dtype float64"):
         cross_entropy_forward(np.zeros((2, 10)), np.array([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("vit-large", (224, 16, 1024, 24, 16, 4096)),   # ViT-L/16, Dosovitskiy et al. Table 1
+    ("vit-huge", (224, 14, 1280, 32, 16, 5120)),    # ViT-H/14
+    ("vit-giant", (224, 14, 1408, 40, 16, 6144)),   # ViT-g/14, Zhai et al. 2022 Table 2
+])
+def test_large_preset_shapes(name, shape):
+    c = get_config(name)
+    assert (c.image_size, c.patch_size, c.dim, c.depth, c.heads, c.mlp_dim) == shape
+    assert c.num_classes == 1000 and c.seq_len == (224 // c.patch_size) ** 2 + 1
+
+
+def test_large_presets_closed_form_is_the_built_unit_sizes():
+    # vit-large is 1.2 GB in fp32: build one block and count the others alike
+    from minivit.model import Block, Embed, Head
+    from minivit.parallel.cost import vit_unit_sizes
+    c = get_config("vit-large", dtype="float32")
+    sizes = [sum(p.data.size for p in u.parameters())
+             for u in (Embed(c, 0), Block("blocks.0", c, 0), Head(c, 0))]
+    assert sizes == [vit_unit_sizes(c)[0], vit_unit_sizes(c)[1], vit_unit_sizes(c)[-1]]
+    assert sizes[0] + c.depth * sizes[1] + sizes[2] == TIMM_COUNTS["vit-large"]
+
+
+@pytest.mark.parametrize("name", ["vit-large", "vit-huge", "vit-giant"])
+def test_counts_equal_timm_itself(name):
+    """Our closed form against timm's own model definition, built on the meta device."""
+    import importlib.util
+    if importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("timm (a test-only extra) is not installed")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from minivit.timm_compat import TIMM_NAMES, timm_kwargs
+    helper = Path(__file__).resolve().parents[1] / "support" / "timm_counts.py"
+    proc = subprocess.run([sys.executable, str(helper), TIMM_NAMES[name]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = json.loads(proc.stdout)[TIMM_NAMES[name]]
+    config = get_config(name)
+    assert ref["params"] == param_count(config) == TIMM_COUNTS[name]
+    assert ref["shapes"]["pos_embed"] == [1, config.seq_len, config.dim]
+    assert ref["shapes"]["blocks.0.mlp.fc1.weight"] == [config.mlp_dim, config.dim]
+    assert len(ref["names"]) == 4 + 12 * config.depth + 4
+    assert int(config.dim * timm_kwargs(config)["mlp_ratio"]) == config.mlp_dim

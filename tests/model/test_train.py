@@ -146,7 +146,7 @@ def test_pretrain_smoke(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--global-batch", "30", "--micro-batch", "8"], "not divisible by --micro-batch 8"),
     (["--data", "nowhere"], "--data 'nowhere'"),
-    (["--model", "vit-huge"], "invalid choice: 'vit-huge'"),
+    (["--model", "vit-colossal"], "invalid choice: 'vit-colossal'"),
 ])
 def test_pretrain_bad_flags(flags, message, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "run/pretrain.py"), *flags,

@@ -39,6 +39,9 @@ def test_zero3_run_equals_single_process(run_mpi, tmp_path):
     measured = [int(ln.split()[2].replace(",", "")) for ln in totals]
     assert measured == [r["comm_bytes"] for r in two]
     assert "[audit] memory per rank, ZeRO-3, dp=2 (closed form 16 Psi/p)" in proc.stdout
+    # activations: measured context bytes equal the closed form (ZeRO-3 units wrapped)
+    acts = [ln for ln in proc.stdout.splitlines() if ln.startswith("[audit] activations")]
+    assert len(acts) == 3 and all(ln.endswith(" OK") for ln in acts), acts
 
 
 def test_no_layout_flags_means_data_parallel(run_mpi, tmp_path):

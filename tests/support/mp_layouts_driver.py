@@ -106,6 +106,10 @@ def run_layout(lay, ref, world):
         worst = max(worst, close(value, expected, f"parameter {name}"))
     worst = max(worst, check_eval_forward(trainer, ref[2]))
     peak = trainer.pipeline.peak_contexts if trainer.pipeline else 1
+    # ZB-H1 keeps only the weight halves' arrays between B and W: its peak bytes are
+    # not the 1F1B closed form (in flight x one micro-batch's contexts)
+    if trainer.pipeline is not None and trainer.schedule != "zb-h1":
+        check_activation_bytes(trainer, grid, model, lay, micro, accum)
     if pp > 1 and trainer.schedule in ("1f1b", "zb-h1") and peak > pp:
         raise AssertionError(f"{trainer.schedule} peak micro-batches in flight {peak} > pp={pp}")
     peaks = grid.world.allgather(np.array([peak], np.int64), np.empty(grid.world_size, np.int64))
@@ -113,6 +117,20 @@ def run_layout(lay, ref, world):
         offload.close()
     grid.free()
     return f"max rel err {worst:.1e}; peak contexts per rank {peaks.tolist()} (m={accum})"
+
+
+def check_activation_bytes(trainer, grid, model, lay, micro, accum):
+    """The pipeline's measured peak of context bytes equals cost.py's closed form:
+    micro-batches in flight (GPipe m, 1F1B pp - stage) x one micro-batch's contexts."""
+    lo, hi = model.stage_blocks
+    per = cost.stage_activation_bytes(CONFIG, micro, 8, blocks=hi - lo,
+                                      first=grid.is_first_stage, last=grid.is_last_stage,
+                                      tp=grid.tp, recompute=lay.get("recompute", False))
+    n = cost.micro_batches_in_flight(trainer.schedule, accum, grid.pp, grid.pp_rank)
+    measured = trainer.pipeline.peak_activation_bytes
+    if trainer.pipeline.peak_contexts != n or measured != n * per:
+        raise AssertionError(f"stage {grid.pp_rank}: peak {trainer.pipeline.peak_contexts} "
+                             f"contexts, {measured} B; cost.py {n} x {per} B")
 
 
 def check_ledger(grid, model, trainer, lay, micro, accum, mark):

@@ -1,0 +1,289 @@
+"""The planner's model of a training step at any scale: memory per rank and seconds per step.
+
+Memory per rank = model state (ZeRO section 5.1, ``cost.zero_memory_bytes``,
+on ``Psi / (tp pp)`` parameters) + this code's other per-parameter arrays (the
+weight-decay mask, and under tp the norm weights) + activations (``cost.peak_activation_bytes``:
+the contexts of the micro-batches in flight, derived from this code's contexts)
++ transient buffers (the ZeRO-3 gathered unit and its padded gradient, one
+backward's gradient arrays) + the resident bytes of an idle rank (Python,
+NumPy, Numba, MPI; the machine file's ``process_baseline_bytes``).
+
+Seconds per step (one rank per node unless ``ranks_per_node`` says otherwise):
+
+* compute: model FLOPs (``minivit.flops``: 3x the forward matmuls, 4x with
+  recompute) of this rank's share (``1 / tp`` of its stage's blocks) divided by
+  ``peak_flops / ranks_per_node x efficiency``; a pipeline stretches it by the
+  bubble, ``(m + p - 1) / m`` (Narayanan et al. 2021, eq. 1);
+* communication: each collective through the alpha-beta model of a ring
+  (Thakur, Rabenseifner and Gropp 2005, "Optimization of Collective
+  Communication Operations in MPICH", section 2; Patarasuk and Yuan 2009):
+  ``t = k alpha + bytes_sent / beta`` with ``k`` the ring's rounds
+  (all-reduce ``2 (p-1)``, all-gather / reduce-scatter ``p-1``, send 1) and
+  ``bytes_sent`` the per-rank volume of ``cost.py`` (the ledger's accounting);
+* overlap: without it every term adds; with it the data-parallel term hides
+  behind the backward of the last micro-batch (2/3 of its compute) and only
+  the excess shows.  Tensor- and pipeline-parallel transfers sit on the
+  critical path either way.
+
+Machines are TOML files (``run/machines/*.toml``) with the keys of
+:class:`Machine`.  Nothing here runs anything: these are predictions.
+"""
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from minivit.config import get_config
+from minivit.flops import forward_matmul_flops
+
+from . import cost
+from .grid import validate_layout
+
+ITEMSIZE = {"float32": 4, "float64": 8}
+MACHINE_DIR = Path(__file__).resolve().parents[1] / "run" / "machines"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One node of a machine.
+
+    peak_flops : FLOP/s of the node at the training dtype (float).
+    efficiency : achieved fraction of ``peak_flops`` on the model's matmuls (0, 1].
+    memory_bytes : memory per node, bytes.  link_bandwidth : beta, bytes/s one
+    rank sends on a link.  latency : alpha, seconds per message.  cores : per node.
+    process_baseline_bytes : resident bytes of one idle rank after its imports.
+    """
+    name: str
+    description: str
+    peak_flops: float
+    efficiency: float
+    memory_bytes: int
+    link_bandwidth: float
+    latency: float
+    cores: int = 1
+    process_baseline_bytes: int = 0
+
+    def __post_init__(self):
+        for key in ("peak_flops", "memory_bytes", "link_bandwidth"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"machine {self.name!r}: {key}={getattr(self, key)!r}: "
+                                 "expected a positive number")
+        if not 0 < self.efficiency <= 1:
+            raise ValueError(f"machine {self.name!r}: efficiency={self.efficiency!r}: "
+                             "expected 0 < efficiency <= 1")
+        if self.latency < 0 or self.process_baseline_bytes < 0:
+            raise ValueError(f"machine {self.name!r}: latency and process_baseline_bytes "
+                             "must be >= 0")
+
+
+def load_machine(name_or_path):
+    """A :class:`Machine` from ``run/machines/NAME.toml`` or a TOML file path.
+
+    Raises ValueError naming the file for a missing file, an unknown key or a
+    missing required key.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MACHINE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MACHINE_DIR.glob("*.toml"))
+        raise ValueError(f"machine {name_or_path!r}: no file {path} (known: {known})")
+    data = tomllib.loads(path.read_text())
+    names = {f.name for f in fields(Machine)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r} (expected keys {sorted(names)})")
+    try:
+        return Machine(**data)
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- alpha-beta
+def collective_seconds(op, nbytes_sent, p, machine, count=1):
+    """Seconds of ``count`` ring collectives in which one rank sends ``nbytes_sent`` in all.
+
+    op : "allreduce" (2 (p-1) rounds), "allgather" / "reduce_scatter" (p-1), "send" (1).
+    ``nbytes_sent`` is the ledger's per-rank volume (``cost.allreduce_bytes`` ...).
+    Returns 0 for p == 1.  Raises ValueError for an unknown op.
+    """
+    rounds = {"allreduce": 2 * (p - 1), "allgather": p - 1, "reduce_scatter": p - 1,
+              "send": 1}
+    if op not in rounds:
+        raise ValueError(f"op={op!r}: expected one of {sorted(rounds)}")
+    if p == 1 and op != "send":
+        return 0.0
+    return count * rounds[op] * machine.latency + nbytes_sent / machine.link_bandwidth
+
+
+# ---------------------------------------------------------------- the layout
+@dataclass(frozen=True)
+class Layout:
+    """What ``plan.py`` is asked about.  nodes = dp x tp x pp ranks (``ranks_per_node`` per node)."""
+    model: str
+    nodes: int
+    dp: int
+    tp: int = 1
+    pp: int = 1
+    zero: int = 0
+    micro_batch: int = 32
+    accum: int = 1
+    dtype: str = "float32"
+    recompute: bool = False
+    offload: bool = False
+    schedule: str = "1f1b"
+    overlap: bool = False
+    ranks_per_node: int = 1
+    bucket_bytes: int = 25 * 2**20
+
+    @property
+    def world(self):
+        return self.dp * self.tp * self.pp
+
+
+def _dp_messages(unit_sizes, p, stage, accum, bucket_elems):
+    """(op, count) of the data-parallel collectives of one step (for the alpha term)."""
+    units = len(unit_sizes)
+    buckets = len(cost.bucket_sizes(sum(unit_sizes), bucket_elems))
+    return {0: [("allreduce", buckets)],
+            1: [("allreduce", buckets), ("allgather", units)],
+            2: [("reduce_scatter", accum * units), ("allgather", units)],
+            3: [("reduce_scatter", accum * units), ("allgather", 2 * accum * units)]}[stage]
+
+
+def plan_step(layout, machine):
+    """Memory per rank and seconds per step of ``layout`` on ``machine``.
+
+    Returns a dict with the keys of ``plan.py --json``: ``params``,
+    ``model_state_bytes_per_rank``, ``activation_bytes_per_rank``,
+    ``peak_bytes_per_rank``, ``step_seconds``, ``comm_bytes_per_rank``
+    (``{"dp": .., "tp": .., "pp": ..}`` per step), ``fits``; and the details
+    ``memory`` (dict of the terms), ``time`` (dict of the terms, seconds),
+    ``step_seconds_overlap``, ``flops_per_step`` (whole job), ``tflops``
+    (achieved total, per the prediction), ``global_batch``.
+    Raises ValueError for an inconsistent layout.
+    """
+    lay = layout
+    cfg = get_config(lay.model, dtype=lay.dtype)
+    validate_layout(lay.world, lay.dp, lay.tp, lay.pp)
+    if cfg.depth % lay.pp:
+        raise ValueError(f"pp={lay.pp}: expected a divisor of the model depth {cfg.depth}")
+    if lay.pp > 1 and lay.schedule == "1f1b" and lay.accum < lay.pp:
+        raise ValueError(f"1F1B with accum={lay.accum} micro-batches on pp={lay.pp}: expected "
+                         "accum >= pp")
+    item = ITEMSIZE[lay.dtype]
+    sizes = cost.vit_unit_sizes(cfg)
+    psi = sum(sizes)
+    blocks = cfg.depth // lay.pp
+    # the heaviest stage: the first (embedding) when pp > 1, everything when pp == 1
+    share = [sizes[0]] + [sizes[1] // lay.tp] * blocks + ([sizes[-1]] if lay.pp == 1 else [])
+    psi_rank = psi / (lay.tp * lay.pp)
+    b, m, p = lay.micro_batch, lay.accum, lay.dp
+    # ---- memory
+    state = cost.zero_memory_bytes(psi_rank, p, lay.zero, item)
+    optim = 0 if lay.offload else state["optim"]
+    model_state = state["params"] + state["grads"] + optim
+    act = cost.peak_activation_bytes(cfg, b, item, m=m, pp=lay.pp, stage=0, tp=lay.tp,
+                                     recompute=lay.recompute, schedule=lay.schedule)
+    # persistent arrays beyond the 16 Psi of ZeRO's count, measured by run/bench.py
+    # rankmem: the weight-decay mask (one model-dtype value per parameter,
+    # FlatParams.decay_mask; ZeRO 1-3 keep their shard of it, ZeRO-3 drops the full
+    # one) and, under tp, ModelShard.norm_weight (the same length)
+    shard = psi_rank / p
+    decay = item * ((0 if lay.zero == 3 else psi_rank) + (shard if lay.zero >= 1 else 0))
+    norm_weight = item * psi_rank if lay.tp > 1 else 0
+    largest = max(share)
+    gather = 2 * largest * item if lay.zero == 3 else 0      # gathered unit + its gradient
+    rows = b * cfg.seq_len
+    # the backward's live gradient arrays: dy, dx (B T D) and the MLP's (B T M/tp) pair
+    workspace = item * rows * (2 * cfg.dim + 2 * cfg.mlp_dim // lay.tp)
+    baseline = machine.process_baseline_bytes
+    peak = model_state + decay + norm_weight + act["total"] + gather + workspace + baseline
+    # offloaded state is file-backed: its pages are resident while the update
+    # touches them (VmHWM counts them) but reclaimable, so "fits" leaves them out
+    mapped = (state["optim"] + (state["params"] if lay.zero == 3 else 0)) if lay.offload else 0
+    if lay.offload and lay.zero == 3:
+        peak -= state["params"]           # the parameter shard is mapped too (Offload)
+    # ---- compute
+    fwd_block = (forward_matmul_flops(cfg, b) - forward_matmul_flops(
+        get_config(lay.model, depth=1, dtype=lay.dtype), b)) / (cfg.depth - 1) \
+        if cfg.depth > 1 else forward_matmul_flops(cfg, b)
+    fwd_rest = forward_matmul_flops(cfg, b) - cfg.depth * fwd_block
+    passes = 4 if lay.recompute else 3
+    fwd_rank = blocks * fwd_block / lay.tp + fwd_rest      # embed + head counted on the stage
+    rate = machine.peak_flops / lay.ranks_per_node * machine.efficiency
+    compute = passes * m * fwd_rank / rate
+    if lay.pp > 1:
+        compute *= (m + lay.pp - 1) / m
+    # ---- communication
+    dp_bytes = cost.zero_comm_elements(psi_rank, p, lay.zero, m) * item
+    dp_time = 0.0
+    if p > 1:
+        bucket_elems = max(1, lay.bucket_bytes // item)
+        for op, count in _dp_messages(share, p, lay.zero, m, bucket_elems):
+            dp_time += count * collective_seconds(op, 0, p, machine)
+        dp_time += dp_bytes / machine.link_bandwidth
+    act_elems = b * cfg.seq_len * cfg.dim
+    tp_count = (6 if lay.recompute else 4) * blocks * m
+    tp_bytes = tp_count * cost.allreduce_bytes(act_elems, lay.tp, item)
+    tp_time = collective_seconds("allreduce", tp_bytes, lay.tp, machine, count=tp_count)
+    pp_bytes = cost.pp_step_bytes(b, cfg.seq_len, cfg.dim, m, item, lay.pp > 2, lay.pp > 1)
+    pp_time = 0.0
+    if lay.pp > 1:
+        transfers = 2 * (m + lay.pp - 1)      # one activation and one gradient per slot
+        pp_time = collective_seconds("send", transfers * act_elems * item, 1, machine,
+                                     count=transfers)
+    backward_last = compute * (passes - 1) / passes / m
+    exposed_dp = max(0.0, dp_time - backward_last)
+    no_overlap = compute + dp_time + tp_time + pp_time
+    with_overlap = compute + exposed_dp + tp_time + pp_time
+    step = with_overlap if lay.overlap else no_overlap
+    flops_step = passes * forward_matmul_flops(cfg, b) * m * p
+    return {
+        "model": lay.model, "params": psi, "machine": machine.name,
+        "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
+                   "zero": lay.zero, "micro_batch": b, "accum": m, "recompute": lay.recompute,
+                   "offload": lay.offload, "schedule": lay.schedule, "overlap": lay.overlap,
+                   "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype},
+        "global_batch": b * m * p,
+        "model_state_bytes_per_rank": int(model_state),
+        "activation_bytes_per_rank": int(act["total"]),
+        "peak_bytes_per_rank": int(peak),
+        "peak_resident_bytes_per_rank": int(peak + mapped),
+        "step_seconds": step,
+        "step_seconds_overlap": with_overlap,
+        "step_seconds_no_overlap": no_overlap,
+        "comm_bytes_per_rank": {"dp": int(dp_bytes), "tp": int(tp_bytes), "pp": int(pp_bytes)},
+        "fits": bool(peak * lay.ranks_per_node <= machine.memory_bytes),
+        "memory": {"params": int(state["params"]), "grads": int(state["grads"]),
+                   "optim": int(optim), "optim_offloaded": int(state["optim"] - optim),
+                   "activations": act, "zero3_gather": int(gather),
+                   "decay_mask": int(decay), "norm_weight": int(norm_weight),
+                   "offload_mapped": int(mapped),
+                   "backward_workspace": int(workspace), "process_baseline": int(baseline)},
+        "time": {"compute": compute, "dp": dp_time, "dp_exposed_with_overlap": exposed_dp,
+                 "tp": tp_time, "pp": pp_time},
+        "flops_per_step": flops_step,
+        "tflops": flops_step / step / 1e12,
+    }
+
+
+def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, zero=3,
+                   tp=1, pp=1, **kwargs):
+    """Time per step and total TFLOP/s at a fixed global batch for each node count
+    (as the seed report's Figure 2): ``dp = nodes / (tp pp)`` and the
+    gradient-accumulation sub-steps ``accum = global_batch / (micro_batch dp)``
+    shrink as nodes grow.  Returns a list of :func:`plan_step` dicts.
+    Raises ValueError when a node count does not divide the batch evenly.
+    """
+    out = []
+    for nodes in node_counts:
+        if nodes % (tp * pp):
+            raise ValueError(f"nodes={nodes}: expected a multiple of tp*pp={tp * pp}")
+        dp = nodes // (tp * pp)
+        if global_batch % (micro_batch * dp):
+            raise ValueError(f"nodes={nodes}: global batch {global_batch} is not a multiple of "
+                             f"micro-batch {micro_batch} x dp {dp}")
+        accum = global_batch // (micro_batch * dp)
+        out.append(plan_step(Layout(model=model, nodes=nodes, dp=dp, tp=tp, pp=pp, zero=zero,
+                                    micro_batch=micro_batch, accum=accum, **kwargs), machine))
+    return out

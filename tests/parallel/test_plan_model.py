@@ -1,0 +1,108 @@
+"""The planner's step-time and memory model (issue 15): machine files, the alpha-beta
+ring model, the terms of plan_step against cost.py, strong scaling, plan.py --json."""
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from minivit.config import get_config
+from minivit.flops import forward_matmul_flops
+from minivit.parallel import cost
+from minivit.parallel.plan_model import (Layout, Machine, collective_seconds, load_machine,
+                                         plan_step, strong_scaling)
+
+PLAN = runpy.run_path(str(Path(__file__).resolve().parents[2] / "run" / "plan.py"))
+KEYS = {"params", "model_state_bytes_per_rank", "activation_bytes_per_rank",
+        "peak_bytes_per_rank", "step_seconds", "comm_bytes_per_rank", "fits"}
+TOY = Machine(name="toy", description="", peak_flops=1e12, efficiency=0.5,
+              memory_bytes=2**30, link_bandwidth=1e9, latency=1e-5)
+
+
+@pytest.mark.parametrize("name, peak", [("this-machine", 7.5e10), ("fugaku", 6.8e12),
+                                        ("ib-cpu-cluster", 8.2e12)])
+def test_shipped_machines_load(name, peak):
+    m = load_machine(name)
+    assert m.peak_flops == peak and 0 < m.efficiency <= 1 and m.link_bandwidth > 0
+
+
+def test_fugaku_is_the_seed_reports_node():
+    m = load_machine("fugaku")
+    assert (m.peak_flops, m.memory_bytes, m.link_bandwidth) == (6.8e12, 32 * 2**30, 6.8e9)
+
+
+def test_bad_machine_files(tmp_path):
+    with pytest.raises(ValueError, match="no file"):
+        load_machine("nowhere")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndescription = ""\npeak_flops = 1.0\nefficiency = 0.5\n'
+                   'memory_bytes = 1\nlink_bandwidth = 1.0\nlatency = 0.0\nspeed = 3\n')
+    with pytest.raises(ValueError, match="unknown key 'speed'"):
+        load_machine(bad)
+    bad.write_text('name = "x"\ndescription = ""\npeak_flops = 1.0\nefficiency = 1.5\n'
+                   'memory_bytes = 1\nlink_bandwidth = 1.0\nlatency = 0.0\n')
+    with pytest.raises(ValueError, match="efficiency=1.5"):
+        load_machine(bad)
+
+
+def test_alpha_beta_ring():
+    n = cost.allreduce_bytes(1000, 4, 4)
+    assert collective_seconds("allreduce", n, 4, TOY) == pytest.approx(6e-5 + n / 1e9)
+    assert collective_seconds("allgather", 300, 4, TOY, count=2) == pytest.approx(6e-5 + 3e-7)
+    assert collective_seconds("allreduce", 0, 1, TOY) == 0.0
+    assert collective_seconds("send", 1000, 1, TOY) == pytest.approx(1e-5 + 1e-6)
+    with pytest.raises(ValueError, match="op='bcast'"):
+        collective_seconds("bcast", 1, 2, TOY)
+
+
+def test_one_rank_step_is_flops_over_rate():
+    cfg = get_config("vit-nano")
+    r = plan_step(Layout(model="vit-nano", nodes=1, dp=1, micro_batch=8, accum=3), TOY)
+    assert KEYS <= set(r)
+    assert r["step_seconds"] == pytest.approx(3 * 3 * forward_matmul_flops(cfg, 8) / 5e11)
+    assert r["comm_bytes_per_rank"] == {"dp": 0, "tp": 0, "pp": 0}
+    assert r["model_state_bytes_per_rank"] == 16 * sum(cost.vit_unit_sizes(cfg))
+    assert r["activation_bytes_per_rank"] == cost.stage_activation_bytes(cfg, 8, 4, blocks=4)
+
+
+def test_terms_follow_cost_py():
+    cfg = get_config("vit-base")
+    lay = Layout(model="vit-base", nodes=16, dp=4, tp=2, pp=2, zero=3, micro_batch=4,
+                 accum=4, recompute=True)
+    r = plan_step(lay, TOY)
+    psi_rank = sum(cost.vit_unit_sizes(cfg)) / 4
+    assert r["model_state_bytes_per_rank"] == int(cost.zero_memory_bytes(psi_rank, 4, 3)["total"])
+    assert r["comm_bytes_per_rank"]["dp"] == int(cost.zero_comm_elements(psi_rank, 4, 3, 4) * 4)
+    assert r["comm_bytes_per_rank"]["tp"] == cost.tp_step_bytes(4, 197, 768, 6, 4, 2, 4, True)
+    assert r["activation_bytes_per_rank"] == cost.peak_activation_bytes(
+        cfg, 4, 4, m=4, pp=2, tp=2, recompute=True)["total"]
+    t = r["time"]
+    assert r["step_seconds"] == pytest.approx(t["compute"] + t["dp"] + t["tp"] + t["pp"])
+    over = plan_step(Layout(**{**lay.__dict__, "overlap": True}), TOY)
+    assert over["step_seconds"] <= r["step_seconds"]
+    assert r["fits"] == (r["peak_bytes_per_rank"] <= TOY.memory_bytes)
+
+
+def test_strong_scaling_keeps_the_global_batch():
+    rows = strong_scaling("vit-tiny", [1, 2, 4, 8], TOY, global_batch=64, micro_batch=8)
+    assert [r["layout"]["accum"] for r in rows] == [8, 4, 2, 1]
+    assert {r["global_batch"] for r in rows} == {64}
+    assert rows[-1]["step_seconds"] < rows[0]["step_seconds"]
+    with pytest.raises(ValueError, match="not a multiple"):
+        strong_scaling("vit-tiny", [16], TOY, global_batch=64, micro_batch=8)
+
+
+def test_plan_json_and_strong_scaling_cli(capsys, tmp_path):
+    assert PLAN["main"](["--model", "vit-huge", "--nodes", "64", "--zero", "3", "--recompute",
+                         "--micro-batch", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert KEYS <= set(out) and out["params"] == 632_045_800
+    assert set(out["comm_bytes_per_rank"]) == {"dp", "tp", "pp"}
+    png = tmp_path / "s.png"
+    assert PLAN["main"](["--model", "vit-tiny", "--zero", "3", "--micro-batch", "2",
+                         "--global-batch", "64", "--strong-scaling", "1,2,...,32",
+                         "--plot", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(ln.split()[0]) for ln in lines[2:]] == [1, 2, 4, 8, 16, 32]
+    assert png.stat().st_size > 1000
+    assert PLAN["main"](["--model", "vit-tiny"]) == 2
