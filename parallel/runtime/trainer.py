@@ -53,10 +53,12 @@ class Trainer:
     header : extra fields of the metrics header; intro : a line printed at start.
     steps_per_epoch : when given, evaluations are labelled by epochs completed
         (fine-tuning); otherwise by the loader's epoch.
+    trainable : None, or the ``(start, stop)`` slice of the flat buffer that the
+        optimizer updates (a linear probe); see ``StepEngine``.
     """
 
     def __init__(self, cfg, grid, model, data, *, out, script, resume=None, preempt=None,
-                 header=None, intro=None, steps_per_epoch=None):
+                 header=None, intro=None, steps_per_epoch=None, trainable=None):
         self.cfg, self.grid, self.data, self.out = cfg, grid, data, Path(out)
         self.script, self.preempt, self.resume = script, preempt, resume
         self.header, self.intro, self.steps_per_epoch = header or {}, intro, steps_per_epoch
@@ -66,7 +68,7 @@ class Trainer:
             bucket_bytes=int(cfg.bucket_mb * 2**20), overlap=cfg.overlap,
             optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.clip if cfg.clip > 0 else None, smoothing=cfg.label_smoothing,
-            schedule=cfg.schedule)
+            schedule=cfg.schedule, trainable=trainable)
         self.offload = (Offload(self.engine, Path(cfg.offload_dir), grid.rank)
                         if cfg.offload_dir else None)
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
