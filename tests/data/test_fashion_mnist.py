@@ -100,3 +100,16 @@ def test_labels_per_class_is_stratified_seeded_and_outside_validation(tmp_path):
         labels_per_class_subset(labels["train"], 0, seed=0)
     digits = open_data("digits", labels_per_class=5, split_seed=0)
     assert len(digits.train) == 50 and digits.test is None
+
+
+def test_pack_fashion_mnist_writes_the_official_split(tmp_path):
+    from minivit.io import ShardDataset
+    from minivit.io.pack import main
+    labels = write_fashion(tmp_path / "fm", per_class_train=3, per_class_test=2)
+    assert main(["fashion-mnist", str(tmp_path / "fm"), "--out", str(tmp_path / "te"),
+                 "--split", "test"]) == 0
+    shards = ShardDataset(str(tmp_path / "te"))
+    assert len(shards) == 20 and shards.num_classes == 10
+    image, label = shards[3]
+    assert image.shape[:2] == (28, 28) and label == labels["test"][3]
+    assert main(["fashion-mnist", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
