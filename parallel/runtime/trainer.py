@@ -260,14 +260,19 @@ class Trainer:
             self.offload.close()
         if self.root and self.records:
             evals = self.runlog.evals
-            held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> "
-                    f"{evals[-1]['accuracy']:.1%}" if evals else "")
             last = f"; last checkpoint {self.ckpt.last_path}" if self.ckpt.last_path else ""
             metrics = self.out / "metrics.jsonl"
-            print(f"loss {self.records[0]['loss']:.4f} -> {self.records[-1]['loss']:.4f}{held}"
-                  f"\nwrote {metrics}, {self.out / 'config.toml'} and "
-                  f"{self.out / 'config.json'} (plot: python run/plot.py {metrics}){last}",
-                  flush=True)
+            first_loss, last_loss = self.records[0]["loss"], self.records[-1]["loss"]
+            fall = (f" ({(last_loss - first_loss) / first_loss:+.0%})"
+                    if math.isfinite(first_loss) and first_loss > 0 else "")
+            held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> "
+                    f"{evals[-1]['accuracy']:.1%} on {self.data.num_classes} classes (chance "
+                    f"{1 / self.data.num_classes:.1%}, {evals[-1]['samples']} images)"
+                    if evals else "")
+            print(f"wrote {metrics}, {self.out / 'config.toml'} and "
+                  f"{self.out / 'config.json'} (plot: python run/plot.py {metrics}){last}\n"
+                  f"after {self.step} steps: loss {first_loss:.4f} -> {last_loss:.4f}{fall}"
+                  f"{held}", flush=True)
         if self.root and self.preempt is not None and self.preempt.stopped:
             print(f"{self.preempt.describe()}: wrote {self.ckpt.last_path}; continue with "
                   f"--resume {self.out}", flush=True)
