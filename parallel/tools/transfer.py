@@ -70,9 +70,10 @@ class Grid:
     protocol: dict = field(default_factory=dict)
 
     def cells(self):
-        """``[(source, task, protocol, seed)]`` in run order: seed-major, so that every
-        source x task x protocol gets its first seed before any gets its second."""
-        return [(s, t, p, seed) for seed in self.seeds for t in self.tasks
+        """``[(source, task, protocol, seed)]`` in run order: task by task (the first
+        task, the headline, is complete first), and within a task seed by seed, so
+        every source x protocol gets its first seed before any gets its second."""
+        return [(s, t, p, seed) for t in self.tasks for seed in self.seeds
                 for p in self.protocols for s in self.sources]
 
     def pretrain_images(self):
