@@ -13,7 +13,9 @@ file has the sections
                   the same --steps x --micro-batch for all, so every source sees
                   the same number of images)
     [sources.NAME]  flags of one source (``data = "synthetic:fractaldb"``); the
-                  name ``scratch`` has no pre-training
+                  name ``scratch`` has no pre-training.  A ``synthetic:KIND`` source
+                  is rendered once into shards (``classes`` x ``instances``,
+                  ``run/make_dataset.py``) and pre-trained from them
     [tasks.NAME]  flags of run/finetune.py of one task (``data``,
                   ``labels_per_class``...); ``data = "digits"`` is packed into
                   train/test shards first (``pack_sources.digits_source``)
@@ -172,6 +174,34 @@ class TransferRunner:
                                f"(log {log}):\n{tail}")
         return time.perf_counter() - start
 
+    def render(self, source, spec):
+        """Render ``synthetic:KIND`` once into shards (``run/make_dataset.py``: drawn at
+        the published render size, box-downsampled to the model's input) and return the
+        pre-training flags reading them; other sources are returned unchanged.
+
+        ``classes`` x ``instances`` images (instance ids 0..instances-1, dataset seed
+        ``data_seed``): ``--holdout`` then holds out the top instance ids of each class,
+        as on the fly.  Rendering once and reading the shards each epoch is what the
+        published pipelines do, and costs 1/epochs of rendering on the fly.
+        """
+        if not str(spec.get("data", "")).startswith("synthetic:"):
+            return spec
+        from minivit.config import get_config
+        spec = dict(spec)
+        kind = spec.pop("data").split(":", 1)[1]
+        folder = self.work / "data" / f"{source}-{spec['classes']}x{spec['instances']}"
+        if not (folder / "index.json").is_file():
+            args = [ROOT / "run" / "make_dataset.py", "--kind", kind,
+                    "--classes", spec["classes"], "--per-class", spec["instances"],
+                    "--size", get_config(self.grid.model).image_size,
+                    "--seed", spec.get("data_seed", 0), "--out", folder]
+            self.say(f"rendering {source}: {shlex.join(map(str, args))}")
+            seconds = self._run(args, folder.with_suffix(".log"))
+            self.say(f"rendered {source} in {seconds:.0f} s")
+        for key in ("instances", "data_seed"):
+            spec.pop(key, None)
+        return {**spec, "data": str(folder)}
+
     def pretrain(self, source):
         """Pre-train ``source`` unless its backbone exists; returns the backbone path."""
         path = self.backbone(source)
@@ -181,6 +211,7 @@ class TransferRunner:
         spec = {**self.grid.pretrain, **self.grid.sources[source], "model": self.grid.model,
                 "threads": self.grid.threads, "out": out, "no_progress": True,
                 "save_every": 0, "keep_last": 1}
+        spec = self.render(source, spec)
         args = [ROOT / "run" / "pretrain.py", *flags(spec)]
         self.say(f"pre-training {source}: {shlex.join(map(str, args))}")
         seconds = self._run(args, out.with_suffix(".log"))

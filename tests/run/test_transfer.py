@@ -1,5 +1,6 @@
 """run/transfer.py and minivit.parallel.tools.transfer on a tiny grid (vit-nano, a tiny
-Fashion-MNIST folder, 2 sources x 2 protocols): cells, resume, backbones, tables."""
+Fashion-MNIST folder, 3 sources x 2 protocols): cells, resume, rendered shards,
+backbones, tables."""
 import json
 import subprocess
 import sys
@@ -28,6 +29,9 @@ warmup = 1
 [sources.random]
 data = "random"
 random_samples = 64
+[sources.newton]
+data = "synthetic:newton"
+instances = 4
 [tasks.fm-tiny]
 data = "fashion-mnist:{fm}"
 labels_per_class = 3
@@ -55,6 +59,12 @@ def test_grid_runs_resumes_and_writes_the_tables(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = tmp_path / "results"
     assert len(list((results / "cells").glob("*.json"))) == 3
+    # synthetic:KIND is rendered once into shards (10 classes x 4 instances, the top one held out)
+    shards = tmp_path / "work" / "data" / "newton-10x4"
+    assert (shards / "index.json").is_file()
+    log = (tmp_path / "work" / "pretrain-newton.log").read_text()
+    assert f"--data {shards}" in (results / "backbones" / "newton.json").read_text()
+    assert "30 train / 10 held-out" in log
     # the backbone: float32 weights only, and its pre-training record
     with h5py.File(results / "backbones" / "random.h5") as f:
         assert set(f) >= {"params"} and "optim" not in f
@@ -65,11 +75,11 @@ def test_grid_runs_resumes_and_writes_the_tables(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")}
     proc = _transfer(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "4 cells, 3 done, 1 to run" in proc.stdout and "4 done, 0 to run" in proc.stdout
+    assert "6 cells, 3 done, 3 to run" in proc.stdout and "6 done, 0 to run" in proc.stdout
     after = {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")}
-    assert all(after[name] == t for name, t in before.items()) and len(after) == 4
+    assert all(after[name] == t for name, t in before.items()) and len(after) == 6
     records = json.loads((results / "transfer.json").read_text())
-    assert len(records) == 4
+    assert len(records) == 6
     for r in records:
         assert {"source", "task", "protocol", "seeds", "test_top1", "val_top1",
                 "pretrain_images", "finetune_steps"} <= set(r)
