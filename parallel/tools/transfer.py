@@ -159,14 +159,19 @@ class TransferRunner:
         return [c for c in self.grid.cells() if not self.cell_path(*c).is_file()]
 
     # ----------------------------------------------------------- runs
-    def _run(self, args, log):
-        """Run one subprocess (stdout+stderr to ``log``); returns seconds.
+    def _run(self, args, log, ranks=1):
+        """Run one subprocess (stdout+stderr to ``log``), under ``mpirun -n ranks`` when
+        ranks > 1 and an ``mpirun`` sits next to the interpreter; returns seconds.
 
         Raises RuntimeError naming the command and the log's last lines on failure."""
         log.parent.mkdir(parents=True, exist_ok=True)
+        launcher = []
+        mpirun = Path(self.python).parent / "mpirun"
+        if ranks > 1 and mpirun.is_file():
+            launcher = [str(mpirun), "-n", str(ranks)]
         start = time.perf_counter()
         with open(log, "w") as f:
-            proc = subprocess.run([self.python, *map(str, args)], stdout=f,
+            proc = subprocess.run([*launcher, self.python, *map(str, args)], stdout=f,
                                   stderr=subprocess.STDOUT, cwd=ROOT)
         if proc.returncode:
             tail = "".join(log.read_text().splitlines(True)[-15:])
@@ -196,8 +201,9 @@ class TransferRunner:
                     "--size", get_config(self.grid.model).image_size,
                     "--seed", spec.get("data_seed", 0), "--out", folder]
             self.say(f"rendering {source}: {shlex.join(map(str, args))}")
-            seconds = self._run(args, folder.with_suffix(".log"))
-            self.say(f"rendered {source} in {seconds:.0f} s")
+            # one rank per core: make_dataset writes the same bytes for any rank count
+            seconds = self._run(args, folder.with_suffix(".log"), ranks=self.grid.threads)
+            self.say(f"rendered {source} in {seconds:.0f} s ({self.grid.threads} ranks)")
         for key in ("instances", "data_seed"):
             spec.pop(key, None)
         return {**spec, "data": str(folder)}
