@@ -44,6 +44,7 @@ re-run by hand; their work folders go under ``runs/transfer/``.
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -161,14 +162,16 @@ class TransferRunner:
     # ----------------------------------------------------------- runs
     def _run(self, args, log, ranks=1):
         """Run one subprocess (stdout+stderr to ``log``), under ``mpirun -n ranks`` when
-        ranks > 1 and an ``mpirun`` sits next to the interpreter; returns seconds.
+        ranks > 1 and an ``mpirun`` is found (next to the interpreter, else on PATH);
+        returns seconds.
 
         Raises RuntimeError naming the command and the log's last lines on failure."""
         log.parent.mkdir(parents=True, exist_ok=True)
         launcher = []
-        mpirun = Path(self.python).parent / "mpirun"
-        if ranks > 1 and mpirun.is_file():
-            launcher = [str(mpirun), "-n", str(ranks)]
+        beside = Path(self.python).parent / "mpirun"
+        mpirun = str(beside) if beside.is_file() else shutil.which("mpirun")
+        if ranks > 1 and mpirun:
+            launcher = [mpirun, "-n", str(ranks)]
         start = time.perf_counter()
         with open(log, "w") as f:
             proc = subprocess.run([*launcher, self.python, *map(str, args)], stdout=f,
