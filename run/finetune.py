@@ -105,7 +105,7 @@ def finetune(cfg, world_comm, guard):
                             f"epochs x {per_epoch} steps of {cfg.global_batch} images")
     records = trainer.fit()
     test = None
-    if data.test_set is not None:   # once, after training: never used to choose anything
+    if data.test_set is not None and not cfg.skip_test:   # once, after training
         evaluator = Evaluator(data.test_set, grid.dp_group, cfg.eval_batch, image_size,
                               cfg.dtype, num_threads=cfg.loader_threads)
         try:

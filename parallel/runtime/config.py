@@ -303,7 +303,7 @@ class FinetuneConfig(TrainConfig):
     """``run/finetune.py``: a pre-trained backbone (or the same architecture from scratch)
     trained on a labelled dataset for ``epochs`` passes; ``steps`` follows from the data."""
     FLAGS = ("checkpoint", "model", "from_scratch", "linear_probe", "data", "eval_data",
-             "test_data", "holdout", "split_seed", "labels_per_class", "eval_samples",
+             "test_data", "skip_test", "holdout", "split_seed", "labels_per_class", "eval_samples",
              "epochs", "max_steps", "micro_batch", "global_batch", "lr", "min_lr",
              "warmup", "weight_decay", "clip", "label_smoothing", "augment", "seed", "dtype",
              "out", "threads", "loader_threads", "eval_batch", "log_every", "no_progress")
@@ -323,6 +323,8 @@ class FinetuneConfig(TrainConfig):
                                 "--data")
     test_data: str = flag(None, "shards of a test set, evaluated once after training "
                                 "(test_top1 in result.json); fashion-mnist brings its 10k")
+    skip_test: bool = flag(False, "do not evaluate the test set (when tuning a recipe on "
+                                  "the validation split); test_top1 is then null")
     holdout: float = flag(0.2, "held-out (validation) fraction per class of the training "
                                "split")
     split_seed: int = flag(0, "seed of the digits / fashion-mnist validation split and of "
