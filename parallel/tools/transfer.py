@@ -188,7 +188,8 @@ class TransferRunner:
         pre-training flags reading them; other sources are returned unchanged.
 
         ``classes`` x ``instances`` images (instance ids 0..instances-1, dataset seed
-        ``data_seed``): ``--holdout`` then holds out the top instance ids of each class,
+        ``data_seed``; ``direct = true`` in the source's section draws straight at the
+        model's size, ``run/make_dataset.py --direct``): ``--holdout`` then holds out the top instance ids of each class,
         as on the fly.  Rendering once and reading the shards each epoch is what the
         published pipelines do, and costs 1/epochs of rendering on the fly.
         """
@@ -197,12 +198,15 @@ class TransferRunner:
         from minivit.config import get_config
         spec = dict(spec)
         kind = spec.pop("data").split(":", 1)[1]
-        folder = self.work / "data" / f"{source}-{spec['classes']}x{spec['instances']}"
+        direct = spec.pop("direct", False)
+        folder = self.work / "data" / (f"{source}-{spec['classes']}x{spec['instances']}"
+                                       + ("-direct" if direct else ""))
         if not (folder / "index.json").is_file():
             args = [ROOT / "run" / "make_dataset.py", "--kind", kind,
                     "--classes", spec["classes"], "--per-class", spec["instances"],
                     "--size", get_config(self.grid.model).image_size,
-                    "--seed", spec.get("data_seed", 0), "--out", folder]
+                    "--seed", spec.get("data_seed", 0), "--out", folder,
+                    *(["--direct"] if direct else [])]
             self.say(f"rendering {source}: {shlex.join(map(str, args))}")
             # one rank per core: make_dataset writes the same bytes for any rank count
             seconds = self._run(args, folder.with_suffix(".log"), ranks=self.grid.threads)
