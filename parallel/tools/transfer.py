@@ -189,7 +189,8 @@ class TransferRunner:
 
         ``classes`` x ``instances`` images (instance ids 0..instances-1, dataset seed
         ``data_seed``; ``direct = true`` in the source's section draws straight at the
-        model's size, ``run/make_dataset.py --direct``): ``--holdout`` then holds out the top instance ids of each class,
+        model's size, ``run/make_dataset.py --direct``; ``params = {NAME = VALUE}``
+        become ``--param NAME=VALUE``): ``--holdout`` then holds out the top instance ids of each class,
         as on the fly.  Rendering once and reading the shards each epoch is what the
         published pipelines do, and costs 1/epochs of rendering on the fly.
         """
@@ -199,14 +200,17 @@ class TransferRunner:
         spec = dict(spec)
         kind = spec.pop("data").split(":", 1)[1]
         direct = spec.pop("direct", False)
+        params = spec.pop("params", {})
+        tag = "".join(f"-{k}={v}" for k, v in sorted(params.items()))
         folder = self.work / "data" / (f"{source}-{spec['classes']}x{spec['instances']}"
-                                       + ("-direct" if direct else ""))
+                                       + ("-direct" if direct else "") + tag)
         if not (folder / "index.json").is_file():
             args = [ROOT / "run" / "make_dataset.py", "--kind", kind,
                     "--classes", spec["classes"], "--per-class", spec["instances"],
                     "--size", get_config(self.grid.model).image_size,
                     "--seed", spec.get("data_seed", 0), "--out", folder,
-                    *(["--direct"] if direct else [])]
+                    *(["--direct"] if direct else []),
+                    *[a for k, v in sorted(params.items()) for a in ("--param", f"{k}={v}")]]
             self.say(f"rendering {source}: {shlex.join(map(str, args))}")
             # one rank per core: make_dataset writes the same bytes for any rank count
             seconds = self._run(args, folder.with_suffix(".log"), ranks=self.grid.threads)

@@ -32,6 +32,7 @@ random_samples = 64
 [sources.newton]
 data = "synthetic:newton"
 instances = 4
+direct = true
 [tasks.fm-tiny]
 data = "fashion-mnist:{fm}"
 labels_per_class = 3
@@ -60,8 +61,10 @@ def test_grid_runs_resumes_and_writes_the_tables(tmp_path):
     results = tmp_path / "results"
     assert len(list((results / "cells").glob("*.json"))) == 3
     # synthetic:KIND is rendered once into shards (10 classes x 4 instances, the top one held out)
-    shards = tmp_path / "work" / "data" / "newton-10x4"
+    shards = tmp_path / "work" / "data" / "newton-10x4-direct"
     assert (shards / "index.json").is_file()
+    synth = json.loads((shards / "synth.json").read_text())
+    assert synth["size"] == 16 and synth["render_size"] == 16   # --direct: drawn at 16 px
     log = (tmp_path / "work" / "pretrain-newton.log").read_text()
     assert f"--data {shards}" in (results / "backbones" / "newton.json").read_text()
     assert "30 train / 10 held-out" in log
