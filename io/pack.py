@@ -3,6 +3,7 @@
     python run/pack.py imagefolder ROOT --out DIR [--shuffle-seed S]
     python run/pack.py cifar ROOT --out DIR [--split train|test] [--label fine|coarse]
     python run/pack.py digits --out DIR [--split train|test|all] [--test-fraction 0.2]
+    python run/pack.py fashion-mnist [ROOT] --out DIR [--split train|test]
 
 Shards go to ``DIR/PREFIX-000000.tar`` ... with sidecars and ``DIR/index.json``.
 """
@@ -11,7 +12,8 @@ import os
 import sys
 import time
 
-from .pack_sources import cifar_source, digits_source, image_folder_source
+from .pack_sources import (cifar_source, digits_source, fashion_mnist_source,
+                           image_folder_source)
 from .writer import ShardWriter
 
 
@@ -56,6 +58,12 @@ def build_parser():
     d.add_argument("--split", choices=("train", "test", "all"), default="train")
     d.add_argument("--test-fraction", type=float, default=0.2)
     d.add_argument("--seed", type=int, default=0, help="train/test split seed")
+    m = sub.add_parser("fashion-mnist", parents=[common],
+                       help="Fashion-MNIST IDX files (apt package dataset-fashion-mnist)")
+    m.add_argument("root", nargs="?", default=None,
+                   help="folder of the four IDX files; default /usr/share/datasets/fashion-mnist")
+    m.add_argument("--split", choices=("train", "test"), default="train",
+                   help="the official split: train (60,000) or test (10,000)")
     return p
 
 
@@ -69,12 +77,15 @@ def main(argv=None):
         elif args.source == "cifar":
             names, n, samples = cifar_source(args.root, args.split, args.label)
             prefix = args.prefix or args.split
+        elif args.source == "fashion-mnist":
+            names, n, samples = fashion_mnist_source(args.root, args.split)
+            prefix = args.prefix or args.split
         else:
             names, n, samples = digits_source(args.split, args.test_fraction, args.seed)
             prefix = args.prefix or args.split
         summary = pack(samples, args.out, prefix, args.max_count, class_names=names,
                        overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"pack.py: error: {e}", file=sys.stderr)
         return 2
     print(f"packed {summary['samples']} samples into {summary['shards']} shard(s), "

@@ -148,3 +148,20 @@ def digits_source(split="train", test_fraction=0.2, seed=0):
             yield {"__key__": f"{i:06d}", "png": encode_png(images[i]),
                    "cls": int(bunch.target[i]), "json": {"index": int(i)}}
     return [str(c) for c in bunch.target_names], len(chosen), samples()
+
+
+def fashion_mnist_source(root=None, split="train"):
+    """Fashion-MNIST's official ``split`` ("train" 60,000 or "test" 10,000) from its IDX
+    files in ``root`` (default: the Debian package's folder), as 28x28 grey PNGs.
+
+    Raises FileNotFoundError naming the apt package and the files when they are
+    missing, ValueError for a bad IDX file (``minivit.io.fashion_mnist``).
+    """
+    from .fashion_mnist import CLASS_NAMES, DEFAULT_DIR, FashionMNIST
+    data = FashionMNIST(root or DEFAULT_DIR, split)
+
+    def samples():
+        for i in range(len(data)):
+            yield {"__key__": f"{i:06d}", "png": encode_png(data.images[i]),
+                   "cls": int(data.labels[i]), "json": {"index": i, "split": split}}
+    return list(CLASS_NAMES), len(data), samples()

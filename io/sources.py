@@ -17,6 +17,16 @@ image_size, description)`` of datasets with the ``ShardDataset`` interface
   stratified 80/20 split with a fixed seed (``DigitsSource``).
 * ``random``: random images with fixed labels (``RandomImages``), a smoke-test
   source; no held-out split.
+* ``fashion-mnist`` or ``fashion-mnist:DIR``: Fashion-MNIST's official 60k/10k
+  split (``FashionMNIST``, IDX files of the Debian package
+  ``dataset-fashion-mnist`` or of DIR).  The held-out (validation) split is a
+  seeded stratified ``holdout`` fraction of the 60k training images; the 10k
+  test images are ``DataSplits.test``, to be evaluated once at the end and
+  never used to choose anything.
+
+``labels_per_class=N`` keeps a seeded, stratified N images per class of the
+training split (low-label regimes), drawn after the held-out split is taken
+out.  ``test_spec`` names shards holding a test set for sources without one.
 
 Nothing here imports the model or MPI (DESIGN.md section 1).  Every
 function raises ``ValueError`` / ``FileNotFoundError`` naming the bad value
@@ -29,11 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import ShardDataset
+from .fashion_mnist import DEFAULT_DIR as FASHION_DIR
+from .fashion_mnist import FashionMNIST, find_files, labels_per_class_subset
 from .random_images import RandomImages
 from .synthetic import SyntheticSource
 
 SYNTHETIC_KINDS = ("fractaldb", "visualatom", "newton", "onepfrac")
-BUILTINS = ("digits", "random")
+BUILTINS = ("digits", "random", "fashion-mnist")
+FASHION = "fashion-mnist"
 
 
 @dataclass
@@ -41,13 +54,15 @@ class DataSplits:
     """Train and held-out datasets of one ``--data`` spec.
 
     ``eval`` may be None (no held-out split).  ``image_size`` is the stored
-    side in pixels, or None when the samples have to be probed.
+    side in pixels, or None when the samples have to be probed.  ``test`` is
+    the test set (Fashion-MNIST's official 10k, or ``test_spec`` shards), or None.
     """
     train: object
     eval: object
     num_classes: int
     image_size: object
     description: str
+    test: object = None
 
 
 class Subset:
@@ -137,6 +152,11 @@ def parse_spec(spec):
         return "synthetic", kind
     if spec in BUILTINS:
         return "builtin", spec
+    if spec.startswith(FASHION + ":"):
+        root = spec.split(":", 1)[1]
+        if not root:
+            raise ValueError(f"--data {spec!r}: expected fashion-mnist:DIR with a folder")
+        return "fashion-mnist", root
     return "shards", spec
 
 
@@ -177,6 +197,11 @@ def check_source(spec):
     one clear message everywhere.  Raises ValueError / FileNotFoundError.
     """
     kind, value = parse_spec(spec)
+    if spec == FASHION or kind == FASHION:
+        root = FASHION_DIR if spec == FASHION else value
+        find_files(root, "train")   # FileNotFoundError naming the apt package and the files
+        find_files(root, "test")
+        return
     if kind != "shards":
         return
     if not os.path.exists(value):
@@ -190,7 +215,8 @@ def check_source(spec):
 
 
 def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, holdout=0.1,
-              eval_spec=None, split_seed=0, random_samples=1024, random_seed=0):
+              eval_spec=None, split_seed=0, random_samples=1024, random_seed=0,
+              labels_per_class=None, test_spec=None):
     """Resolve ``spec`` into ``DataSplits``; see the module docstring.
 
     classes: number of classes for ``synthetic:KIND`` (required there); for
@@ -203,13 +229,68 @@ def open_data(spec, *, classes=None, image_size=32, seed=0, instances=None, hold
     holdout: held-out fraction (of instances for synthetic, of each class for
         shards); 0 disables the held-out split.
     eval_spec: explicit held-out shards (overrides ``holdout`` for shards).
-    split_seed: seed of the stratified ``digits`` split.
+    split_seed: seed of the stratified ``digits`` and ``fashion-mnist`` held-out
+        splits and of the ``labels_per_class`` draw.
     random_samples, random_seed: size and seed of ``random`` (``classes`` labels,
         ``image_size`` pixels; no held-out split).
+    labels_per_class: keep this many training images per class (seeded by
+        ``split_seed``, stratified); None keeps all.
+    test_spec: shards of a test set (``DataSplits.test``); not with fashion-mnist,
+        which has its own.
     """
+    splits = _open(spec, classes, image_size, seed, instances, holdout, eval_spec,
+                   split_seed, random_samples, random_seed)
+    if test_spec is not None:
+        if splits.test is not None:
+            raise ValueError(f"--test-data {test_spec!r}: --data {spec!r} has its own test "
+                             "set; expected no --test-data")
+        check_source(test_spec)
+        splits.test = ShardDataset(test_spec)
+        splits.description += f"; test {test_spec}: {len(splits.test)} images"
+    if labels_per_class is not None:
+        _limit_labels(splits, spec, labels_per_class, split_seed)
+    return splits
+
+
+def _limit_labels(splits, spec, per_class, seed):
+    labels = getattr(splits.train, "labels", None)
+    if labels is None:
+        raise ValueError(f"--labels-per-class with --data {spec!r}: its training split "
+                         "has no label list to stratify by")
+    keep = labels_per_class_subset(labels, per_class, seed)
+    splits.train = Subset(splits.train, keep)
+    splits.description += (f"; {per_class} labelled images per class ({len(keep)}, "
+                           f"stratified, seed {seed})")
+
+
+def _fashion(root, holdout, split_seed, classes):
+    train = FashionMNIST(root, "train")
+    test = FashionMNIST(root, "test")
+    _check_classes(FASHION, train.num_classes, classes)
+    if holdout == 0:
+        return DataSplits(train, None, train.num_classes, train.image_size,
+                          f"Fashion-MNIST {root}: {len(train)} train, no validation, "
+                          f"{len(test)} test", test)
+    tr, ev = stratified_split(train.labels, holdout, seed=split_seed)
+    return DataSplits(Subset(train, tr), Subset(train, ev), train.num_classes,
+                      train.image_size,
+                      f"Fashion-MNIST {root}: {len(tr)} train / {len(ev)} validation "
+                      f"(stratified, seed {split_seed}) of the official 60,000; "
+                      f"{len(test)} test", test)
+
+
+def _open(spec, classes, image_size, seed, instances, holdout, eval_spec, split_seed,
+          random_samples, random_seed):
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout {holdout!r}: expected 0 <= fraction < 1")
     kind, value = parse_spec(spec)
+    if spec == FASHION or kind == FASHION:
+        if eval_spec is not None:
+            raise ValueError(f"--eval-data {eval_spec!r} with --data {spec!r}: Fashion-MNIST's "
+                             "validation split is carved from its training set (--holdout)")
+        check_source(spec)
+        return _fashion(FASHION_DIR if spec == FASHION else value, holdout, split_seed,
+                        classes)
     if kind == "synthetic":
         return _synthetic(value, classes, image_size, seed, instances, holdout,
                           synthetic_params(spec))

@@ -85,3 +85,42 @@ def load_backbone(model, reader, head_prefix=HEAD_PREFIX):
 def open_pretrained(path):
     """``CheckpointReader`` of ``resolve_checkpoint(path)`` (caller closes it)."""
     return CheckpointReader(resolve_checkpoint(path))
+
+
+class LinearProbe:
+    """A ``ViT`` whose backward stops at the classifier: a linear probe's frozen backbone.
+
+    forward(x) is the model's; backward(dlogits, ctx) accumulates only the
+    gradients of the last linear layer (``head.weight`` (K, D), ``head.bias``
+    (K,)) and returns None: nothing below the head needs a gradient, so the
+    backbone's backward (about 2/3 of a training step) is not run.  Every other
+    attribute is the model's.  ``trainable`` is the ``(start, stop)`` slice of
+    the flat buffer holding the head's linear layer, for the optimizer
+    (``StepEngine(trainable=...)``), which then leaves the rest bitwise unchanged.
+    The features the head sees are LN(class token) of the frozen backbone, as in
+    the linear evaluation of Dosovitskiy et al. (2021, appendix B.1.3 / D.4).
+    """
+
+    def __init__(self, model, head_prefix=HEAD_PREFIX):
+        names = [n for n in model.flat.offsets if n.startswith(head_prefix)]
+        if not names:
+            raise ValueError(f"no parameter named {head_prefix}*: expected a ViT")
+        spans = sorted(model.flat.offsets[n][:2] for n in names)
+        for (_, stop), (start, _) in zip(spans, spans[1:]):
+            if stop != start:
+                raise ValueError(f"{names}: the head's parameters are not contiguous in the "
+                                 "flat buffer")
+        self.model = model
+        self.trainable = (spans[0][0], spans[-1][1])
+
+    def __getattr__(self, name):      # units, flat, config, unit_ranges, num_params ...
+        return getattr(self.model, name)
+
+    def forward(self, x):
+        return self.model.forward(x)
+
+    def backward(self, dlogits, ctx):
+        # forward: logits = fc(LN(pool(blocks(embed(x))))); only fc's parameters train
+        head = self.model.units[-1]
+        head.fc.backward(dlogits, ctx[-1][2])
+        return None

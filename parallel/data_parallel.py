@@ -132,20 +132,39 @@ class ReplicatedOptimizer:
     ``load_state_dict``, ``full_parameters``), so the train step holds no branch
     on the stage.  model : ViT or ModelShard; dp : its :class:`DataParallel`.
     kind : "adamw" or "sgd" (``minivit.optim``); hyper-parameters as there.
+    trainable : None (every parameter), or ``(start, stop)``: only this slice of the
+        flat buffer is updated, clipped and counted in the gradient norm; the rest
+        stays bitwise unchanged (a linear probe's frozen backbone).
     The wrapped optimizer is ``inner``; ``state`` and ``step_count`` are its own.
-    Raises ValueError for an unknown kind.
+    Raises ValueError for an unknown kind or a slice outside the buffer.
     """
 
     stage = 0
 
     def __init__(self, model, dp, kind="adamw", *, betas=(0.9, 0.999), eps=1e-8,
-                 momentum=0.9, weight_decay=0.05):
+                 momentum=0.9, weight_decay=0.05, trainable=None):
         if kind not in ("adamw", "sgd"):
             raise ValueError(f"optimizer={kind!r}: expected 'adamw' or 'sgd'")
         self.model, self.dp, self.kind = model, dp, kind
-        self.inner = (SGD(model.flat, lr=0.0, momentum=momentum, weight_decay=weight_decay)
+        flat = model.flat
+        lo, hi = (0, flat.numel) if trainable is None else trainable
+        if not 0 <= lo < hi <= flat.numel:
+            raise ValueError(f"trainable={trainable!r}: expected 0 <= start < stop <= "
+                             f"{flat.numel} (the flat buffer)")
+        if trainable is not None and getattr(model, "norm_groups", ()):
+            raise ValueError("trainable= with tensor/pipeline parallelism: expected a "
+                             "data-parallel model (one ViT per rank)")
+        self.trainable = (lo, hi)
+        # views of the trainable slice: the update never touches the rest of the buffer
+        self.grad = flat.grad[lo:hi]
+        arrays = (flat.data[lo:hi], self.grad, flat.decay_mask[lo:hi])
+        offsets = {n: (a - lo, b - lo, s) for n, (a, b, s) in flat.offsets.items()
+                   if lo <= a and b <= hi}
+        self.inner = (SGD(*arrays, lr=0.0, momentum=momentum, weight_decay=weight_decay,
+                          offsets=offsets)
                       if kind == "sgd" else
-                      AdamW(model.flat, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay))
+                      AdamW(*arrays, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay,
+                            offsets=offsets))
 
     @property
     def state(self):
@@ -171,7 +190,7 @@ class ReplicatedOptimizer:
         parallelism it spans every shard and stage, tp-replicated tensors counted once."""
         groups = getattr(self.model, "norm_groups", ())
         if not groups:
-            return math.sqrt(grad_sumsq(self.model.flat.grad))
+            return math.sqrt(grad_sumsq(self.grad))
         local = weighted_sumsq(self.model.flat.grad, self.model.norm_weight)
         for comm in groups:
             local = comm.allreduce_scalar(local)
@@ -182,7 +201,7 @@ class ReplicatedOptimizer:
 
         ``step`` is not used: the inner optimizer counts its own steps."""
         norm = self.grad_norm() if norm is None else norm
-        grad = self.model.flat.grad
+        grad = self.grad
         if max_grad_norm:
             coef = clip_coefficient(norm, max_grad_norm)
             if coef < 1.0:      # as minivit.optim.clip_grad_norm_, from the measured norm

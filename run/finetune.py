@@ -7,7 +7,11 @@
         --eval-data shards/test --epochs 5
 
 The checkpoint's classifier head is replaced by a new ``K``-way head (K from
-the data) and every parameter is trained (Dosovitskiy et al. 2021, sec. 3.2).
+the data) and every parameter is trained (Dosovitskiy et al. 2021, sec. 3.2);
+``--linear-probe`` trains only the new head on the frozen backbone.
+``--data fashion-mnist --labels-per-class 100`` fine-tunes on 1,000 labelled
+Fashion-MNIST images; validation is carved from its training set, and the
+10k test set is evaluated once, at the end (``test_top1``).
 ``--from-scratch`` trains the same architecture from its random
 initialisation with the same data, steps, schedule and seed: the baseline.
 ``--data digits`` is scikit-learn's bundled handwritten digits, upsampled to
@@ -15,8 +19,9 @@ the model's image size, split stratified 80/20 with ``--split-seed``; shard
 folders come from ``run/pack.py`` (digits, CIFAR binary batches, ImageFolder).
 
 Outputs in --out (world rank 0): metrics.jsonl (header, per-step train
-records, an eval record after every epoch), result.json (final held-out
-top-1 and the settings) and config.toml (resolved flags).  The flags are the
+records, an eval record after every epoch), result.json (``val_top1`` on the
+validation split, ``test_top1`` on the test set or null, and the settings)
+and config.toml (resolved flags).  The flags are the
 fields of ``minivit.parallel.runtime.config.FinetuneConfig``; the loop is
 ``minivit.parallel.runtime.trainer.Trainer.fit``, as for pre-training.
 """
@@ -35,11 +40,12 @@ from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.runtime.cliconfig import parse_with_config
 from minivit.parallel.runtime.config import FinetuneConfig, add_flags
 from minivit.parallel.runtime.data import finetune_data
+from minivit.parallel.runtime.evaluate import Evaluator
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
 from minivit.parallel.runtime.launch import announce, default_threads, open_world
 from minivit.parallel.runtime.trainer import Trainer
 from minivit.threads import limit_threads
-from minivit.transfer import load_backbone, open_pretrained, pretrained_config
+from minivit.transfer import LinearProbe, load_backbone, open_pretrained, pretrained_config
 
 
 def build_parser():
@@ -82,26 +88,50 @@ def finetune(cfg, world_comm, guard):
         steps = min(steps, cfg.max_steps)
     cfg = dataclasses.replace(cfg, steps=steps, eval_every=per_epoch)  # one eval per epoch
     mode = "scratch" if cfg.from_scratch else "pretrained"
+    protocol = "linear" if cfg.linear_probe else "finetune"
+    trainable = None
+    if cfg.linear_probe:
+        model = LinearProbe(model)
+        trainable = model.trainable
+        origin += "; linear probe: backbone frozen, head trained"
     out = Path(cfg.out or Path("runs") / time.strftime(f"finetune-{mode}-%Y%m%d-%H%M%S",
                                                        time.gmtime()))
     trainer = Trainer(cfg, grid, model, data, out=out, script="finetune",
-                      steps_per_epoch=per_epoch,
+                      steps_per_epoch=per_epoch, trainable=trainable,
                       header={"mode": mode, "checkpoint": cfg.checkpoint, "origin": origin,
-                              "preset": preset, "epochs": cfg.epochs, "data": cfg.data},
+                              "preset": preset, "epochs": cfg.epochs, "data": cfg.data,
+                              "protocol": protocol},
                       intro=f"fine-tune {mode}: {origin}\n{data.description}; {cfg.epochs} "
                             f"epochs x {per_epoch} steps of {cfg.global_batch} images")
     records = trainer.fit()
+    test = None
+    if data.test_set is not None and not cfg.skip_test:   # once, after training
+        evaluator = Evaluator(data.test_set, grid.dp_group, cfg.eval_batch, image_size,
+                              cfg.dtype, num_threads=cfg.loader_threads)
+        try:
+            test = evaluator.evaluate(model)
+        finally:
+            evaluator.close()
     if grid.rank == 0:
         first, final = trainer.runlog.evals[0], trainer.runlog.evals[-1]
-        result = {"mode": mode, "top1": final["accuracy"], "heldout_loss": final["loss"],
+        result = {"mode": mode, "protocol": protocol, "val_top1": final["accuracy"],
+                  "val_samples": final["samples"],
+                  "test_top1": test["accuracy"] if test else None,
+                  "test_loss": test["loss"] if test else None,
+                  "test_samples": test["samples"] if test else 0,
+                  "labels_per_class": cfg.labels_per_class,
+                  "top1": final["accuracy"], "heldout_loss": final["loss"],
                   "heldout_samples": final["samples"], "top1_before": first["accuracy"],
                   "train_loss_last": records[-1]["loss"], "epochs": cfg.epochs, "steps": steps,
                   "global_batch": cfg.global_batch, "lr": cfg.lr, "seed": cfg.seed,
                   "checkpoint": cfg.checkpoint, "origin": origin, "data": cfg.data,
                   "data_description": data.description, "split_seed": cfg.split_seed}
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(f"{mode}: held-out top-1 {final['accuracy']:.2%} ({final['samples']} images, "
-              f"loss {final['loss']:.4f}) after {steps} steps ({steps / per_epoch:g} epochs)\n"
+        tested = (f"; test top-1 {test['accuracy']:.2%} ({test['samples']} images)"
+                  if test else "")
+        print(f"{mode} {protocol}: validation top-1 {final['accuracy']:.2%} "
+              f"({final['samples']} images, loss {final['loss']:.4f}){tested} after {steps} "
+              f"steps ({steps / per_epoch:g} epochs)\n"
               f"wrote {out / 'result.json'} and {out / 'metrics.jsonl'}", flush=True)
     grid.free()
 

@@ -1,6 +1,6 @@
 """Pre-train a ViT, in one process or data parallel under MPI (with ZeRO 0-3).
 
-    mpirun -n 4 python run/pretrain.py        # vit-micro, on-the-fly FractalDB, 10 classes
+    mpirun -n 4 python run/pretrain.py        # vit-micro, on-the-fly Newton fractals, 10 classes
     python run/pretrain.py --data DIR --model vit-micro --steps 1000   # tar shards
     mpirun -n 2 python run/pretrain.py --data synthetic:visualatom --classes 20
     python run/pretrain.py --model vit-nano --steps 50 --data random

@@ -26,6 +26,8 @@ class RunData:
     batches : iterator of ``(epoch, [(x, y), ...])`` per optimizer step.
     evaluator : held-out ``Evaluator``, or None (no evaluation).
     description : one line for the log.  num_classes : labels in the data.
+    test_set : the test dataset (fine-tuning: evaluated once after training, never
+        used to choose anything), or None.
     """
     config: object
     preset: str
@@ -34,6 +36,7 @@ class RunData:
     evaluator: object
     description: str
     num_classes: int
+    test_set: object = None
 
     def close(self):
         """Stop the loader and evaluator threads."""
@@ -114,7 +117,8 @@ def finetune_data(cfg, grid, preset, image_size):
     Raises ValueError when the training split holds no full global batch.
     """
     splits = open_data(cfg.data, image_size=image_size, holdout=cfg.holdout,
-                       eval_spec=cfg.eval_data, split_seed=cfg.split_seed)
+                       eval_spec=cfg.eval_data, split_seed=cfg.split_seed,
+                       labels_per_class=cfg.labels_per_class, test_spec=cfg.test_data)
     loader = Loader(splits.train, cfg.micro_batch, rank=grid.dp_rank, world_size=grid.dp,
                     seed=cfg.seed, augment=cfg.augment or None, image_size=image_size,
                     num_threads=cfg.loader_threads)
@@ -123,8 +127,12 @@ def finetune_data(cfg, grid, preset, image_size):
         loader.close()
         raise ValueError(f"{len(splits.train)} training images give no full global batch of "
                          f"{cfg.global_batch}: lower --global-batch")
-    evaluator = Evaluator(splits.eval, grid.dp_group, cfg.eval_batch, image_size, cfg.dtype,
+    heldout = splits.eval
+    if cfg.eval_samples:
+        heldout = spread_subset(heldout, cfg.eval_samples)
+    evaluator = Evaluator(heldout, grid.dp_group, cfg.eval_batch, image_size, cfg.dtype,
                           num_threads=cfg.loader_threads)
     # config: set by the caller once the model (and its new head) is built
     return RunData(None, preset, cfg.data, step_batches(cfg, loader, splits.num_classes),
-                   evaluator, splits.description, splits.num_classes), steps_per_epoch
+                   evaluator, splits.description, splits.num_classes,
+                   splits.test), steps_per_epoch

@@ -41,6 +41,8 @@ class StepEngine:
     smoothing : label smoothing of the cross-entropy.
     schedule : pipeline schedule "gpipe" or "1f1b" (used when ``grid.pp > 1``;
         ``model`` is then a ``model_parallel.ModelShard``, as it must be for tp > 1).
+    trainable : None, or ``(start, stop)`` of the flat buffer: only that slice is
+        updated (stage 0 only; a linear probe, see ``minivit.transfer.LinearProbe``).
 
     The constructor broadcasts rank 0's parameters over dp and verifies the
     replicas are bitwise identical.  Raises ValueError for a bad stage, accum,
@@ -50,7 +52,7 @@ class StepEngine:
     def __init__(self, model, grid, *, zero=0, accum=1, bucket_bytes=25 * 2**20,
                  overlap=False, optimizer="adamw", betas=(0.9, 0.999), eps=1e-8,
                  momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0,
-                 schedule="1f1b"):
+                 schedule="1f1b", trainable=None):
         if zero not in (0, 1, 2, 3):
             raise ValueError(f"zero={zero!r}: expected a ZeRO stage 0, 1, 2 or 3")
         if overlap and zero >= 2:
@@ -63,6 +65,9 @@ class StepEngine:
             raise ValueError(f"schedule={schedule!r} with zero={zero}, overlap={overlap}: "
                              "expected ZeRO 0-1 without overlap (they reduce a unit's "
                              "gradient after its whole backward)")
+        if trainable is not None and zero:
+            raise ValueError(f"trainable={trainable} with zero={zero}: a partly frozen "
+                             "model trains with zero 0")
         if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
             raise ValueError(f"accum={accum!r}: expected a positive integer")
         self.model, self.grid, self.comm = model, grid, grid.dp_group
@@ -78,7 +83,7 @@ class StepEngine:
         hyper = dict(betas=betas, eps=eps, weight_decay=weight_decay)
         if zero == 0:
             self.optimizer = ReplicatedOptimizer(model, self.dp, optimizer, momentum=momentum,
-                                                 **hyper)
+                                                 trainable=trainable, **hyper)
         else:
             self.optimizer = ZeroOptimizer(model, self.comm, zero, dp=self.dp, **hyper)
             shard_units(model, self.optimizer)     # ZeRO-2/3: gradients (and params) sharded

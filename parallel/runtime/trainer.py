@@ -54,10 +54,12 @@ class Trainer:
     header : extra fields of the metrics header; intro : a line printed at start.
     steps_per_epoch : when given, evaluations are labelled by epochs completed
         (fine-tuning); otherwise by the loader's epoch.
+    trainable : None, or the ``(start, stop)`` slice of the flat buffer that the
+        optimizer updates (a linear probe); see ``StepEngine``.
     """
 
     def __init__(self, cfg, grid, model, data, *, out, script, resume=None, preempt=None,
-                 header=None, intro=None, steps_per_epoch=None):
+                 header=None, intro=None, steps_per_epoch=None, trainable=None):
         self.cfg, self.grid, self.data, self.out = cfg, grid, data, Path(out)
         self.script, self.preempt, self.resume = script, preempt, resume
         self.header, self.intro, self.steps_per_epoch = header or {}, intro, steps_per_epoch
@@ -67,7 +69,7 @@ class Trainer:
             bucket_bytes=int(cfg.bucket_mb * 2**20), overlap=cfg.overlap,
             optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.clip if cfg.clip > 0 else None, smoothing=cfg.label_smoothing,
-            schedule=cfg.schedule)
+            schedule=cfg.schedule, trainable=trainable)
         self.offload = (Offload(self.engine, Path(cfg.offload_dir), grid.rank)
                         if cfg.offload_dir else None)
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
@@ -261,14 +263,19 @@ class Trainer:
             self.offload.close()
         if self.root and self.records:
             evals = self.runlog.evals
-            held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> "
-                    f"{evals[-1]['accuracy']:.1%}" if evals else "")
             last = f"; last checkpoint {self.ckpt.last_path}" if self.ckpt.last_path else ""
             metrics = self.out / "metrics.jsonl"
-            print(f"loss {self.records[0]['loss']:.4f} -> {self.records[-1]['loss']:.4f}{held}"
-                  f"\nwrote {metrics}, {self.out / 'config.toml'} and "
-                  f"{self.out / 'config.json'} (plot: python run/plot.py {metrics}){last}",
-                  flush=True)
+            first_loss, last_loss = self.records[0]["loss"], self.records[-1]["loss"]
+            fall = (f" ({(last_loss - first_loss) / first_loss:+.0%})"
+                    if math.isfinite(first_loss) and first_loss > 0 else "")
+            held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> "
+                    f"{evals[-1]['accuracy']:.1%} on {self.data.num_classes} classes (chance "
+                    f"{1 / self.data.num_classes:.1%}, {evals[-1]['samples']} images)"
+                    if evals else "")
+            print(f"wrote {metrics}, {self.out / 'config.toml'} and "
+                  f"{self.out / 'config.json'} (plot: python run/plot.py {metrics}){last}\n"
+                  f"after {self.step} steps: loss {first_loss:.4f} -> {last_loss:.4f}{fall}"
+                  f"{held}", flush=True)
         if self.root and self.preempt is not None and self.preempt.stopped:
             print(f"{self.preempt.describe()}: wrote {self.ckpt.last_path}; continue with "
                   f"--resume {self.out}", flush=True)
