@@ -159,7 +159,11 @@ def plan_step(layout, machine):
     (``{"dp": .., "tp": .., "pp": ..}`` per step), ``fits``; and the details
     ``memory`` (dict of the terms), ``time`` (dict of the terms, seconds),
     ``step_seconds_overlap``, ``flops_per_step`` (whole job), ``tflops``
-    (achieved total, per the prediction), ``global_batch``.
+    (achieved total, per the prediction), ``global_batch``,
+    ``peak_resident_bytes_per_rank`` (with offloaded pages, as ``VmHWM`` sees them).
+    Memory is that of pipeline stage 0, the heaviest: it holds the embedding
+    and, under 1F1B, the most micro-batches in flight (``pp``).  Units: bytes,
+    seconds, FLOP; ``dtype`` float32 or float64.
     Raises ValueError for an inconsistent layout.
     """
     lay = layout
