@@ -159,7 +159,11 @@ def plan_step(layout, machine):
     (``{"dp": .., "tp": .., "pp": ..}`` per step), ``fits``; and the details
     ``memory`` (dict of the terms), ``time`` (dict of the terms, seconds),
     ``step_seconds_overlap``, ``flops_per_step`` (whole job), ``tflops``
-    (achieved total, per the prediction), ``global_batch``.
+    (achieved total, per the prediction), ``global_batch``,
+    ``peak_resident_bytes_per_rank`` (with offloaded pages, as ``VmHWM`` sees them).
+    Memory is that of pipeline stage 0, the heaviest: it holds the embedding
+    and, under 1F1B, the most micro-batches in flight (``pp``).  Units: bytes,
+    seconds, FLOP; ``dtype`` float32 or float64.
     Raises ValueError for an inconsistent layout.
     """
     lay = layout
@@ -287,3 +291,23 @@ def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, ze
         out.append(plan_step(Layout(model=model, nodes=nodes, dp=dp, tp=tp, pp=pp, zero=zero,
                                     micro_batch=micro_batch, accum=accum, **kwargs), machine))
     return out
+
+
+def parse_node_counts(text):
+    """``"1,2,4,...,1024"`` -> ``[1, 2, 4, ..., 1024]`` (``...`` doubles the last number
+    given up to the final one); ``"1,3,5"`` -> ``[1, 3, 5]``.
+    Raises ValueError for a non-integer or non-positive entry."""
+    parts = [p.strip() for p in text.split(",")]
+    tail = []
+    if "..." in parts:
+        i = parts.index("...")
+        parts, tail = parts[:i], parts[i + 1:]
+    try:
+        counts, last = [int(p) for p in parts], [int(p) for p in tail]
+    except ValueError:
+        raise ValueError(f"node counts {text!r}: expected integers like 1,2,4,...,1024") from None
+    if not counts or min(counts + last) < 1:
+        raise ValueError(f"node counts {text!r}: expected positive integers")
+    while last and counts[-1] * 2 <= last[-1]:
+        counts.append(counts[-1] * 2)
+    return counts

@@ -130,19 +130,8 @@ def step_rows(result):
     ]
 
 
-def _node_counts(text):
-    parts = [p.strip() for p in text.split(",")]
-    if "..." in parts:           # 1,2,4,...,1024: doubling from the last given to the end
-        i = parts.index("...")
-        head, last = [int(p) for p in parts[:i]], int(parts[-1])
-        while head[-1] * 2 <= last:
-            head.append(head[-1] * 2)
-        return head
-    return [int(p) for p in parts]
-
-
 def scaling(args, machine):
-    counts = _node_counts(args.strong_scaling)
+    counts = plan_model.parse_node_counts(args.strong_scaling)
     gb = args.global_batch or args.micro_batch * max(counts) // (args.tp * args.pp)
     out = plan_model.strong_scaling(
         args.model, counts, machine, global_batch=gb, micro_batch=args.micro_batch,

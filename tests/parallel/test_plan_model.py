@@ -10,7 +10,7 @@ from minivit.config import get_config
 from minivit.flops import forward_matmul_flops
 from minivit.parallel import cost
 from minivit.parallel.plan_model import (Layout, Machine, collective_seconds, load_machine,
-                                         plan_step, strong_scaling)
+                                         parse_node_counts, plan_step, strong_scaling)
 
 PLAN = runpy.run_path(str(Path(__file__).resolve().parents[2] / "run" / "plan.py"))
 KEYS = {"params", "model_state_bytes_per_rank", "activation_bytes_per_rank",
@@ -106,3 +106,13 @@ def test_plan_json_and_strong_scaling_cli(capsys, tmp_path):
     assert [int(ln.split()[0]) for ln in lines[2:]] == [1, 2, 4, 8, 16, 32]
     assert png.stat().st_size > 1000
     assert PLAN["main"](["--model", "vit-tiny"]) == 2
+
+
+def test_node_counts():
+    assert parse_node_counts("1,2,...,1024") == [2 ** k for k in range(11)]
+    assert parse_node_counts("3,6,...,40") == [3, 6, 12, 24]
+    assert parse_node_counts("1, 5, 7") == [1, 5, 7]
+    with pytest.raises(ValueError, match="expected integers"):
+        parse_node_counts("1,two")
+    with pytest.raises(ValueError, match="positive"):
+        parse_node_counts("0,1")
