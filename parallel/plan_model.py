@@ -182,7 +182,44 @@ def plan_step(layout, machine):
     share = [sizes[0]] + [sizes[1] // lay.tp] * blocks + ([sizes[-1]] if lay.pp == 1 else [])
     psi_rank = psi / (lay.tp * lay.pp)
     b, m, p = lay.micro_batch, lay.accum, lay.dp
-    # ---- memory
+    mem = _memory_terms(lay, cfg, machine, item, psi_rank, share)
+    compute, passes = _compute_seconds(lay, cfg, machine, blocks)
+    comm = _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks)
+    backward_last = compute * (passes - 1) / passes / m
+    exposed_dp = max(0.0, comm["dp_time"] - backward_last)
+    no_overlap = compute + comm["dp_time"] + comm["tp_time"] + comm["pp_time"]
+    with_overlap = compute + exposed_dp + comm["tp_time"] + comm["pp_time"]
+    step = with_overlap if lay.overlap else no_overlap
+    flops_step = passes * forward_matmul_flops(cfg, b) * m * p
+    return {
+        "model": lay.model, "params": psi, "machine": machine.name,
+        "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
+                   "zero": lay.zero, "micro_batch": b, "accum": m, "recompute": lay.recompute,
+                   "offload": lay.offload, "schedule": lay.schedule, "overlap": lay.overlap,
+                   "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype},
+        "global_batch": b * m * p,
+        "model_state_bytes_per_rank": int(mem["model_state"]),
+        "activation_bytes_per_rank": int(mem["act"]["total"]),
+        "peak_bytes_per_rank": int(mem["peak"]),
+        "peak_resident_bytes_per_rank": int(mem["peak"] + mem["mapped"]),
+        "step_seconds": step,
+        "step_seconds_overlap": with_overlap,
+        "step_seconds_no_overlap": no_overlap,
+        "comm_bytes_per_rank": {"dp": int(comm["dp_bytes"]), "tp": int(comm["tp_bytes"]),
+                                "pp": int(comm["pp_bytes"])},
+        "fits": bool(mem["peak"] * lay.ranks_per_node <= machine.memory_bytes),
+        "memory": mem["terms"],
+        "time": {"compute": compute, "dp": comm["dp_time"], "dp_exposed_with_overlap": exposed_dp,
+                 "tp": comm["tp_time"], "pp": comm["pp_time"]},
+        "flops_per_step": flops_step,
+        "tflops": flops_step / step / 1e12,
+    }
+
+
+def _memory_terms(lay, cfg, machine, item, psi_rank, share):
+    """Per-rank bytes of stage 0: ``model_state``, ``act`` (cost.peak_activation_bytes),
+    ``peak``, ``mapped`` (offloaded pages) and the ``terms`` dict of ``plan_step``."""
+    b, m, p = lay.micro_batch, lay.accum, lay.dp
     state = cost.zero_memory_bytes(psi_rank, p, lay.zero, item)
     optim = 0 if lay.offload else state["optim"]
     model_state = state["params"] + state["grads"] + optim
@@ -207,7 +244,21 @@ def plan_step(layout, machine):
     mapped = (state["optim"] + (state["params"] if lay.zero == 3 else 0)) if lay.offload else 0
     if lay.offload and lay.zero == 3:
         peak -= state["params"]           # the parameter shard is mapped too (Offload)
-    # ---- compute
+    terms = {"params": int(state["params"]), "grads": int(state["grads"]),
+             "optim": int(optim), "optim_offloaded": int(state["optim"] - optim),
+             "activations": act, "zero3_gather": int(gather),
+             "decay_mask": int(decay), "norm_weight": int(norm_weight),
+             "offload_mapped": int(mapped),
+             "backward_workspace": int(workspace), "process_baseline": int(baseline)}
+    return {"model_state": model_state, "act": act, "peak": peak, "mapped": mapped,
+            "terms": terms}
+
+
+def _compute_seconds(lay, cfg, machine, blocks):
+    """``(seconds of compute per step on one rank, passes)``: matmul FLOPs at the node
+    peak x efficiency shared by its ranks; 3 passes (4 with recompute); the pipeline
+    fill and drain stretch it by (m + pp - 1) / m."""
+    b, m = lay.micro_batch, lay.accum
     fwd_block = (forward_matmul_flops(cfg, b) - forward_matmul_flops(
         get_config(lay.model, depth=1, dtype=lay.dtype), b)) / (cfg.depth - 1) \
         if cfg.depth > 1 else forward_matmul_flops(cfg, b)
@@ -218,7 +269,12 @@ def plan_step(layout, machine):
     compute = passes * m * fwd_rank / rate
     if lay.pp > 1:
         compute *= (m + lay.pp - 1) / m
-    # ---- communication
+    return compute, passes
+
+
+def _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks):
+    """Bytes per rank and alpha-beta seconds per step of the dp, tp and pp collectives."""
+    b, m, p = lay.micro_batch, lay.accum, lay.dp
     dp_bytes = cost.zero_comm_elements(psi_rank, p, lay.zero, m) * item
     dp_time = 0.0
     if p > 1:
@@ -236,39 +292,8 @@ def plan_step(layout, machine):
         transfers = 2 * (m + lay.pp - 1)      # one activation and one gradient per slot
         pp_time = collective_seconds("send", transfers * act_elems * item, 1, machine,
                                      count=transfers)
-    backward_last = compute * (passes - 1) / passes / m
-    exposed_dp = max(0.0, dp_time - backward_last)
-    no_overlap = compute + dp_time + tp_time + pp_time
-    with_overlap = compute + exposed_dp + tp_time + pp_time
-    step = with_overlap if lay.overlap else no_overlap
-    flops_step = passes * forward_matmul_flops(cfg, b) * m * p
-    return {
-        "model": lay.model, "params": psi, "machine": machine.name,
-        "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
-                   "zero": lay.zero, "micro_batch": b, "accum": m, "recompute": lay.recompute,
-                   "offload": lay.offload, "schedule": lay.schedule, "overlap": lay.overlap,
-                   "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype},
-        "global_batch": b * m * p,
-        "model_state_bytes_per_rank": int(model_state),
-        "activation_bytes_per_rank": int(act["total"]),
-        "peak_bytes_per_rank": int(peak),
-        "peak_resident_bytes_per_rank": int(peak + mapped),
-        "step_seconds": step,
-        "step_seconds_overlap": with_overlap,
-        "step_seconds_no_overlap": no_overlap,
-        "comm_bytes_per_rank": {"dp": int(dp_bytes), "tp": int(tp_bytes), "pp": int(pp_bytes)},
-        "fits": bool(peak * lay.ranks_per_node <= machine.memory_bytes),
-        "memory": {"params": int(state["params"]), "grads": int(state["grads"]),
-                   "optim": int(optim), "optim_offloaded": int(state["optim"] - optim),
-                   "activations": act, "zero3_gather": int(gather),
-                   "decay_mask": int(decay), "norm_weight": int(norm_weight),
-                   "offload_mapped": int(mapped),
-                   "backward_workspace": int(workspace), "process_baseline": int(baseline)},
-        "time": {"compute": compute, "dp": dp_time, "dp_exposed_with_overlap": exposed_dp,
-                 "tp": tp_time, "pp": pp_time},
-        "flops_per_step": flops_step,
-        "tflops": flops_step / step / 1e12,
-    }
+    return {"dp_bytes": dp_bytes, "dp_time": dp_time, "tp_bytes": tp_bytes, "tp_time": tp_time,
+            "pp_bytes": pp_bytes, "pp_time": pp_time}
 
 
 def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, zero=3,
