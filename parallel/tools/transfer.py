@@ -384,8 +384,11 @@ def markdown_table(records, grid):
     as mean ± std (n seeds), validation top-1 below it; absent cells are '-'."""
     lines = ["# Transfer: test top-1 (%), mean ± std over fine-tuning seeds", "",
              f"Model {grid.model}; every cell: the same fine-tuning recipe and budget "
-             f"({', '.join(f'{k}={v}' for k, v in grid.finetune.items())}); pre-training: "
-             f"{grid.pretrain_images():,} images per source. (n) = seeds finished; "
+             f"({', '.join(f'{k}={v}' for k, v in grid.finetune.items())}"
+             + "".join(f"; {p}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                       for p, o in grid.protocol.items() if p in grid.protocols)
+             + "); pre-training: "
+             + f"{grid.pretrain_images():,} images per source. (n) = seeds finished; "
              "val = validation top-1 (carved from the training split), the only number "
              "used to choose anything.", ""]
     index = {(r["source"], r["task"], r["protocol"]): r for r in records}
