@@ -4,6 +4,7 @@ protocols (full fine-tuning and linear probe), written to results/.
     python run/transfer.py                        # run/transfer.toml, results/ (resumes)
     python run/transfer.py --grid my.toml --results results-mine
     python run/transfer.py --max-cells 4          # at most 4 more cells, then stop
+    python run/transfer.py --sources scratch,newton --tasks digits   # a part of the grid
     python run/transfer.py --report               # only rewrite the tables and the plot
     python run/transfer.py --dry-run              # list the cells still to run
 
@@ -31,6 +32,10 @@ def build_parser():
                    help="folder of the runs' own outputs (logs, metrics, checkpoints)")
     p.add_argument("--max-cells", type=int, default=None,
                    help="run at most N pending cells, then write the tables and stop")
+    p.add_argument("--sources", default=None,
+                   help="comma-separated: run only the cells of these sources")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated: run only the cells of these tasks")
     p.add_argument("--report", action="store_true",
                    help="run nothing: rewrite transfer.json/.md/.png from the finished cells")
     p.add_argument("--dry-run", action="store_true", help="list the pending cells and stop")
@@ -46,19 +51,27 @@ def main(argv=None):
         grid = load_grid(args.grid)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    only = {}
+    for key, names in (("sources", grid.sources), ("tasks", grid.tasks)):
+        value = getattr(args, key)
+        if value is not None:
+            only[key] = value.split(",")
+            unknown = sorted(set(only[key]) - set(names))
+            if unknown:
+                parser.error(f"--{key} {value}: {unknown} not in the grid ({', '.join(names)})")
     runner = TransferRunner(grid, Path(args.results), Path(args.work))
     print(describe(grid, runner), flush=True)
     if args.dry_run:
-        for cell in runner.pending()[:args.max_cells]:
+        for cell in runner.pending(**only)[:args.max_cells]:
             print("  " + "/".join(map(str, cell)))
         return 0
     if not args.report:
-        todo = len(runner.pending()[:args.max_cells])
+        todo = len(runner.pending(**only)[:args.max_cells])
         from tqdm import tqdm
         # a bar on a terminal only: logs and nohup files get one line per cell
         with tqdm(total=todo, unit="cell", disable=not sys.stderr.isatty()) as bar:
             try:
-                runner.run(args.max_cells, progress=bar)
+                runner.run(args.max_cells, progress=bar, **only)
             except RuntimeError as exc:
                 runner.write_tables()
                 print(f"transfer.py: a run failed; finished cells are kept:\n{exc}",

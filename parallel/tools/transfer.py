@@ -56,6 +56,7 @@ import numpy as np
 
 PROTOCOLS = ("finetune", "linear")
 SCRATCH = "scratch"
+SAVE_EVERY = 100    # pre-training checkpoint interval (steps): what an interruption loses
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -155,9 +156,11 @@ class TransferRunner:
     def cell_path(self, source, task, protocol, seed):
         return self.results / "cells" / f"{source}__{task}__{protocol}__seed{seed}.json"
 
-    def pending(self):
-        """Cells whose result file does not exist yet, in run order."""
-        return [c for c in self.grid.cells() if not self.cell_path(*c).is_file()]
+    def pending(self, sources=None, tasks=None):
+        """Cells whose result file does not exist yet, in run order; ``sources`` /
+        ``tasks``: only cells of these names (None: all)."""
+        return [c for c in self.grid.cells() if not self.cell_path(*c).is_file()
+                and (sources is None or c[0] in sources) and (tasks is None or c[1] in tasks)]
 
     # ----------------------------------------------------------- runs
     def _run(self, args, log, ranks=1):
@@ -220,18 +223,27 @@ class TransferRunner:
         return {**spec, "data": str(folder)}
 
     def pretrain(self, source):
-        """Pre-train ``source`` unless its backbone exists; returns the backbone path."""
+        """Pre-train ``source`` unless its backbone exists; returns the backbone path.
+
+        The run checkpoints every ``SAVE_EVERY`` steps (and on SIGTERM), and an
+        interrupted one continues from its newest checkpoint (``--resume``)."""
         path = self.backbone(source)
         if path.is_file():
             return path
+        from minivit.checkpoint import latest_valid_checkpoint
         out = self.work / f"pretrain-{source}"
         spec = {**self.grid.pretrain, **self.grid.sources[source], "model": self.grid.model,
                 "threads": self.grid.threads, "out": out, "no_progress": True,
-                "save_every": 0, "keep_last": 1}
+                "save_every": SAVE_EVERY, "keep_last": 1}
         spec = self.render(source, spec)
+        if (out / "ckpt").is_dir() and latest_valid_checkpoint(out / "ckpt") is not None:
+            spec["resume"] = out
         args = [ROOT / "run" / "pretrain.py", *flags(spec)]
         self.say(f"pre-training {source}: {shlex.join(map(str, args))}")
-        seconds = self._run(args, out.with_suffix(".log"))
+        log = out.with_suffix(".log")
+        if log.is_file():        # the log of an interrupted run is kept next to the new one
+            os.replace(log, log.with_suffix(f".{int(time.time())}.log"))
+        seconds = self._run(args, log)
         evals = [r for r in _jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
         trains = [r for r in _jsonl(out / "metrics.jsonl") if r.get("kind") == "train"]
         save_weights(out / "ckpt", path)
@@ -289,12 +301,13 @@ class TransferRunner:
         os.replace(tmp, path)    # a cell file exists only when complete
         return record
 
-    def run(self, max_cells=None, progress=None):
-        """Run the pending cells (at most ``max_cells``); returns how many ran.
+    def run(self, max_cells=None, progress=None, sources=None, tasks=None):
+        """Run the pending cells (at most ``max_cells``; only of ``sources`` / ``tasks``
+        when given); returns how many ran.
 
         progress : a tqdm-like object with ``update(n)`` and ``set_postfix_str``, or None.
         """
-        todo = self.pending()
+        todo = self.pending(sources, tasks)
         if max_cells is not None:
             todo = todo[:max_cells]
         for i, cell in enumerate(todo):
@@ -371,8 +384,11 @@ def markdown_table(records, grid):
     as mean ± std (n seeds), validation top-1 below it; absent cells are '-'."""
     lines = ["# Transfer: test top-1 (%), mean ± std over fine-tuning seeds", "",
              f"Model {grid.model}; every cell: the same fine-tuning recipe and budget "
-             f"({', '.join(f'{k}={v}' for k, v in grid.finetune.items())}); pre-training: "
-             f"{grid.pretrain_images():,} images per source. (n) = seeds finished; "
+             f"({', '.join(f'{k}={v}' for k, v in grid.finetune.items())}"
+             + "".join(f"; {p}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                       for p, o in grid.protocol.items() if p in grid.protocols)
+             + "); pre-training: "
+             + f"{grid.pretrain_images():,} images per source. (n) = seeds finished; "
              "val = validation top-1 (carved from the training split), the only number "
              "used to choose anything.", ""]
     index = {(r["source"], r["task"], r["protocol"]): r for r in records}

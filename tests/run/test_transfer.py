@@ -56,6 +56,12 @@ def _transfer(tmp_path, *extra):
 def test_grid_runs_resumes_and_writes_the_tables(tmp_path):
     write_fashion(tmp_path / "fm", per_class_train=8, per_class_test=2)
     (tmp_path / "grid.toml").write_text(GRID.format(fm=tmp_path / "fm"))
+    proc = _transfer(tmp_path, "--dry-run", "--sources", "random,newton")
+    assert proc.stdout.splitlines()[1:] == [
+        "  random/fm-tiny/finetune/0", "  newton/fm-tiny/finetune/0",
+        "  random/fm-tiny/linear/0", "  newton/fm-tiny/linear/0"]
+    proc = _transfer(tmp_path, "--dry-run", "--tasks", "cifar")
+    assert proc.returncode == 2 and "['cifar'] not in the grid (fm-tiny)" in proc.stderr
     proc = _transfer(tmp_path, "--max-cells", "3")
     assert proc.returncode == 0, proc.stderr
     results = tmp_path / "results"
