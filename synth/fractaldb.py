@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import GeneratorBase, build_params
 from .fractaldb_csv import import_categories
-from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
+from .ifs import IFSystem, accepted_system, chaos_game, cumulative, filling_rate, stamp_points
 from .patch_gray import PUBLISHED_GREY, PUBLISHED_PAD, draw_patch_gray, scaled_pad
 from .resample import downsample
 from .rng import KIND_TAGS, kernel_seed, numpy_rng
@@ -130,12 +130,8 @@ def search_category(seed, class_id, params):
         n = int(rng.integers(params.min_maps, params.max_maps + 1))
         maps = rng.uniform(params.param_low, params.param_high, size=(n, 6))
         chaos_seed = rng.integers(0, 2**63, dtype=np.uint64)
-        probs = IFSystem.det_probs(maps)
-        if probs is None:
-            continue
-        system = IFSystem(maps, probs)
-        if filling_rate(system, params.search_points, params.search_size, chaos_seed,
-                        params.discard) >= params.threshold:
+        system = accepted_system(maps, chaos_seed, params)
+        if system is not None:
             return system, tries
     return None, params.max_tries
 

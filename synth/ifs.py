@@ -222,3 +222,21 @@ def filling_rate(system, num_points, size, seed, discard=20):
     if count < num_points:
         return 0.0
     return float(point_coverage(xs, ys, bounds, size))
+
+
+def accepted_system(maps, chaos_seed, params):
+    """``IFSystem`` of ``maps`` if it passes the FractalDB search test, else None.
+
+    Rejected: all determinants 0 (no probabilities), or a filling rate below
+    ``params.threshold`` (``search_points`` points from ``chaos_seed`` on a
+    ``search_size`` grid, ``discard`` dropped first; Kataoka et al. 2020, sec. 3.2).
+    Shared by the FractalDB category search and the 1p-frac base search.
+    """
+    probs = IFSystem.det_probs(maps)
+    if probs is None:
+        return None
+    system = IFSystem(maps, probs)
+    if filling_rate(system, params.search_points, params.search_size, chaos_seed,
+                    params.discard) < params.threshold:
+        return None
+    return system

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import GeneratorBase, build_params
-from .ifs import IFSystem, chaos_game, cumulative, filling_rate, stamp_points
+from .ifs import IFSystem, accepted_system, chaos_game, cumulative, filling_rate, stamp_points
 from .rng import KIND_TAGS, kernel_seed, numpy_rng
 from .sigma_factor import sample_system, sigma_factor
 
@@ -130,12 +130,8 @@ def search_base(seed, params):
         sigma = float(rng.uniform(lo, hi))
         maps = sample_system(params.num_maps, sigma, rng, params.translation)
         chaos_seed = rng.integers(0, 2**63, dtype=np.uint64)
-        probs = IFSystem.det_probs(maps)
-        if probs is None:
-            continue
-        system = IFSystem(maps, probs)
-        if filling_rate(system, params.search_points, params.search_size, chaos_seed,
-                        params.discard) >= params.threshold:
+        system = accepted_system(maps, chaos_seed, params)
+        if system is not None:
             return system, sigma, tries
     raise BaseSystemError(f"no base system with filling rate >= {params.threshold} in "
                           f"{params.max_tries} tries (sigma={params.sigma}, "
