@@ -32,8 +32,10 @@ class MultiHeadAttention(Module):
         return self.qkv.parameters() + self.proj.parameters()
 
     def forward(self, x):
-        b, t, d = x.shape
         qkv, qkv_ctx = self.qkv.forward(x)
+        # T from qkv, not x: under sequence parallelism (parallel/sequence_parallel.py)
+        # x holds T/t tokens and qkv's all-gather brings all T
+        b, t = qkv.shape[:2]
         # (B, T, 3 H hd) -> (B, T, 3, H, hd): a view; the kernel reads each head's q, k, v
         qkv = qkv.reshape(b, t, 3, self.heads, self.head_dim)
         o, p = attention_forward(qkv, self.scale)               # o: (B, T, H, hd)

@@ -18,6 +18,8 @@ from minivit.params import FlatParams
 
 from .cost import vit_unit_sizes
 from .recompute import Recompute
+from .sequence_parallel import (Boundary, EnterSequenceParallel, LeaveSequenceParallel,
+                                SequenceParallelBlock, tokens_per_rank)
 from .tensor_parallel import TensorParallelBlock, check_divisible
 
 
@@ -64,37 +66,44 @@ class ModelShard(ViT):
 
     config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
     grid : ProcessGrid; recompute : wrap each block in ``recompute.Recompute``.
+    sequence_parallel : shard the LayerNorm/residual regions along the sequence inside
+    the tp group (``sequence_parallel.py``): blocks take and give (B, T_loc, D), the
+    embedding is followed by ``EnterSequenceParallel`` and the head preceded by
+    ``LeaveSequenceParallel`` (each joined to its unit by a ``Boundary``).
 
-    forward(x): stage 0 takes images (B, C, H, W); later stages the (B, T, D)
-    activation; the last stage returns logits (B, K), others (B, T, D).
+    forward(x): stage 0 takes images (B, C, H, W); later stages the activation
+    ``activation_shape(B)``; the last stage returns logits (B, K), others that activation.
     backward(dy, ctx) -> dx of the stage input (the images' gradient on stage 0).
     Attributes: ``units``, ``unit_names``, ``flat``, ``stage_blocks`` (lo, hi),
     ``num_params`` (this rank's), ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
     global gradient norm, or None when tp == 1), ``norm_groups`` (communicators
     over which the squared norm is summed: tp and pp when > 1).
-    Raises ValueError on heads / MLP width not divisible by tp, or depth < pp.
+    Raises ValueError on heads / MLP width not divisible by tp, depth < pp, or
+    sequence parallelism with tp = 1 or a rank holding only padding.
     """
 
-    def __init__(self, config, seed, grid, recompute=False):
+    def __init__(self, config, seed, grid, recompute=False, sequence_parallel=False):
         tp = grid.tp
         if tp > 1:
             check_divisible("heads", config.heads, tp)
             check_divisible("mlp_dim", config.mlp_dim, tp)
+        self.sequence_parallel = sequence_parallel
+        self.tokens_local = (tokens_per_rank(config.seq_len, tp) if sequence_parallel
+                             else config.seq_len)
         self.config, self.seed, self.grid = config, seed, grid
         self.stages = balance_stages(vit_unit_sizes(config), grid.pp)
         lo, hi = self.stages[grid.pp_rank]
         self.stage_blocks = (lo, hi)
         units, names = [], []
         if grid.is_first_stage:
-            units.append(Embed(config, seed))
+            units.append(self._boundary(Embed(config, seed)))
             names.append("embed")
         for i in range(lo, hi):
-            block = (TensorParallelBlock(f"blocks.{i}", config, seed, grid.tp_group) if tp > 1
-                     else Block(f"blocks.{i}", config, seed))
+            block = self._block(f"blocks.{i}")
             units.append(Recompute(block) if recompute else block)
             names.append(f"blocks.{i}")
         if grid.is_last_stage:
-            units.append(Head(config, seed))
+            units.append(self._boundary(Head(config, seed)))
             names.append("head")
         self.units, self.unit_names = units, names
         self.flat = FlatParams(self.parameters(), config.dtype)
@@ -107,6 +116,28 @@ class ModelShard(ViT):
                 if getattr(prm, "tp_sharded", False) or grid.tp_rank == 0:
                     self.norm_weight[start:stop] = 1.0
         self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+
+    def _block(self, name):
+        comm, cfg, seed = self.grid.tp_group, self.config, self.seed
+        if self.sequence_parallel:
+            return SequenceParallelBlock(name, cfg, seed, comm)
+        if self.grid.tp > 1:
+            return TensorParallelBlock(name, cfg, seed, comm)
+        return Block(name, cfg, seed)
+
+    def _boundary(self, unit):
+        # the embedding feeds the sequence-sharded region, the head reads its gathered end
+        if not self.sequence_parallel:
+            return unit
+        comm, tokens = self.grid.tp_group, self.config.seq_len
+        if isinstance(unit, Embed):
+            return Boundary(unit, EnterSequenceParallel(comm, tokens))
+        return Boundary(LeaveSequenceParallel(comm, tokens), unit)
+
+    def activation_shape(self, b):
+        """Shape of the activation between stages for ``b`` images: (b, T, D), or
+        (b, T_loc, D) under sequence parallelism (t times fewer p2p bytes)."""
+        return (b, self.tokens_local, self.config.dim)
 
     def forward(self, x):
         if self.grid.is_first_stage:
@@ -142,8 +173,9 @@ def weighted_sumsq(grad, weight):
     return total
 
 
-def build_model(config, seed, grid, recompute=False):
+def build_model(config, seed, grid, recompute=False, sequence_parallel=False):
     """The serial ViT for tp = pp = 1 without recompute, else this rank's ModelShard."""
-    if grid.tp == 1 and grid.pp == 1 and not recompute:
+    if grid.tp == 1 and grid.pp == 1 and not recompute and not sequence_parallel:
         return ViT(config, seed=seed)
-    return ModelShard(config, seed, grid, recompute=recompute)
+    return ModelShard(config, seed, grid, recompute=recompute,
+                      sequence_parallel=sequence_parallel)

@@ -145,7 +145,7 @@ class Pipeline:
                 events.append((2, i, t0, time.perf_counter()))
                 continue
             x, y = micro_batches[i]
-            shape = (len(y), cfg.seq_len, cfg.dim)
+            shape = model.activation_shape(len(y))    # (b, T, D); (b, T_loc, D) under SP
             if kind == "F":
                 if not grid.is_first_stage:
                     x = self.comm.recv(np.empty(shape, dtype), stage - 1, tag=2 * i)
@@ -207,7 +207,7 @@ class PipelineForward:
         comm, stage = grid.pp_group, grid.pp_rank
         dtype = np.dtype(cfg.dtype)
         if not grid.is_first_stage:
-            x = comm.recv(np.empty((x.shape[0], cfg.seq_len, cfg.dim), dtype), stage - 1)
+            x = comm.recv(np.empty(self.model.activation_shape(x.shape[0]), dtype), stage - 1)
         out, _ = self.model.forward(x)
         if not grid.is_last_stage:
             comm.send(np.ascontiguousarray(out), stage + 1)

@@ -67,6 +67,85 @@ class ReduceFromTensorParallel:
         return dy
 
 
+def _sequence_allgather(comm, x, tokens):
+    # (B, T/t, D) on each rank -> (B, t T/t, D) in rank order -> the first ``tokens``
+    b, tl, d = x.shape
+    full = comm.allgather(np.ascontiguousarray(x), np.empty((comm.size, b, tl, d), x.dtype))
+    return np.ascontiguousarray(full.transpose(1, 0, 2, 3).reshape(b, -1, d)[:, :tokens])
+
+
+def _sequence_reduce_scatter(comm, x, local):
+    # (B, tokens, D), zero-padded to (B, t local, D), summed over ranks; rank r keeps
+    # tokens [r local, (r+1) local): the padding adds zeros, never a value
+    b, tokens, d = x.shape
+    full = np.zeros((b, comm.size * local, d), x.dtype)
+    full[:, :tokens] = x
+    blocks = np.ascontiguousarray(full.reshape(b, comm.size, local, d).transpose(1, 0, 2, 3))
+    return comm.reduce_scatter(blocks, np.empty((b, local, d), x.dtype))
+
+
+class GatherFromSequenceParallel:
+    """Korthikanti et al. 2022 (arXiv 2205.05198), section 4.2.2, Figure 6: ``g``.
+
+    Forward all-gather along the sequence, backward reduce-scatter: it replaces
+    Megatron's ``f`` (identity forward, all-reduce backward) in front of the
+    column-parallel qkv and fc1 when the LayerNorm region is sequence-parallel.
+    x: (B, T_loc, D) this rank's tokens -> (B, tokens, D), the first ``tokens`` of
+    the ``t T_loc`` gathered ones, ``T_loc = ceil(tokens / t)`` (the rest is
+    padding, ``sequence_parallel.py``).  Backward: dy (B, tokens, D) -> (B, T_loc, D).
+    Bytes each way: ``(t-1) B T_loc D s``.
+    """
+
+    def __init__(self, comm, tokens):
+        self.comm, self.tokens = comm, tokens
+        self.local = -(-tokens // comm.size)
+
+    def parameters(self):
+        return []
+
+    def forward(self, x):
+        return _sequence_allgather(self.comm, x, self.tokens), None
+
+    def backward(self, dy, ctx):
+        # forward: y = concat_r(x_r)[:tokens], so dL/dx_r = rank r's block of sum_ranks dL/dy
+        return _sequence_reduce_scatter(self.comm, dy, self.local)
+
+
+class ReduceScatterToSequenceParallel:
+    """Korthikanti et al. 2022, section 4.2.2, Figure 6: ``g-bar``, the conjugate of ``g``.
+
+    Forward reduce-scatter along the sequence, backward all-gather: it replaces
+    Megatron's ``g`` (all-reduce forward) after the row-parallel proj and fc2.
+    x: (B, tokens, D) partial sums -> (B, T_loc, D), this rank's tokens of the sum
+    (``T_loc = ceil(tokens / t)``; padded tokens get zeros).  Backward: dy
+    (B, T_loc, D) -> (B, tokens, D).  Bytes each way: ``(t-1) B T_loc D s``, so
+    ``g`` + ``g-bar`` send what one all-reduce of (B, t T_loc, D) sends (section 4.2.2).
+    """
+
+    def __init__(self, comm, tokens):
+        self.comm, self.tokens = comm, tokens
+        self.local = -(-tokens // comm.size)
+
+    def parameters(self):
+        return []
+
+    def forward(self, x):
+        return _sequence_reduce_scatter(self.comm, x, self.local), None
+
+    def backward(self, dy, ctx):
+        # forward: y_r = rank r's block of sum_ranks x, so dL/dx = concat_r(dL/dy_r)
+        return _sequence_allgather(self.comm, dy, self.tokens)
+
+
+def sequence_ops(comm, tokens):
+    """``(f, g)`` of a column/row-parallel pair: ``(None, None)`` (Megatron's f and g,
+    the linears' default) when ``tokens`` is None, else the sequence-parallel ``g`` and
+    ``g-bar`` over ``tokens`` positions."""
+    if tokens is None:
+        return None, None
+    return GatherFromSequenceParallel(comm, tokens), ReduceScatterToSequenceParallel(comm, tokens)
+
+
 def _shard_param(seed, name, full_shape, kind, dtype, decay, index, sharded):
     prm = Parameter(name, init_shard(seed, name, full_shape, kind, dtype, index), decay)
     prm.tp_sharded = sharded
@@ -88,17 +167,18 @@ class ColumnParallelLinear(Linear):
     shard is ``W_full[rows]`` (len(rows), in), the bias ``b_full[rows]``.
     """
 
-    def __init__(self, name, in_features, out_features, rows, dtype, seed, comm):
+    def __init__(self, name, in_features, out_features, rows, dtype, seed, comm, f=None):
         rows = np.asarray(rows)
         self.name, self.in_features, self.out_features = name, in_features, len(rows)
         self.weight = _shard_param(seed, f"{name}.weight", (out_features, in_features),
                                    "trunc_normal", dtype, True, rows, True)
         self.bias = _shard_param(seed, f"{name}.bias", (out_features,), "zeros", dtype, False,
                                  rows, True)
-        self.f = CopyToTensorParallel(comm)
+        # f: Megatron's f, or with sequence parallelism its all-gather ``g``
+        self.f = CopyToTensorParallel(comm) if f is None else f
 
     def forward(self, x):
-        return Linear.forward(self, x)
+        return Linear.forward(self, self.f.forward(x)[0])
 
     # backward: Linear.backward, the composition of the two halves below
 
@@ -116,24 +196,30 @@ class RowParallelLinear(Linear):
     the all-reduce (adding it on every rank before would count it tp times).
     """
 
-    def __init__(self, name, in_features, out_features, cols, dtype, seed, comm):
+    def __init__(self, name, in_features, out_features, cols, dtype, seed, comm, g=None):
         cols = np.asarray(cols)
         self.name, self.in_features, self.out_features = name, len(cols), out_features
         self.weight = _shard_param(seed, f"{name}.weight", (out_features, in_features),
                                    "trunc_normal", dtype, True, (slice(None), cols), True)
         self.bias = _shard_param(seed, f"{name}.bias", (out_features,), "zeros", dtype, False,
                                  slice(None), False)
-        self.g = ReduceFromTensorParallel(comm)
+        # g: Megatron's g, or with sequence parallelism its reduce-scatter ``g-bar``
+        self.g = ReduceFromTensorParallel(comm) if g is None else g
 
     def forward(self, x):
         x2d = x.reshape(-1, self.in_features)
-        y, _ = self.g.forward(x2d @ self.weight.data.T)
+        partial = (x2d @ self.weight.data.T).reshape(*x.shape[:-1], self.out_features)
+        y, gctx = self.g.forward(partial)
         y += self.bias.data
-        return y.reshape(*x.shape[:-1], self.out_features), x2d
+        return y, (x2d, gctx)
 
-    def backward(self, dy, ctx):
-        # forward: y = allreduce(x_r @ W_r.T) + b
-        return Linear.backward(self, dy, ctx)
+    # backward: Linear.backward, the composition of backward_input and backward_weight
+
+    def backward_input(self, dy, ctx):
+        # forward: y = g(x_r @ W_r.T) + b: dy passes g's backward (identity under TP, an
+        # all-gather under SP), so the bias gradient below sums every token's dy once
+        x2d, gctx = ctx
+        return Linear.backward_input(self, self.g.backward(dy, gctx), x2d)
 
 
 class TensorParallelAttention(MultiHeadAttention):
@@ -142,9 +228,12 @@ class TensorParallelAttention(MultiHeadAttention):
     qkv is column-parallel over the rows of this rank's heads in each of q, k
     and v (timm's (3, heads, head_dim) output order); proj is row-parallel over
     the same head columns.  Raises ValueError unless heads divides by tp.
+    tokens : None (Megatron TP: ``f``/``g``), or the sequence length T for
+    sequence parallelism: x (B, T_loc, D) -> (B, T_loc, D) through ``g``/``g-bar``
+    (all-gather / reduce-scatter along T, ``sequence_ops``).
     """
 
-    def __init__(self, name, dim, heads, dtype, seed, comm):
+    def __init__(self, name, dim, heads, dtype, seed, comm, tokens=None):
         tp, r = comm.size, comm.rank
         check_divisible("heads", heads, tp)
         self.name, self.dim = name, dim
@@ -153,23 +242,26 @@ class TensorParallelAttention(MultiHeadAttention):
         width = self.heads * self.head_dim
         cols = np.arange(r * width, (r + 1) * width)
         rows = np.concatenate([s * dim + cols for s in range(3)])
-        self.qkv = ColumnParallelLinear(f"{name}.qkv", dim, 3 * dim, rows, dtype, seed, comm)
-        self.proj = RowParallelLinear(f"{name}.proj", dim, dim, cols, dtype, seed, comm)
+        f, g = sequence_ops(comm, tokens)
+        self.qkv = ColumnParallelLinear(f"{name}.qkv", dim, 3 * dim, rows, dtype, seed, comm, f)
+        self.proj = RowParallelLinear(f"{name}.proj", dim, dim, cols, dtype, seed, comm, g)
 
 
 class TensorParallelMLP(Sequential):
     """fc1 column-parallel -> GELU -> fc2 row-parallel; (..., D) -> (..., D).
 
-    Raises ValueError unless the MLP width divides by tp.
+    Raises ValueError unless the MLP width divides by tp.  tokens : as
+    :class:`TensorParallelAttention` (sequence parallelism when given).
     """
 
-    def __init__(self, name, dim, hidden, dtype, seed, comm):
+    def __init__(self, name, dim, hidden, dtype, seed, comm, tokens=None):
         tp, r = comm.size, comm.rank
         check_divisible("mlp_dim", hidden, tp)
         part = np.arange(r * hidden // tp, (r + 1) * hidden // tp)
-        self.fc1 = ColumnParallelLinear(f"{name}.fc1", dim, hidden, part, dtype, seed, comm)
+        f, g = sequence_ops(comm, tokens)
+        self.fc1 = ColumnParallelLinear(f"{name}.fc1", dim, hidden, part, dtype, seed, comm, f)
         self.act = GELU()
-        self.fc2 = RowParallelLinear(f"{name}.fc2", hidden, dim, part, dtype, seed, comm)
+        self.fc2 = RowParallelLinear(f"{name}.fc2", hidden, dim, part, dtype, seed, comm, g)
         super().__init__([self.fc1, self.act, self.fc2])
 
 
