@@ -220,6 +220,32 @@ def tp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, recompute=False)
     return count * allreduce_bytes(b * s * h, tp, itemsize)
 
 
+def sp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, *, recompute=False,
+                  first=False, last=False):
+    """``{op: bytes}`` one tp rank sends per step under sequence parallelism
+    (Korthikanti et al. 2022, section 4.2.2; ``sequence_parallel.py``).
+
+    Each of TP's 4 all-reduces of ``(b, s, h)`` per block and micro-batch becomes an
+    all-gather plus a reduce-scatter of ``(b, s_loc, h)`` blocks, ``s_loc = ceil(s/t)``:
+    ``2 (t-1) b s_loc h`` elements, TP's ``2 (t-1)/t b s h`` exactly when t divides s
+    (the padding's ``t s_loc - s`` tokens travel too otherwise).  ``g`` all-gathers in
+    the forward (qkv, fc1) and reduce-scatters in the backward; ``g-bar`` the other
+    way round (proj, fc2): 4 of each per block and micro-batch, 6 with recompute.
+    The region's ends add one all-gather per micro-batch each: the embedding's
+    backward (first stage) and the head's forward (last stage).  ``allreduce``: the
+    LayerNorm gradients, 2 all-reduces of ``2h`` per block and micro-batch (the
+    Megatron #1446 reduction).  All zeros for tp == 1.
+    """
+    if tp == 1:
+        return {"allgather": 0, "reduce_scatter": 0, "allreduce": 0}
+    one = allgather_bytes(b * (-(-s // tp)) * h, tp, itemsize)   # = reduce_scatter_bytes
+    per_block = (6 if recompute else 4) * layers
+    ends = int(bool(first)) + int(bool(last))
+    return {"allgather": (per_block + ends) * micro_batches * one,
+            "reduce_scatter": per_block * micro_batches * one,
+            "allreduce": 2 * layers * micro_batches * allreduce_bytes(2 * h, tp, itemsize)}
+
+
 def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next):
     """Bytes one pipeline stage sends per step: the ``(b, s, h)`` activation to the
     next stage and its gradient to the previous one, per micro-batch (Narayanan
@@ -239,7 +265,7 @@ def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next):
 _LN_STATS = 2 * 8        # bytes per row: mean and rstd, float64
 
 
-def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False):
+def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False, sequence_parallel=False):
     """Bytes of the context one transformer block keeps for one micro-batch of ``b`` images.
 
     Without recompute (``minivit.model.Block``, or ``TensorParallelBlock`` with
@@ -267,15 +293,24 @@ def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False):
     the probabilities, and has no dropout).
     With recompute (``recompute.Recompute``) the block keeps only its input:
     ``s B T D``.  Raises ValueError unless heads and mlp_dim divide by tp.
+
+    With ``sequence_parallel`` (``sequence_parallel.SequenceParallelBlock``) the LN
+    region's tensors hold ``T_loc = ceil(T/t)`` tokens: the block input, residual 1
+    and the LN statistics; the all-gathered LN outputs that qkv and fc1 keep stay
+    (B T, D) (Megatron instead keeps them sharded and all-gathers again in the
+    backward, one more all-gather per linear):
+    ``s B (2 T_loc D + T (2 D + (4 D + 2 M + H T) / tp)) + 32 B T_loc``;
+    with recompute ``s B T_loc D``.
     """
     if cfg.heads % tp or cfg.mlp_dim % tp:
         raise ValueError(f"tp={tp}: expected a divisor of heads={cfg.heads} and "
                          f"mlp_dim={cfg.mlp_dim}")
     rows, d, m, t = b * cfg.seq_len, cfg.dim, cfg.mlp_dim, cfg.seq_len
+    ln_rows = b * -(-t // tp) if sequence_parallel else rows    # the LN region's tokens
     if recompute:
-        return itemsize * rows * d
-    elems = rows * (4 * d + (4 * d + 2 * m + cfg.heads * t) // tp)
-    return itemsize * elems + 2 * _LN_STATS * rows
+        return itemsize * ln_rows * d
+    elems = 2 * ln_rows * d + rows * (2 * d + (4 * d + 2 * m + cfg.heads * t) // tp)
+    return itemsize * elems + 2 * _LN_STATS * ln_rows
 
 
 def embed_ctx_bytes(cfg, b, itemsize):
@@ -299,7 +334,7 @@ def head_ctx_bytes(cfg, b, itemsize, loss=True):
 
 
 def stage_activation_bytes(cfg, b, itemsize, *, blocks, first=True, last=True, tp=1,
-                           recompute=False, loss=True):
+                           recompute=False, loss=True, sequence_parallel=False):
     """Context bytes of one micro-batch on one pipeline stage (or the whole model).
 
     blocks : transformer blocks on the stage; first / last : the stage holds the
@@ -307,7 +342,8 @@ def stage_activation_bytes(cfg, b, itemsize, *, blocks, first=True, last=True, t
     ``pipeline.Pipeline`` keeps it).  The serial model is ``first = last = True``,
     ``blocks = depth``.  Equal to ``sum(ctx_nbytes(ctx))`` of the stage's units.
     """
-    out = blocks * block_ctx_bytes(cfg, b, itemsize, tp=tp, recompute=recompute)
+    out = blocks * block_ctx_bytes(cfg, b, itemsize, tp=tp, recompute=recompute,
+                                   sequence_parallel=sequence_parallel)
     if first:
         out += embed_ctx_bytes(cfg, b, itemsize)
     if last:
@@ -337,7 +373,7 @@ def micro_batches_in_flight(schedule, m, pp, stage):
 
 
 def peak_activation_bytes(cfg, b, itemsize, *, m=1, pp=1, stage=0, blocks=None, tp=1,
-                          recompute=False, schedule="1f1b"):
+                          recompute=False, schedule="1f1b", sequence_parallel=False):
     """Peak context bytes on a stage: in-flight micro-batches x one micro-batch's contexts,
     plus, with recompute, the one block context rebuilt at a time in the backward.
 
@@ -347,8 +383,10 @@ def peak_activation_bytes(cfg, b, itemsize, *, m=1, pp=1, stage=0, blocks=None, 
     """
     blocks = cfg.depth // pp if blocks is None else blocks
     per = stage_activation_bytes(cfg, b, itemsize, blocks=blocks, first=stage == 0,
-                                 last=stage == pp - 1, tp=tp, recompute=recompute)
+                                 last=stage == pp - 1, tp=tp, recompute=recompute,
+                                 sequence_parallel=sequence_parallel)
     n = micro_batches_in_flight(schedule, m, pp, stage)
-    rebuilt = block_ctx_bytes(cfg, b, itemsize, tp=tp) if recompute else 0
+    rebuilt = (block_ctx_bytes(cfg, b, itemsize, tp=tp, sequence_parallel=sequence_parallel)
+               if recompute else 0)
     return {"per_micro_batch": per, "in_flight": n, "contexts": n * per,
             "recompute_transient": rebuilt, "total": n * per + rebuilt}

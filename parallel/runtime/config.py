@@ -30,6 +30,7 @@ from minivit.io.sources import SYNTHETIC_KINDS, check_source, synthetic_params
 
 from ..grid import validate_layout
 from ..pipeline import SCHEDULES, check_schedule
+from ..sequence_parallel import tokens_per_rank
 
 
 def flag(default, help, **argparse_kwargs):
@@ -86,6 +87,10 @@ class TrainConfig:
                          choices=SCHEDULES)
     recompute: bool = flag(False, "activation recompute per block: keep the block input, "
                                   "rebuild the rest in backward")
+    sequence_parallel: bool = flag(False, "with --tp > 1: shard the LayerNorm and residual "
+                                          "regions along the sequence (Korthikanti et al. "
+                                          "2022); all-gather/reduce-scatter replace tp's "
+                                          "all-reduce; T is padded to a multiple of tp")
     offload_dir: str = flag(None, "keep the AdamW state (and the ZeRO-3 master shard) in "
                                   "numpy.memmap files in this local folder")
     timeline: str = flag(None, "PNG: Gantt chart of the last step's pipeline schedule "
@@ -159,6 +164,10 @@ class TrainConfig:
         """``(heads, mlp_dim, depth)`` of the model, for the tp/pp checks; None: no check."""
         return None
 
+    def model_tokens(self):
+        """The model's sequence length T (for --sequence-parallel's check); None: no check."""
+        return None
+
     def mixing(self):
         """The ``minivit.io.Mixup`` of ``--mixup/--cutmix``, or None when both are 0."""
         if not (self.mixup or self.cutmix):
@@ -211,6 +220,8 @@ class TrainConfig:
             if self.pp > depth:
                 raise ValueError(f"--pp {self.pp}: the model has depth={depth} blocks; "
                                  "expected pp <= depth (each stage holds at least one block)")
+        if self.sequence_parallel:
+            self._check_sequence_parallel()
         if self.pp > 1 and self.schedule == "zb-h1" and (self.zero >= 2 or self.overlap):
             raise ValueError(f"--schedule zb-h1 with --zero {self.zero}"
                              f"{' --overlap' if self.overlap else ''}: the weight-gradient "
@@ -225,6 +236,18 @@ class TrainConfig:
                              "(stages 2-3 reduce-scatter each unit inside its backward already)")
         if not self.bucket_mb > 0:
             raise ValueError(f"--bucket-mb {self.bucket_mb}: expected a positive size")
+
+    def _check_sequence_parallel(self):
+        if self.tp < 2:
+            raise ValueError(f"--sequence-parallel with --tp {self.tp}: expected --tp >= 2 "
+                             "(it shards the LayerNorm regions of a tensor-parallel group "
+                             "along the sequence)")
+        tokens = self.model_tokens()
+        if tokens is not None:
+            try:
+                tokens_per_rank(tokens, self.tp)
+            except ValueError as exc:
+                raise ValueError(f"--sequence-parallel --tp {self.tp}: {exc}") from None
 
     def _check_optimizer(self):
         positive_int("warmup", self.warmup, 0)
@@ -300,6 +323,9 @@ class PretrainConfig(TrainConfig):
     def model_shape(self):
         preset = get_config(self.model)
         return preset.heads, preset.mlp_dim, preset.depth
+
+    def model_tokens(self):
+        return get_config(self.model).seq_len
 
     def validate(self, world_size):
         try:   # existence only: every rank can check it alike

@@ -71,14 +71,17 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
     lines = []
     if isinstance(model, ModelShard):
         lo, hi = model.stage_blocks
-        tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo, engine.accum,
-                                grid.tp, item, recompute)
-        pp = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, engine.accum, item,
+        pp = cost.pp_step_bytes(micro_batch, model.tokens_local, cfg.dim, engine.accum, item,
                                 not grid.is_first_stage, not grid.is_last_stage)
-        lines.append(f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}: "
-                     f"predicted tp activation all-reduce {tp:,} B "
-                     f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
-                     f"pp send {pp:,} B (b*s*h per boundary per micro-batch)")
+        if model.sequence_parallel:
+            lines.append(_sequence_parallel_line(engine, micro_batch, recompute, pp))
+        else:
+            tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo, engine.accum,
+                                    grid.tp, item, recompute)
+            lines.append(f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}: "
+                         f"predicted tp activation all-reduce {tp:,} B "
+                         f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
+                         f"pp send {pp:,} B (b*s*h per boundary per micro-batch)")
     if engine.pipeline is not None:
         p = engine.pipeline
         lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} micro-batch "
@@ -92,6 +95,30 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
     return lines
 
 
+def _sp_bytes(engine, micro_batch, recompute):
+    grid, model = engine.grid, engine.model
+    lo, hi = model.stage_blocks
+    return cost.sp_step_bytes(micro_batch, model.config.seq_len, model.config.dim, hi - lo,
+                              engine.accum, grid.tp, engine.itemsize, recompute=recompute,
+                              first=grid.is_first_stage, last=grid.is_last_stage)
+
+
+def _sequence_parallel_line(engine, micro_batch, recompute, pp):
+    grid, model, cfg = engine.grid, engine.model, engine.model.config
+    lo, hi = model.stage_blocks
+    sp = _sp_bytes(engine, micro_batch, recompute)
+    tp_equivalent = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo,
+                                       engine.accum, grid.tp, engine.itemsize, recompute)
+    ends = int(grid.is_first_stage) + int(grid.is_last_stage)
+    return (f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}, sequence "
+            f"parallel (T={cfg.seq_len} -> T_loc={model.tokens_local} per rank): predicted "
+            f"all-gather {sp['allgather']:,} B + reduce-scatter {sp['reduce_scatter']:,} B "
+            f"({6 if recompute else 4} each x blocks x micro-batches x (t-1) b T_loc h, "
+            f"+{ends} all-gather(s) at the region's ends; TP's all-reduces would send "
+            f"{tp_equivalent:,} B), LN-gradient all-reduce {sp['allreduce']:,} B, pp send "
+            f"{pp:,} B (b*T_loc*h per boundary per micro-batch)")
+
+
 def predicted_group_bytes(engine, micro_batch, recompute):
     """``{(op, group): bytes}`` this rank sends per step on the tp and pp groups
     (cost.py): the activation all-reduces / sends plus the float64 scalars (the
@@ -102,13 +129,18 @@ def predicted_group_bytes(engine, micro_batch, recompute):
         return {}
     cfg, item, out = model.config, engine.itemsize, {}
     lo, hi = model.stage_blocks
-    if grid.tp > 1:
+    if model.sequence_parallel:
+        sp = _sp_bytes(engine, micro_batch, recompute)
+        out[("allgather", "tp")] = sp["allgather"]
+        out[("reduce_scatter", "tp")] = sp["reduce_scatter"]
+        out[("allreduce", "tp")] = sp["allreduce"] + cost.allreduce_bytes(1, grid.tp, 8)
+    elif grid.tp > 1:
         out[("allreduce", "tp")] = (cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
                                                        hi - lo, engine.accum, grid.tp, item,
                                                        recompute)
                                     + cost.allreduce_bytes(1, grid.tp, 8))
     if grid.pp > 1:
-        out[("send", "pp")] = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
+        out[("send", "pp")] = cost.pp_step_bytes(micro_batch, model.tokens_local, cfg.dim,
                                                  engine.accum, item, not grid.is_first_stage,
                                                  not grid.is_last_stage)
         out[("allreduce", "pp")] = (cost.allreduce_bytes(2, grid.pp, 8)
@@ -121,15 +153,20 @@ def activation_lines(engine, micro_batch, recompute):
     to the closed form of ``cost.stage_activation_bytes`` (and, under a pipeline,
     the measured peak next to in-flight x per-micro-batch)."""
     grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
-    first, last, blocks = True, True, cfg.depth
+    first, last, blocks, sp = True, True, cfg.depth, False
     if isinstance(model, ModelShard):
         lo, hi = model.stage_blocks
         first, last, blocks = grid.is_first_stage, grid.is_last_stage, hi - lo
+        sp = model.sequence_parallel
     per = cost.stage_activation_bytes(cfg, micro_batch, item, blocks=blocks, first=first,
-                                      last=last, tp=grid.tp, recompute=recompute)
-    block = cost.block_ctx_bytes(cfg, micro_batch, item, tp=grid.tp, recompute=recompute)
-    form = ("s B T D" if recompute else
-            "s B T (4D + (4D + 2M + H T)/tp) + 32 B T")
+                                      last=last, tp=grid.tp, recompute=recompute,
+                                      sequence_parallel=sp)
+    block = cost.block_ctx_bytes(cfg, micro_batch, item, tp=grid.tp, recompute=recompute,
+                                 sequence_parallel=sp)
+    form = {(False, True): "s B T D", (True, True): "s B T_loc D",
+            (False, False): "s B T (4D + (4D + 2M + H T)/tp) + 32 B T",
+            (True, False): "s B (2 T_loc D + T (2D + (4D + 2M + H T)/tp)) + 32 B T_loc, "
+                           f"T_loc={model.tokens_local if sp else 0}"}[(sp, bool(recompute))]
     if engine.pipeline is None:
         measured, n = engine.activation_bytes, 1
     else:

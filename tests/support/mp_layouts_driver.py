@@ -3,7 +3,7 @@
     mpirun -n N python tests/support/mp_layouts_driver.py '<json list of layouts>'
 
 For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, overlap,
-micro_batch), every rank
+micro_batch, sp = sequence parallelism), every rank
 trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
 1e-10 relative, the losses, gradient norms and its parameter shard with a
 single-process ViT trained in the same process on the same global batch.  It
@@ -13,7 +13,10 @@ evaluation forward (pipelined for pp > 1) gives the serial logits on every rank.
 with ``"grads": true`` instead checks that after one pipelined step the dp
 replicas of every stage hold identical gradients; one with ``"bitwise_vs":
 "1f1b"`` checks that its schedule's gradients after one step are bitwise those
-of the named schedule (ZB-H1's split backward against the unsplit one).  Rank 0 prints one
+of the named schedule (ZB-H1's split backward against the unsplit one).  One with
+``"drift": true`` (and ``"sp": true``) trains with the LayerNorm gradients left
+unreduced over tp (the deliberately wrong variant of the Megatron #1446 trap) and
+checks that the tp-replicated check then fails.  Rank 0 prints one
 ``OK <layout> ...`` line per layout; any failure raises (the guard ends all ranks).
 """
 import json
@@ -35,6 +38,7 @@ from minivit.parallel.model_parallel import ModelShard
 from minivit.parallel.runtime.evaluate import eval_model
 from minivit.parallel.offload import Offload
 from minivit.parallel.runtime.step import StepEngine
+from minivit.parallel.sequence_parallel import SequenceParallelBlock
 from minivit.parallel.tensor_parallel import shard_index
 
 GLOBAL_BATCH, STEPS, LR, CLIP = 8, 3, 1e-2, 0.05
@@ -79,7 +83,8 @@ def run_layout(lay, ref, world):
     dp, tp, pp = lay["dp"], lay["tp"], lay["pp"]
     micro = lay.get("micro_batch", 2)
     grid = ProcessGrid(world, dp=dp, tp=tp, pp=pp)
-    model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
+    model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False),
+                       sequence_parallel=lay.get("sp", False))
     accum = GLOBAL_BATCH // (micro * dp)
     trainer = StepEngine(model, grid, zero=lay.get("zero", 0), accum=accum,
                               max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
@@ -92,6 +97,8 @@ def run_layout(lay, ref, world):
         return check_grads(trainer, grid, next(it)[1], accum)
     if lay.get("bitwise_vs"):
         return check_bitwise(trainer, grid, lay, next(it)[1], accum)
+    if lay.get("drift"):
+        return check_drift(trainer, grid, model, it)
     worst = 0.0
     for step in range(STEPS):
         mark = grid.ledger.mark()
@@ -125,7 +132,8 @@ def check_activation_bytes(trainer, grid, model, lay, micro, accum):
     lo, hi = model.stage_blocks
     per = cost.stage_activation_bytes(CONFIG, micro, 8, blocks=hi - lo,
                                       first=grid.is_first_stage, last=grid.is_last_stage,
-                                      tp=grid.tp, recompute=lay.get("recompute", False))
+                                      tp=grid.tp, recompute=lay.get("recompute", False),
+                                      sequence_parallel=lay.get("sp", False))
     n = cost.micro_batches_in_flight(trainer.schedule, accum, grid.pp, grid.pp_rank)
     measured = trainer.pipeline.peak_activation_bytes
     if trainer.pipeline.peak_contexts != n or measured != n * per:
@@ -138,17 +146,49 @@ def check_ledger(grid, model, trainer, lay, micro, accum, mark):
     b, s, h, item = micro, CONFIG.seq_len, CONFIG.dim, 8
     layers = model.stage_blocks[1] - model.stage_blocks[0]
     entries = grid.ledger.since(mark)
+    if lay.get("sp"):
+        check_sp_ledger(grid, entries, lay, micro, accum, layers)
     act = b * s * h
     tp_bytes = sum(e.bytes for e in entries if e.group == "tp" and e.op == "allreduce"
                    and e.bytes == cost.allreduce_bytes(act, grid.tp, item))
     want = cost.tp_step_bytes(b, s, h, layers, accum, grid.tp, item, lay.get("recompute", False))
-    if grid.tp > 1 and tp_bytes != want:
+    if grid.tp > 1 and not lay.get("sp") and tp_bytes != want:
         raise AssertionError(f"tp all-reduce bytes {tp_bytes} != cost.py {want}")
     pp_bytes = sum(e.bytes for e in entries if e.group == "pp" and e.op == "send")
-    want = cost.pp_step_bytes(b, s, h, accum, item, not grid.is_first_stage,
+    want = cost.pp_step_bytes(b, model.tokens_local, h, accum, item, not grid.is_first_stage,
                               not grid.is_last_stage)
     if pp_bytes != want:
         raise AssertionError(f"pp send bytes {pp_bytes} != cost.py {want}")
+
+
+def check_sp_ledger(grid, entries, lay, micro, accum, layers):
+    """Sequence parallelism: the tp all-gathers, reduce-scatters and all-reduces (the LN
+    gradients plus the norm's float64) equal cost.sp_step_bytes exactly."""
+    want = cost.sp_step_bytes(micro, CONFIG.seq_len, CONFIG.dim, layers, accum, grid.tp, 8,
+                              recompute=lay.get("recompute", False),
+                              first=grid.is_first_stage, last=grid.is_last_stage)
+    want["allreduce"] += cost.allreduce_bytes(1, grid.tp, 8)
+    got = {op: sum(e.bytes for e in entries if e.group == "tp" and e.op == op) for op in want}
+    if got != want:
+        raise AssertionError(f"sequence-parallel tp bytes {got} != cost.py {want}")
+
+
+def check_drift(trainer, grid, model, it):
+    """Without the tp all-reduce of the LN gradients the replicas must drift (a wrong
+    gradient is caught by check_replicated)."""
+    blocks = [getattr(u, "unit", u) for u in model.units]
+    norms = [n for blk in blocks if isinstance(blk, SequenceParallelBlock)
+             for n in (blk.norm1, blk.norm2)]
+    assert norms, "no sequence-parallel block found"
+    for norm in norms:
+        norm.reduce_grads = False
+    trainer.train_step(next(it)[1], LR)
+    try:
+        check_replicated(model, grid, trainer.full_parameters())
+    except AssertionError as exc:
+        grid.free()
+        return f"drift detected without the LN reduction ({len(norms)} LayerNorms): {exc}"
+    raise AssertionError("LN gradients left unreduced over tp, yet the replicas agree")
 
 
 def check_eval_forward(trainer, ref_state):
@@ -188,7 +228,8 @@ def check_grads(trainer, grid, micro_batches, accum):
 def check_bitwise(trainer, grid, lay, micro_batches, accum):
     """One step of ``lay["schedule"]`` and of ``lay["bitwise_vs"]`` from the same
     parameters: the stage gradients must be bitwise equal."""
-    other = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False))
+    other = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False),
+                       sequence_parallel=lay.get("sp", False))
     ref = StepEngine(other, grid, accum=accum, schedule=lay["bitwise_vs"])
     for engine in (trainer, ref):
         engine.pipeline.run(micro_batches, 1.0 / (accum * grid.dp))
