@@ -37,6 +37,7 @@ from minivit.flops import forward_matmul_flops
 
 from . import cost
 from .grid import validate_layout
+from .sequence_parallel import tokens_per_rank
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 MACHINE_DIR = Path(__file__).resolve().parents[1] / "run" / "machines"
@@ -134,6 +135,7 @@ class Layout:
     overlap: bool = False
     ranks_per_node: int = 1
     bucket_bytes: int = 25 * 2**20
+    sequence_parallel: bool = False
 
     @property
     def world(self):
@@ -174,6 +176,8 @@ def plan_step(layout, machine):
     if lay.pp > 1 and lay.schedule == "1f1b" and lay.accum < lay.pp:
         raise ValueError(f"1F1B with accum={lay.accum} micro-batches on pp={lay.pp}: expected "
                          "accum >= pp")
+    if lay.sequence_parallel:
+        tokens_per_rank(cfg.seq_len, lay.tp)      # ValueError for tp 1 or a padding-only rank
     item = ITEMSIZE[lay.dtype]
     sizes = cost.vit_unit_sizes(cfg)
     psi = sum(sizes)
@@ -196,7 +200,8 @@ def plan_step(layout, machine):
         "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
                    "zero": lay.zero, "micro_batch": b, "accum": m, "recompute": lay.recompute,
                    "offload": lay.offload, "schedule": lay.schedule, "overlap": lay.overlap,
-                   "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype},
+                   "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype,
+                   "sequence_parallel": lay.sequence_parallel},
         "global_batch": b * m * p,
         "model_state_bytes_per_rank": int(mem["model_state"]),
         "activation_bytes_per_rank": int(mem["act"]["total"]),
@@ -224,7 +229,8 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
     optim = 0 if lay.offload else state["optim"]
     model_state = state["params"] + state["grads"] + optim
     act = cost.peak_activation_bytes(cfg, b, item, m=m, pp=lay.pp, stage=0, tp=lay.tp,
-                                     recompute=lay.recompute, schedule=lay.schedule)
+                                     recompute=lay.recompute, schedule=lay.schedule,
+                                     sequence_parallel=lay.sequence_parallel)
     # persistent arrays beyond the 16 Psi of ZeRO's count, measured by run/bench.py
     # rankmem: the weight-decay mask (one model-dtype value per parameter,
     # FlatParams.decay_mask; ZeRO 1-3 keep their shard of it, ZeRO-3 drops the full
@@ -282,11 +288,15 @@ def _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks):
         for op, count in _dp_messages(share, p, lay.zero, m, bucket_elems):
             dp_time += count * collective_seconds(op, 0, p, machine)
         dp_time += dp_bytes / machine.link_bandwidth
-    act_elems = b * cfg.seq_len * cfg.dim
+    tokens = tokens_per_rank(cfg.seq_len, lay.tp) if lay.sequence_parallel else cfg.seq_len
+    act_elems = b * tokens * cfg.dim            # the activation between pipeline stages
     tp_count = (6 if lay.recompute else 4) * blocks * m
-    tp_bytes = tp_count * cost.allreduce_bytes(act_elems, lay.tp, item)
-    tp_time = collective_seconds("allreduce", tp_bytes, lay.tp, machine, count=tp_count)
-    pp_bytes = cost.pp_step_bytes(b, cfg.seq_len, cfg.dim, m, item, lay.pp > 2, lay.pp > 1)
+    if lay.sequence_parallel:
+        tp_bytes, tp_time = _sequence_parallel_terms(lay, cfg, machine, item, blocks)
+    else:
+        tp_bytes = tp_count * cost.allreduce_bytes(b * cfg.seq_len * cfg.dim, lay.tp, item)
+        tp_time = collective_seconds("allreduce", tp_bytes, lay.tp, machine, count=tp_count)
+    pp_bytes = cost.pp_step_bytes(b, tokens, cfg.dim, m, item, lay.pp > 2, lay.pp > 1)
     pp_time = 0.0
     if lay.pp > 1:
         transfers = 2 * (m + lay.pp - 1)      # one activation and one gradient per slot
@@ -294,6 +304,24 @@ def _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks):
                                      count=transfers)
     return {"dp_bytes": dp_bytes, "dp_time": dp_time, "tp_bytes": tp_bytes, "tp_time": tp_time,
             "pp_bytes": pp_bytes, "pp_time": pp_time}
+
+
+def _sequence_parallel_terms(lay, cfg, machine, item, blocks):
+    """tp bytes and seconds per step of stage 0 under sequence parallelism: the
+    all-gathers and reduce-scatters of ``cost.sp_step_bytes`` (TP's bytes, in 2x the
+    messages of half the rounds) and the LayerNorm-gradient all-reduces."""
+    b, m = lay.micro_batch, lay.accum
+    sp = cost.sp_step_bytes(b, cfg.seq_len, cfg.dim, blocks, m, lay.tp, item,
+                            recompute=lay.recompute, first=True, last=lay.pp == 1)
+    per_block = (6 if lay.recompute else 4) * blocks * m
+    ends = 1 + int(lay.pp == 1)
+    seconds = (collective_seconds("allgather", sp["allgather"], lay.tp, machine,
+                                  count=per_block + ends * m)
+               + collective_seconds("reduce_scatter", sp["reduce_scatter"], lay.tp, machine,
+                                    count=per_block)
+               + collective_seconds("allreduce", sp["allreduce"], lay.tp, machine,
+                                    count=2 * blocks * m))
+    return sum(sp.values()), seconds
 
 
 def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, zero=3,

@@ -47,6 +47,8 @@ def parse_args(argv):
     ap.add_argument("--ranks-per-node", type=int, default=1,
                     help="ranks sharing one node's FLOP/s and memory")
     ap.add_argument("--recompute", action="store_true", help="activation recompute per block")
+    ap.add_argument("--sequence-parallel", action="store_true", help="with --tp > 1: LN regions "
+                    "sharded along T (their activations / tp; pp sends (b, T/tp, h))")
     ap.add_argument("--offload", action="store_true", help="optimizer state offloaded to disk")
     ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     ap.add_argument("--overlap", action="store_true",
@@ -84,7 +86,10 @@ def plan(args):
     dp_bytes = cost.zero_comm_elements(psi_rank, dp, args.zero, args.accum) * size
     b, s, h = args.micro_batch, cfg.seq_len, cfg.dim
     ring = 2 * (tp - 1) / tp
-    tp_bytes = cost.tp_comm_elements(b, s, h, cfg.depth // pp, args.accum) * ring * size
+    if args.sequence_parallel:       # AG + RS of (b, T_loc, h) blocks: TP's bytes on t T_loc
+        s = plan_model.tokens_per_rank(s, tp)
+    tp_bytes = cost.tp_comm_elements(b, s * (tp if args.sequence_parallel else 1), h,
+                                     cfg.depth // pp, args.accum) * ring * size
     # a middle stage sends activations forward and their gradients backward
     pp_bytes = cost.pp_comm_elements(b, s, h, 1 if pp > 1 else 0, args.accum) * size
     return [
@@ -110,7 +115,8 @@ def _layout(args, nodes=None, accum=None):
         model=args.model, nodes=nodes, dp=dp, tp=args.tp, pp=args.pp, zero=args.zero,
         micro_batch=args.micro_batch, accum=args.accum if accum is None else accum,
         dtype=args.dtype, recompute=args.recompute, offload=args.offload,
-        schedule=args.schedule, overlap=args.overlap, ranks_per_node=args.ranks_per_node)
+        schedule=args.schedule, overlap=args.overlap, ranks_per_node=args.ranks_per_node,
+        sequence_parallel=args.sequence_parallel)
 
 
 def step_rows(result):
@@ -137,7 +143,7 @@ def scaling(args, machine):
         args.model, counts, machine, global_batch=gb, micro_batch=args.micro_batch,
         zero=args.zero, tp=args.tp, pp=args.pp, dtype=args.dtype, recompute=args.recompute,
         offload=args.offload, schedule=args.schedule, overlap=args.overlap,
-        ranks_per_node=args.ranks_per_node)
+        ranks_per_node=args.ranks_per_node, sequence_parallel=args.sequence_parallel)
     if args.json:
         print(json.dumps(out))
     else:

@@ -59,11 +59,17 @@ def test_layouts_world2(run_mpi):
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "1f1b", "recompute": True, "offload": True},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "zb-h1"},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "zb-h1", "recompute": True,
-         "bitwise_vs": "1f1b"}])
+         "bitwise_vs": "1f1b"},
+        # sequence parallelism (issue 18): T = 17 padded to 18; then the LN reduction's
+        # deliberately wrong variant, which must drift
+        {"dp": 1, "tp": 2, "pp": 1, "sp": True},
+        {"dp": 1, "tp": 2, "pp": 1, "sp": True, "recompute": True},
+        {"dp": 1, "tp": 2, "pp": 1, "sp": True, "drift": True}])
     assert _peaks(ok[1]) == [4, 4]          # GPipe keeps all m = 4 micro-batches
     assert _peaks(ok[2]) == [2, 1]          # 1F1B: pp - stage
     assert _peaks(ok[5]) == [2, 2]          # ZB-H1: W lags F by pp - 1 on every stage
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[6]
+    assert "drift detected without the LN reduction (8 LayerNorms)" in ok[9]
 
 
 def test_layouts_world4(run_mpi):
@@ -76,11 +82,16 @@ def test_layouts_world4(run_mpi):
         {"dp": 2, "tp": 2, "pp": 1, "zero": 3, "offload": True},
         {"dp": 2, "tp": 1, "pp": 2, "schedule": "1f1b", "grads": True},
         {"dp": 1, "tp": 1, "pp": 4, "schedule": "zb-h1"},
-        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "bitwise_vs": "1f1b"}])
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "bitwise_vs": "1f1b"},
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "1f1b", "sp": True},
+        {"dp": 2, "tp": 2, "pp": 1, "zero": 3, "sp": True},
+        {"dp": 1, "tp": 4, "pp": 1, "sp": True},
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "sp": True, "bitwise_vs": "1f1b"}])
     assert _peaks(ok[0]) == [4, 3, 2, 1] and max(_peaks(ok[0])) <= 4
     assert _peaks(ok[7]) == [4, 4, 4, 4]    # ZB-H1: at most p in flight, 1F1B's peak
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[8]
     assert "dp gradient replicas bitwise identical on every stage" in ok[6]
+    assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[12]
 
 
 def test_layouts_world8(run_mpi):
@@ -91,7 +102,8 @@ def test_layouts_world8(run_mpi):
         {"dp": 2, "tp": 2, "pp": 2, "zero": 3, "schedule": "1f1b", "recompute": True},
         {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "gpipe", "overlap": True},
         {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1},
-        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1"}])
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1"},
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1", "sp": True}])
     assert max(_peaks(ok[0])) <= 2
 
 
