@@ -83,6 +83,27 @@ def test_terms_follow_cost_py():
     assert r["fits"] == (r["peak_bytes_per_rank"] <= TOY.memory_bytes)
 
 
+def test_sequence_parallel_terms():
+    """--sequence-parallel: activations with the LN regions / tp (T_loc = 99 of 197 at
+    tp 2), pp sends of (b, T_loc, h), the tp bytes of cost.sp_step_bytes; tp 1 refused."""
+    cfg = get_config("vit-base")
+    lay = Layout(model="vit-base", nodes=8, dp=2, tp=2, pp=2, micro_batch=4, accum=4)
+    tp_only, sp = plan_step(lay, TOY), plan_step(Layout(**{**lay.__dict__,
+                                                            "sequence_parallel": True}), TOY)
+    assert sp["activation_bytes_per_rank"] == cost.peak_activation_bytes(
+        cfg, 4, 4, m=4, pp=2, tp=2, sequence_parallel=True)["total"]
+    per_block = (cost.block_ctx_bytes(cfg, 4, 4, tp=2)
+                 - cost.block_ctx_bytes(cfg, 4, 4, tp=2, sequence_parallel=True))
+    assert per_block == 4 * 2 * 4 * (197 - 99) * 768 + 32 * 4 * (197 - 99)
+    assert tp_only["activation_bytes_per_rank"] - sp["activation_bytes_per_rank"] == \
+        2 * 6 * per_block                       # 2 micro-batches in flight x 6 blocks
+    assert sp["comm_bytes_per_rank"]["pp"] * 197 == tp_only["comm_bytes_per_rank"]["pp"] * 99
+    assert sp["comm_bytes_per_rank"]["tp"] == sum(
+        cost.sp_step_bytes(4, 197, 768, 6, 4, 2, 4, first=True).values())
+    with pytest.raises(ValueError, match="tp=1: expected tp >= 2"):
+        plan_step(Layout(model="vit-base", nodes=2, dp=2, sequence_parallel=True), TOY)
+
+
 def test_strong_scaling_keeps_the_global_batch():
     rows = strong_scaling("vit-tiny", [1, 2, 4, 8], TOY, global_batch=64, micro_batch=8)
     assert [r["layout"]["accum"] for r in rows] == [8, 4, 2, 1]
