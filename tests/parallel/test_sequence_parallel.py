@@ -7,6 +7,10 @@ against ``cost.sp_step_bytes`` run in the mpirun layouts of test_tp_pp.py (key
 tests/support/sp_gradcheck_driver.py), the padding rule and its errors, the
 activation closed form, and ``run/pretrain.py --sequence-parallel --audit``.
 """
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -119,3 +123,32 @@ def test_model_shard_sequence_parallel_activation_shape():
             == [(p.name, p.data.shape) for p in tp_block.parameters()])
     for p, q in zip(block.parameters(), tp_block.parameters()):
         assert np.array_equal(p.data, q.data)
+
+
+COMMON = ["--model", "vit-nano", "--data", "random", "--dtype", "float64", "--micro-batch", "2",
+          "--global-batch", "8", "--warmup", "1", "--lr", "1e-2", "--random-samples", "32",
+          "--threads", "1", "--no-progress", "--steps", "2"]
+
+
+def _losses(out):
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["loss"], r["grad_norm"]) for r in rows if r.get("kind") == "train"]
+
+
+def test_pretrain_sequence_parallel_audit_equals_one_process(run_mpi, tmp_path):
+    """run/pretrain.py --tp 2 --sequence-parallel --audit: the float64 losses and norms
+    of one process; every ledger line equals cost.py (all-gather, reduce-scatter, the
+    LN all-reduces) and the measured contexts equal the SP closed form."""
+    one = subprocess.run([sys.executable, PRETRAIN, *COMMON, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    proc = run_mpi(2, [PRETRAIN, *COMMON, "--tp", "2", "--sequence-parallel", "--audit",
+                       "--out", tmp_path / "sp"], timeout=180)
+    np.testing.assert_allclose(_losses(tmp_path / "sp"), _losses(tmp_path / "one"), rtol=1e-10)
+    checks = [ln for ln in proc.stdout.splitlines() if "(cost.py tp/pp)" in ln]
+    ops = {ln.split()[1] for ln in checks}
+    assert {"allgather", "reduce_scatter", "allreduce"} <= ops, checks
+    assert all(" OK " in ln for ln in checks), checks
+    acts = [ln for ln in proc.stdout.splitlines() if ln.startswith("[audit] activations")]
+    assert len(acts) == 2 and all(ln.endswith("OK") for ln in acts), acts
+    assert "sequence parallel (T=17 -> T_loc=9 per rank)" in proc.stdout
