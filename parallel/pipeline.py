@@ -26,7 +26,8 @@ only bounds the contexts alive per stage by ``pp`` instead of ``m``); for
 ZB-H1 ``(p - 1)(T_F + T_B - T_W) / (m (T_F + T_B + T_W) + (p - 1)(T_F + T_B - T_W))``
 (Qi et al. section 3.1), ``(p - 1) / (3m + p - 1)`` when F, B and W cost alike.
 
-Transport: stage ``s`` sends its output activation ``(b, T, D)`` to ``s + 1``
+Transport: stage ``s`` sends its output activation ``(b, T, D)`` (``(b, T_loc, D)``
+under sequence parallelism: ``ModelShard.activation_shape``) to ``s + 1``
 and receives the gradient of that activation back, through the audited pp
 communicator (``isend`` + blocking ``recv``; the sends are completed at the
 end of the schedule, so no pair of stages can block each other).

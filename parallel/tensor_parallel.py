@@ -16,7 +16,14 @@ its conjugate.  Per block and micro-batch that is 2 all-reduces of
 LayerNorms, the embedding, class token, position embedding, head and the
 biases of row-parallel layers are replicated: every tp rank computes the same
 gradient for them (their inputs and output gradients are full after ``f``/``g``),
-so they stay bitwise identical without communication.  Their gradients are
+so they stay bitwise identical without communication (under sequence
+parallelism the LayerNorms see a part of the tokens and their gradients are
+all-reduced: ``sequence_parallel.py``).
+
+Sequence parallelism (Korthikanti et al. 2022, section 4.2.2) swaps ``f`` and
+``g`` for their sequence-parallel conjugates ``g`` (all-gather along T forward,
+reduce-scatter backward) and ``g-bar`` (reduce-scatter forward, all-gather
+backward), defined below; the linears take them as their ``f`` / ``g``.  Their gradients are
 counted once in the global norm (``ModelShard.norm_weight``).
 
 Sharded init: every shard is ``init_shard(seed, name, full_shape, ...)``,
