@@ -122,7 +122,7 @@ class SequenceParallelLayerNorm(LayerNorm):
     over tp in the backward (the Megatron-LM #1446 trap; Korthikanti et al. 2022,
     section 4.2.2: the parameters are replicated, the tokens are not).
 
-    Per micro-batch one float64-or-model-dtype all-reduce of ``2 D`` elements.
+    Per micro-batch one all-reduce of ``2 D`` elements of the model dtype.
     ``reduce_grads = False`` is the deliberately wrong variant the tests use to show
     the replicas drift without it.
     """

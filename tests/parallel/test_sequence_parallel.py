@@ -94,8 +94,8 @@ def test_block_contexts_equal_the_closed_form(tp, dtype, item):
                                                         sequence_parallel=True)
     # by hand, vit-nano (T=17, D=32, M=64, H=4) at tp 2: T_loc = 9
     if tp == 2:
-        assert ctx_nbytes(ctx) == item * b * (2 * 9 * 32 + 17 * (2 * 32 + (4 * 32 + 2 * 64
-                                                                          + 4 * 17) // 2)) + 32 * b * 9
+        by_hand = item * b * (2 * 9 * 32 + 17 * (2 * 32 + (4 * 32 + 2 * 64 + 4 * 17) // 2))
+        assert ctx_nbytes(ctx) == by_hand + 32 * b * 9
 
 
 def test_the_ln_regions_share_halves_at_tp2():

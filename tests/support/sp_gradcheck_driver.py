@@ -57,7 +57,8 @@ def check_adjoints(comm):
         if not err < 1e-12:
             raise AssertionError(f"{name}: <op(x), y> = {lhs} != <x, op^T y> = {rhs}")
         worst = max(worst, err)
-    return f"adjoint identities of g, g-bar, enter, leave (T=17, t=2, T_loc={loc}): max rel err {worst:.1e}"
+    return (f"adjoint identities of g, g-bar, enter, leave (T=17, t=2, T_loc={loc}): "
+            f"max rel err {worst:.1e}")
 
 
 def block_loss(block, x, w, comm):
