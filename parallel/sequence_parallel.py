@@ -75,7 +75,14 @@ def _own_tokens(x, rank, local):
     return out
 
 
-class EnterSequenceParallel(Module):
+class _RegionEnd(Module):
+    # both ends hold the tp group, T and T_loc (ValueError from tokens_per_rank)
+    def __init__(self, comm, tokens):
+        self.comm, self.tokens = comm, tokens
+        self.local = tokens_per_rank(tokens, comm.size)
+
+
+class EnterSequenceParallel(_RegionEnd):
     """Into the sharded region: forward keeps this rank's tokens, backward all-gathers.
 
     x: (B, T, D), equal on every tp rank (the embedding's output) -> (B, T_loc, D),
@@ -83,10 +90,6 @@ class EnterSequenceParallel(Module):
     Backward: dy (B, T_loc, D) -> (B, T, D), every rank's piece (Megatron's
     ``scatter_to_sequence_parallel_region``).  Bytes: one all-gather in backward.
     """
-
-    def __init__(self, comm, tokens):
-        self.comm, self.tokens = comm, tokens
-        self.local = tokens_per_rank(tokens, comm.size)
 
     def forward(self, x):
         return _own_tokens(x, self.comm.rank, self.local), None
@@ -96,7 +99,7 @@ class EnterSequenceParallel(Module):
         return _sequence_allgather(self.comm, dy, self.tokens)
 
 
-class LeaveSequenceParallel(Module):
+class LeaveSequenceParallel(_RegionEnd):
     """Out of the sharded region: forward all-gathers, backward keeps this rank's tokens.
 
     x: (B, T_loc, D) -> (B, T, D), the padding dropped, equal on every tp rank (the
@@ -104,10 +107,6 @@ class LeaveSequenceParallel(Module):
     replicated) -> this rank's (B, T_loc, D) block of it; no communication
     (Megatron's ``gather_from_sequence_parallel_region`` with a replicated consumer).
     """
-
-    def __init__(self, comm, tokens):
-        self.comm, self.tokens = comm, tokens
-        self.local = tokens_per_rank(tokens, comm.size)
 
     def forward(self, x):
         return _sequence_allgather(self.comm, x, self.tokens), None

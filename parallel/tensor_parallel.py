@@ -18,13 +18,13 @@ biases of row-parallel layers are replicated: every tp rank computes the same
 gradient for them (their inputs and output gradients are full after ``f``/``g``),
 so they stay bitwise identical without communication (under sequence
 parallelism the LayerNorms see a part of the tokens and their gradients are
-all-reduced: ``sequence_parallel.py``).
+all-reduced: ``sequence_parallel.py``).  Their gradients are counted once in
+the global norm (``ModelShard.norm_weight``).
 
 Sequence parallelism (Korthikanti et al. 2022, section 4.2.2) swaps ``f`` and
 ``g`` for their sequence-parallel conjugates ``g`` (all-gather along T forward,
 reduce-scatter backward) and ``g-bar`` (reduce-scatter forward, all-gather
-backward), defined below; the linears take them as their ``f`` / ``g``.  Their gradients are
-counted once in the global norm (``ModelShard.norm_weight``).
+backward), defined below; the linears take them as their ``f`` / ``g``.
 
 Sharded init: every shard is ``init_shard(seed, name, full_shape, ...)``,
 the exact slice of the serial parameter.  The head is not split, so the class
@@ -91,7 +91,17 @@ def _sequence_reduce_scatter(comm, x, local):
     return comm.reduce_scatter(blocks, np.empty((b, local, d), x.dtype))
 
 
-class GatherFromSequenceParallel:
+class _SequenceOp:
+    # the two ops' shared state: the tp group, T, and T_loc = ceil(T / t) per rank
+    def __init__(self, comm, tokens):
+        self.comm, self.tokens = comm, tokens
+        self.local = -(-tokens // comm.size)
+
+    def parameters(self):
+        return []
+
+
+class GatherFromSequenceParallel(_SequenceOp):
     """Korthikanti et al. 2022 (arXiv 2205.05198), section 4.2.2, Figure 6: ``g``.
 
     Forward all-gather along the sequence, backward reduce-scatter: it replaces
@@ -103,13 +113,6 @@ class GatherFromSequenceParallel:
     Bytes each way: ``(t-1) B T_loc D s``.
     """
 
-    def __init__(self, comm, tokens):
-        self.comm, self.tokens = comm, tokens
-        self.local = -(-tokens // comm.size)
-
-    def parameters(self):
-        return []
-
     def forward(self, x):
         return _sequence_allgather(self.comm, x, self.tokens), None
 
@@ -118,7 +121,7 @@ class GatherFromSequenceParallel:
         return _sequence_reduce_scatter(self.comm, dy, self.local)
 
 
-class ReduceScatterToSequenceParallel:
+class ReduceScatterToSequenceParallel(_SequenceOp):
     """Korthikanti et al. 2022, section 4.2.2, Figure 6: ``g-bar``, the conjugate of ``g``.
 
     Forward reduce-scatter along the sequence, backward all-gather: it replaces
@@ -128,13 +131,6 @@ class ReduceScatterToSequenceParallel:
     (B, T_loc, D) -> (B, tokens, D).  Bytes each way: ``(t-1) B T_loc D s``, so
     ``g`` + ``g-bar`` send what one all-reduce of (B, t T_loc, D) sends (section 4.2.2).
     """
-
-    def __init__(self, comm, tokens):
-        self.comm, self.tokens = comm, tokens
-        self.local = -(-tokens // comm.size)
-
-    def parameters(self):
-        return []
 
     def forward(self, x):
         return _sequence_reduce_scatter(self.comm, x, self.local), None
