@@ -59,8 +59,13 @@ def test_layouts_world2(run_mpi):
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "1f1b", "recompute": True, "offload": True},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "zb-h1"},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "zb-h1", "recompute": True,
-         "bitwise_vs": "1f1b"}])
+         "bitwise_vs": "1f1b"},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2,
+         "recompute": True, "offload": True}])
     assert _peaks(ok[1]) == [4, 4]          # GPipe keeps all m = 4 micro-batches
+    # interleaved, m = 4, v = 2: min(2(p-s-1) + (v-1)p + 1, m v) (micro-batch, chunk) contexts
+    assert _peaks(ok[7]) == _peaks(ok[8]) == [5, 3]
     assert _peaks(ok[2]) == [2, 1]          # 1F1B: pp - stage
     assert _peaks(ok[5]) == [2, 2]          # ZB-H1: W lags F by pp - 1 on every stage
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[6]
@@ -76,8 +81,11 @@ def test_layouts_world4(run_mpi):
         {"dp": 2, "tp": 2, "pp": 1, "zero": 3, "offload": True},
         {"dp": 2, "tp": 1, "pp": 2, "schedule": "1f1b", "grads": True},
         {"dp": 1, "tp": 1, "pp": 4, "schedule": "zb-h1"},
-        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "bitwise_vs": "1f1b"}])
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "bitwise_vs": "1f1b"},
+        {"dp": 2, "tp": 1, "pp": 2, "zero": 3, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 1, "tp": 2, "pp": 2, "zero": 0, "schedule": "interleaved", "virtual_stages": 2}])
     assert _peaks(ok[0]) == [4, 3, 2, 1] and max(_peaks(ok[0])) <= 4
+    assert _peaks(ok[9]) == [4, 4, 3, 3] and _peaks(ok[10]) == [5, 5, 3, 3]
     assert _peaks(ok[7]) == [4, 4, 4, 4]    # ZB-H1: at most p in flight, 1F1B's peak
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[8]
     assert "dp gradient replicas bitwise identical on every stage" in ok[6]
@@ -91,8 +99,12 @@ def test_layouts_world8(run_mpi):
         {"dp": 2, "tp": 2, "pp": 2, "zero": 3, "schedule": "1f1b", "recompute": True},
         {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "gpipe", "overlap": True},
         {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1},
-        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1"}])
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1"},
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1,
+         "schedule": "interleaved", "virtual_stages": 2}])
     assert max(_peaks(ok[0])) <= 2
+    assert _peaks(ok[6]) == _peaks(ok[7]) == [4, 4, 4, 4, 3, 3, 3, 3]   # m = p = 2: capped
 
 
 # ------------------------------------------------------------ single process
