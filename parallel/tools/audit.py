@@ -11,6 +11,7 @@ micro-batch's contexts (``recompute.ctx_nbytes``) beside
 from .. import cost
 from ..model_parallel import ModelShard
 from ..offload import rss_bytes
+from ..pipeline import in_flight_peak, pipeline_ops
 
 _STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi",
                   3: "3 accum (p-1)/p Psi"}
@@ -70,18 +71,28 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
     item = engine.itemsize
     lines = []
     if isinstance(model, ModelShard):
-        lo, hi = model.stage_blocks
-        tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo, engine.accum,
-                                grid.tp, item, recompute)
+        v = model.virtual_stages
+        tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, model.num_blocks,
+                                engine.accum, grid.tp, item, recompute)
         pp = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, engine.accum, item,
-                                not grid.is_first_stage, not grid.is_last_stage)
-        lines.append(f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}: "
+                                not grid.is_first_stage, not grid.is_last_stage, v)
+        sends = cost.pp_step_messages(engine.accum, not grid.is_first_stage,
+                                      not grid.is_last_stage, v)
+        blocks = ", ".join(f"{lo}..{hi - 1}" for lo, hi in model.chunk_blocks)
+        one = cost.pp_step_messages(engine.accum, not grid.is_first_stage,
+                                    not grid.is_last_stage)
+        per = ("b*s*h per boundary per micro-batch" if v == 1 else
+               f"b*s*h per chunk boundary per micro-batch: (2v - first - last) m = {sends} "
+               f"sends at v={v}, 1F1B {one}")
+        lines.append(f"[audit] stage {grid.pp_rank} (blocks {blocks}), tp {grid.tp}: "
                      f"predicted tp activation all-reduce {tp:,} B "
                      f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
-                     f"pp send {pp:,} B (b*s*h per boundary per micro-batch)")
+                     f"pp send {pp:,} B ({per})")
     if engine.pipeline is not None:
         p = engine.pipeline
-        lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} micro-batch "
+        what = "micro-batch" if getattr(model, "virtual_stages", 1) == 1 else \
+            "(micro-batch, chunk)"
+        lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} {what} "
                      f"contexts alive on stage {grid.pp_rank} (pp={grid.pp}, m={engine.accum}),"
                      f" {p.peak_activation_bytes:,} activation bytes")
     if offload is not None:
@@ -101,16 +112,15 @@ def predicted_group_bytes(engine, micro_batch, recompute):
     if not isinstance(model, ModelShard):
         return {}
     cfg, item, out = model.config, engine.itemsize, {}
-    lo, hi = model.stage_blocks
     if grid.tp > 1:
         out[("allreduce", "tp")] = (cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
-                                                       hi - lo, engine.accum, grid.tp, item,
-                                                       recompute)
+                                                       model.num_blocks, engine.accum, grid.tp,
+                                                       item, recompute)
                                     + cost.allreduce_bytes(1, grid.tp, 8))
     if grid.pp > 1:
         out[("send", "pp")] = cost.pp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
                                                  engine.accum, item, not grid.is_first_stage,
-                                                 not grid.is_last_stage)
+                                                 not grid.is_last_stage, model.virtual_stages)
         out[("allreduce", "pp")] = (cost.allreduce_bytes(2, grid.pp, 8)
                                     + cost.allreduce_bytes(1, grid.pp, 8))
     return out
@@ -119,17 +129,22 @@ def predicted_group_bytes(engine, micro_batch, recompute):
 def activation_lines(engine, micro_batch, recompute):
     """``[audit]`` lines: measured context bytes of one micro-batch on this rank next
     to the closed form of ``cost.stage_activation_bytes`` (and, under a pipeline,
-    the measured peak next to in-flight x per-micro-batch)."""
+    the measured peak next to in-flight x per-micro-batch; interleaved, next to
+    the bytes of the chunk contexts its op list keeps alive at its peak)."""
     grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
     first, last, blocks = True, True, cfg.depth
     if isinstance(model, ModelShard):
-        lo, hi = model.stage_blocks
-        first, last, blocks = grid.is_first_stage, grid.is_last_stage, hi - lo
+        first, last, blocks = grid.is_first_stage, grid.is_last_stage, model.num_blocks
     per = cost.stage_activation_bytes(cfg, micro_batch, item, blocks=blocks, first=first,
                                       last=last, tp=grid.tp, recompute=recompute)
     block = cost.block_ctx_bytes(cfg, micro_batch, item, tp=grid.tp, recompute=recompute)
     form = ("s B T D" if recompute else
             "s B T (4D + (4D + 2M + H T)/tp) + 32 B T")
+    detail = (f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
+              f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
+              f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}")
+    if engine.pipeline is not None and engine.schedule == "interleaved":
+        return [_interleaved_activation_line(engine, micro_batch, recompute), detail]
     if engine.pipeline is None:
         measured, n = engine.activation_bytes, 1
     else:
@@ -137,7 +152,24 @@ def activation_lines(engine, micro_batch, recompute):
         n = cost.micro_batches_in_flight(engine.schedule, engine.accum, grid.pp, grid.pp_rank)
     ok = "OK" if measured == n * per else "MISMATCH"
     return [f"[audit] activations on stage {grid.pp_rank}: measured {measured:,} B of contexts,"
-            f" formula {n} in flight x {per:,} B = {n * per:,} B  {ok}",
-            f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
-            f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
-            f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}"]
+            f" formula {n} in flight x {per:,} B = {n * per:,} B  {ok}", detail]
+
+
+def _interleaved_activation_line(engine, micro_batch, recompute):
+    """Measured peak against the op list's peak over per-chunk context bytes, and the
+    in-flight count against ``cost.micro_batches_in_flight``."""
+    grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
+    v, p, s = model.virtual_stages, grid.pp, grid.pp_rank
+    chunk = [cost.stage_activation_bytes(cfg, micro_batch, item, blocks=hi - lo,
+                                         first=c * p + s == 0, last=c * p + s == p * v - 1,
+                                         tp=grid.tp, recompute=recompute)
+             for c, (lo, hi) in enumerate(model.chunk_blocks)]
+    n = cost.micro_batches_in_flight("interleaved", engine.accum, p, s, v)
+    count, nbytes = in_flight_peak(pipeline_ops("interleaved", engine.accum, p, s, v), chunk)
+    pipe = engine.pipeline
+    ok = "OK" if (pipe.peak_contexts, pipe.peak_activation_bytes) == (n, nbytes) \
+        and count == n else "MISMATCH"
+    return (f"[audit] activations on stage {s}: measured {pipe.peak_activation_bytes:,} B in "
+            f"{pipe.peak_contexts} chunk contexts, formula min(2(p-s-1) + (v-1)p + 1, m v) = "
+            f"{n} in flight, chunks of {', '.join(f'{b:,}' for b in chunk)} B = {nbytes:,} B  "
+            f"{ok}")

@@ -325,3 +325,57 @@ def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_p
         np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
         _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
                           ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+
+def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
+    """run/pretrain.py --pp 2 --schedule interleaved --virtual-stages 2 equals one process
+    (losses, norms, the checkpoint's tensors); its --audit pp sends and activation lines
+    are OK and --timeline states the interleaved formula.  The serial checkpoint resumed
+    interleaved, and the interleaved one resumed serially, equal the serial resume."""
+    _single("--steps", "2", "--out", tmp_path / "one")
+    png = tmp_path / "interleaved.png"
+    mp = ["--pp", "2", "--schedule", "interleaved", "--virtual-stages", "2"]
+    proc = run_mpi(2, [PRETRAIN, *COMMON, *mp, "--steps", "2", "--audit", "--timeline", png,
+                       "--out", tmp_path / "two"], timeout=180)
+    one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-10)
+    np.testing.assert_allclose([r["grad_norm"] for r in two], [r["grad_norm"] for r in one],
+                               rtol=1e-10)
+    # stage 0 (rank 0 prints): 4 micro-batches x (2 v - 1) = 12 sends of b*s*h = 2*17*32 x 8 B
+    sends = [ln for ln in proc.stdout.splitlines() if "send           pp" in ln]
+    assert len(sends) == 2 and all("12       104,448       104,448  OK" in ln for ln in sends)
+    acts = [ln for ln in proc.stdout.splitlines() if "[audit] activations on stage 0" in ln]
+    assert len(acts) == 2 and all(ln.endswith("= 5 in flight, chunks of 136,320, 124,032 B "
+                                              "= 669,312 B  OK") for ln in acts), acts
+    assert re.search(r"bubble measured [\d.]+% vs \(p-1\)/\(vm\+p-1\) = 11.1%", proc.stdout)
+    assert png.stat().st_size > 10_000
+    step2 = "ckpt/step_0000002.h5"
+    _same_checkpoints(tmp_path / "two" / step2, tmp_path / "one" / step2,
+                      ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+    import shutil
+    shutil.copytree(tmp_path / "one", tmp_path / "ref")
+    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
+    run_mpi(2, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
+            timeout=120)                                             # serial -> interleaved
+    _single("--steps", "3", "--resume", tmp_path / "two")            # interleaved -> serial
+    ref = _train_records(tmp_path / "ref")[-1]
+    step3 = "ckpt/step_0000003.h5"
+    for run in ("one", "two"):
+        got = _train_records(tmp_path / run)[-1]
+        assert got["step"] == 3
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
+        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
+        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
+                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+
+def test_balance_virtual_stages_and_chunk_units():
+    sizes = cost.vit_unit_sizes(NANO)
+    # p = 2, v = 2: 4 virtual stages of one block; rank s holds virtual stages s and 2 + s
+    assert balance_stages(sizes, 2, 2) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(ValueError, match=re.escape("pp=2 x virtual_stages=3 = 6 virtual "
+                                                   "stages but depth=4 blocks")):
+        balance_stages(sizes, 2, 3)
+    from minivit.parallel.model_parallel import virtual_stage_units
+    assert virtual_stage_units(balance_stages(sizes, 2, 2)) == [[0, 1], [2], [3], [4, 5]]
