@@ -183,7 +183,7 @@ def bubble_fraction(schedule, p, m, t_f=1.0, t_b=1.0, t_w=1.0, v=1):
     stage (interleaved).  Raises ValueError for an unknown schedule.
     """
     if schedule == "interleaved":
-        check_interleaved(p * -(-m // p), p, v)
+        check_interleaved(m, p, v)
         idle = (p - 1) * (t_f + t_b + t_w) / v
         return idle / (m * (t_f + t_b + t_w) + idle)
     check_schedule(schedule, max(m, p), p)

@@ -286,6 +286,27 @@ def _same_checkpoints(path, ref_path, groups):
                                            atol=1e-10 * np.abs(want).max())
 
 
+def _resume_both_ways(run_mpi, tmp_path, n, mp, other):
+    """The serial step-2 run ``tmp_path/one`` resumed under the flags ``mp`` on ``n``
+    ranks, and the ``mp`` run ``tmp_path/other`` resumed serially: both reach step 3
+    like the serial resume (losses, norms, parameters and Adam moments to 1e-10)."""
+    import shutil
+    shutil.copytree(tmp_path / "one", tmp_path / "ref")
+    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
+    run_mpi(n, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
+            timeout=120)                                             # serial -> mp
+    _single("--steps", "3", "--resume", tmp_path / other)            # mp -> serial
+    ref = _train_records(tmp_path / "ref")[-1]
+    step3 = "ckpt/step_0000003.h5"
+    for run in ("one", other):
+        got = _train_records(tmp_path / run)[-1]
+        assert got["step"] == 3
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
+        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
+        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
+                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+
 def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
     """run/pretrain.py at (dp, tp, pp) = (1, 2, 2), GPipe + recompute, equals one
     process (losses, norms, checkpoint tensors); --audit tp/pp lines agree with
@@ -310,21 +331,7 @@ def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_p
     _same_checkpoints(tmp_path / "four" / step2, tmp_path / "one" / step2,
                       ("params", "optim/exp_avg", "optim/exp_avg_sq"))
 
-    import shutil
-    shutil.copytree(tmp_path / "one", tmp_path / "ref")
-    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
-    run_mpi(4, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
-            timeout=120)                                             # serial -> tp/pp
-    _single("--steps", "3", "--resume", tmp_path / "four")           # tp/pp -> serial
-    ref = _train_records(tmp_path / "ref")[-1]
-    step3 = "ckpt/step_0000003.h5"
-    for run in ("one", "four"):
-        got = _train_records(tmp_path / run)[-1]
-        assert got["step"] == 3
-        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
-        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
-        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
-                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+    _resume_both_ways(run_mpi, tmp_path, 4, mp, "four")
 
 
 def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
@@ -353,21 +360,7 @@ def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi,
     _same_checkpoints(tmp_path / "two" / step2, tmp_path / "one" / step2,
                       ("params", "optim/exp_avg", "optim/exp_avg_sq"))
 
-    import shutil
-    shutil.copytree(tmp_path / "one", tmp_path / "ref")
-    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
-    run_mpi(2, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
-            timeout=120)                                             # serial -> interleaved
-    _single("--steps", "3", "--resume", tmp_path / "two")            # interleaved -> serial
-    ref = _train_records(tmp_path / "ref")[-1]
-    step3 = "ckpt/step_0000003.h5"
-    for run in ("one", "two"):
-        got = _train_records(tmp_path / run)[-1]
-        assert got["step"] == 3
-        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
-        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
-        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
-                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+    _resume_both_ways(run_mpi, tmp_path, 2, mp, "two")
 
 
 def test_balance_virtual_stages_and_chunk_units():
