@@ -246,11 +246,21 @@ def sp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, *, recompute=Fal
             "allreduce": 2 * layers * micro_batches * allreduce_bytes(2 * h, tp, itemsize)}
 
 
-def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next):
+def pp_step_bytes(b, s, h, micro_batches, itemsize, has_prev, has_next, virtual_stages=1):
     """Bytes one pipeline stage sends per step: the ``(b, s, h)`` activation to the
     next stage and its gradient to the previous one, per micro-batch (Narayanan
-    et al. 2021, section 2.2)."""
-    return (int(bool(has_prev)) + int(bool(has_next))) * micro_batches * b * s * h * itemsize
+    et al. 2021, section 2.2).  Interleaved (``virtual_stages = v``, section
+    2.2.2) every chunk sends both, except the model's first chunk (no gradient
+    to send back) and its last (no activation to send on): ``v`` times the
+    messages of 1F1B on a middle stage (:func:`pp_step_messages`)."""
+    return pp_step_messages(micro_batches, has_prev, has_next, virtual_stages) * b * s * h \
+        * itemsize
+
+
+def pp_step_messages(micro_batches, has_prev, has_next, virtual_stages=1):
+    """Point-to-point sends of one pipeline stage per step: ``(2 v - [first stage] -
+    [last stage]) m`` (1F1B, v = 1: ``m`` per neighbour)."""
+    return (2 * virtual_stages - int(not has_prev) - int(not has_next)) * micro_batches
 
 
 # --------------------------------------- activation memory (issue 15: the contexts)
@@ -351,7 +361,7 @@ def stage_activation_bytes(cfg, b, itemsize, *, blocks, first=True, last=True, t
     return out
 
 
-def micro_batches_in_flight(schedule, m, pp, stage):
+def micro_batches_in_flight(schedule, m, pp, stage, virtual_stages=1):
     """Micro-batch contexts alive at once on ``stage`` at the peak of a step.
 
     GPipe (Huang et al. 2019): all ``m`` forwards run before any backward.
@@ -360,13 +370,23 @@ def micro_batches_in_flight(schedule, m, pp, stage):
     ZB-H1 (Qi et al. 2024, section 3.1): a micro-batch stays from its F to its W,
     which lags F by ``pp - 1`` on every stage: ``min(pp, m)`` (part of it only
     the weight halves' arrays once its B has run).
+    Interleaved 1F1B (section 2.2.2, Megatron's order, ``pipeline.interleaved_order``)
+    counts (micro-batch, chunk) contexts, each about ``1/v`` of a stage's: its
+    warm-up of ``2 (pp - stage - 1) + (v - 1) pp`` forwards plus one,
+    ``min(2 (pp - stage - 1) + (v - 1) pp + 1, m v)``; on stage 0 that is
+    ``v pp + pp - 1`` chunk contexts, ``pp (1 + (pp - 1) / (pp v))`` stages' worth,
+    against 1F1B's ``pp``.
     Without a pipeline (pp = 1) micro-batches run one after another: 1.
     Raises ValueError for an unknown schedule.
     """
-    if schedule not in ("gpipe", "1f1b", "zb-h1"):
-        raise ValueError(f"schedule={schedule!r}: expected 'gpipe', '1f1b' or 'zb-h1'")
+    if schedule not in ("gpipe", "1f1b", "zb-h1", "interleaved"):
+        raise ValueError(f"schedule={schedule!r}: expected 'gpipe', '1f1b', 'zb-h1' or "
+                         "'interleaved'")
     if pp == 1:
         return 1
+    if schedule == "interleaved":
+        v = virtual_stages
+        return min(2 * (pp - stage - 1) + (v - 1) * pp + 1, m * v)
     if schedule == "zb-h1":
         return min(pp, m)
     return m if schedule == "gpipe" else min(pp - stage, m)

@@ -7,12 +7,19 @@ gets at least one block; embedding on the first stage, head on the last).
 Within a stage, blocks are tensor-parallel over ``tp`` (Shoeybi et al. 2019,
 section 3; ``tensor_parallel.py``).
 
+Interleaved 1F1B (Narayanan et al. 2021, section 2.2.2): the units are cut into
+``pp x v`` contiguous *virtual* stages instead, and rank ``s`` holds the ``v``
+non-adjacent chunks ``c = 0..v-1``, chunk ``c`` being virtual stage ``c pp + s``.
+The rank's unit list is the concatenation of its chunks, so its flat buffer,
+gradients, optimizer, ZeRO shards and checkpoints work on it unchanged.
+
 ``ModelShard`` is a ``minivit.model.ViT`` holding only this rank's units (it
-inherits ``parameters``, ``unit_ranges``, ``zero_grad`` and ``backward``), so
+inherits ``parameters``, ``unit_ranges`` and ``zero_grad``), so
 data parallelism, ZeRO and ``StepEngine`` work on it unchanged.
 """
 import numpy as np
 
+from minivit.layers import chain_backward_input, chain_backward_weight
 from minivit.model import Block, Embed, Head, ViT
 from minivit.params import FlatParams
 
@@ -23,20 +30,29 @@ from .sequence_parallel import (Boundary, EnterSequenceParallel, LeaveSequencePa
 from .tensor_parallel import TensorParallelBlock, check_divisible
 
 
-def balance_stages(unit_sizes, pp):
-    """Cut units ``[embed, block_0..block_{L-1}, head]`` into ``pp`` contiguous stages.
+def balance_stages(unit_sizes, pp, virtual_stages=1):
+    """Cut units ``[embed, block_0..block_{L-1}, head]`` into ``pp x virtual_stages``
+    contiguous (virtual) stages.
 
     unit_sizes : parameter count of each unit (``cost.vit_unit_sizes``).
-    Returns ``[(lo, hi)]`` block index ranges, one per stage, minimising the
-    largest stage parameter count (embed counted on stage 0, head on the last);
-    ties go to the earlier cut.  Exact dynamic programme, O(pp L^2).
-    Raises ValueError when there are fewer blocks than stages.
+    Returns ``[(lo, hi)]`` block index ranges, one per (virtual) stage in model
+    order, minimising the largest stage parameter count (embed counted on the
+    first, head on the last); ties go to the earlier cut.  Exact dynamic
+    programme, O(n L^2) for n stages.  Virtual stage ``c pp + s`` is chunk ``c``
+    of rank ``s`` (interleaved 1F1B).
+    Raises ValueError when there are fewer blocks than (virtual) stages.
     """
     embed, blocks, head = unit_sizes[0], list(unit_sizes[1:-1]), unit_sizes[-1]
     depth = len(blocks)
+    if virtual_stages > 1 and depth < pp * virtual_stages:
+        raise ValueError(f"pp={pp} x virtual_stages={virtual_stages} = "
+                         f"{pp * virtual_stages} virtual stages but depth={depth} blocks: "
+                         "expected pp x virtual stages <= depth (each virtual stage holds "
+                         "at least one block)")
     if pp < 1 or depth < pp:
         raise ValueError(f"pp={pp} pipeline stages but depth={depth} blocks: expected "
                          "1 <= pp <= depth (each stage holds at least one block)")
+    pp = pp * virtual_stages
     prefix = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
 
     def cost(s, lo, hi):
@@ -61,28 +77,45 @@ def balance_stages(unit_sizes, pp):
     return ranges[::-1]
 
 
+def virtual_stage_units(stages):
+    """Global unit indices (0 embed, ``1 + i`` block i, ``depth + 1`` head) of each
+    (virtual) stage of :func:`balance_stages`' ``stages``, in model order."""
+    depth, last = stages[-1][1], len(stages) - 1
+    return [([0] if k == 0 else []) + [1 + i for i in range(lo, hi)]
+            + ([depth + 1] if k == last else []) for k, (lo, hi) in enumerate(stages)]
+
+
 class ModelShard(ViT):
     """This rank's stage of the ViT, tensor-parallel over ``grid.tp_group``.
 
     config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
     grid : ProcessGrid; recompute : wrap each block in ``recompute.Recompute``.
     sequence_parallel : shard the LayerNorm/residual regions along the sequence inside
-    the tp group (``sequence_parallel.py``): blocks take and give (B, T_loc, D), the
-    embedding is followed by ``EnterSequenceParallel`` and the head preceded by
-    ``LeaveSequenceParallel`` (each joined to its unit by a ``Boundary``).
+        the tp group (``sequence_parallel.py``): blocks take and give (B, T_loc, D), the
+        embedding is followed by ``EnterSequenceParallel`` and the head preceded by
+        ``LeaveSequenceParallel`` (each joined to its unit by a ``Boundary``).
+    virtual_stages : ``v`` model chunks per rank (interleaved 1F1B); chunk ``c``
+        is virtual stage ``c pp + s`` of ``pp v`` (module docstring).
 
-    forward(x): stage 0 takes images (B, C, H, W); later stages the activation
-    ``activation_shape(B)``; the last stage returns logits (B, K), others that activation.
-    backward(dy, ctx) -> dx of the stage input (the images' gradient on stage 0).
-    Attributes: ``units``, ``unit_names``, ``flat``, ``stage_blocks`` (lo, hi),
-    ``num_params`` (this rank's), ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
-    global gradient norm, or None when tp == 1), ``norm_groups`` (communicators
-    over which the squared norm is summed: tp and pp when > 1).
-    Raises ValueError on heads / MLP width not divisible by tp, depth < pp, or
+    forward(x, chunk=0): virtual stage 0 takes images (B, C, H, W); later ones the
+    activation ``activation_shape(B)``; the last virtual stage returns logits (B, K),
+    others that activation.  backward(dy, ctx, chunk=0) -> dx of the chunk input (the
+    images' gradient on virtual stage 0); ``backward_input`` / ``backward_weight``
+    alike.  With v = 1 chunk 0 is the whole stage.
+    Attributes: ``units``, ``unit_names``, ``flat``, ``stages`` (block ranges of
+    every virtual stage), ``chunk_blocks`` (this rank's, per chunk),
+    ``chunk_units`` ((start, stop) into ``units`` per chunk), ``global_units``
+    (serial unit index of each of ``units``), ``num_blocks``, ``stage_blocks``
+    ((lo, hi), v = 1 only), ``num_params`` (this rank's), ``norm_weight``
+    (flat-length 0/1 array counting each parameter once in the global gradient
+    norm, or None when tp == 1), ``norm_groups`` (communicators over which the
+    squared norm is summed: tp and pp when > 1).
+    Raises ValueError on heads / MLP width not divisible by tp, depth < pp v, or
     sequence parallelism with tp = 1 or a rank holding only padding.
     """
 
-    def __init__(self, config, seed, grid, recompute=False, sequence_parallel=False):
+    def __init__(self, config, seed, grid, recompute=False, sequence_parallel=False,
+                 virtual_stages=1):
         tp = grid.tp
         if tp > 1:
             check_divisible("heads", config.heads, tp)
@@ -91,20 +124,23 @@ class ModelShard(ViT):
         self.tokens_local = (tokens_per_rank(config.seq_len, tp) if sequence_parallel
                              else config.seq_len)
         self.config, self.seed, self.grid = config, seed, grid
-        self.stages = balance_stages(vit_unit_sizes(config), grid.pp)
-        lo, hi = self.stages[grid.pp_rank]
-        self.stage_blocks = (lo, hi)
-        units, names = [], []
-        if grid.is_first_stage:
-            units.append(self._boundary(Embed(config, seed)))
-            names.append("embed")
-        for i in range(lo, hi):
-            block = self._block(f"blocks.{i}")
-            units.append(Recompute(block) if recompute else block)
-            names.append(f"blocks.{i}")
-        if grid.is_last_stage:
-            units.append(self._boundary(Head(config, seed)))
-            names.append("head")
+        self.virtual_stages = virtual_stages
+        self.stages = balance_stages(vit_unit_sizes(config), grid.pp, virtual_stages)
+        mine = [c * grid.pp + grid.pp_rank for c in range(virtual_stages)]
+        self.chunk_blocks = [self.stages[k] for k in mine]
+        self.num_blocks = sum(hi - lo for lo, hi in self.chunk_blocks)
+        if virtual_stages == 1:
+            self.stage_blocks = self.chunk_blocks[0]
+        every = virtual_stage_units(self.stages)
+        units, names, self.global_units, self.chunk_units = [], [], [], []
+        for k in mine:
+            start = len(units)
+            for u in every[k]:
+                unit, name = self._make_unit(u, recompute)
+                units.append(unit)
+                names.append(name)
+                self.global_units.append(u)
+            self.chunk_units.append((start, len(units)))
         self.units, self.unit_names = units, names
         self.flat = FlatParams(self.parameters(), config.dtype)
         self.norm_weight = None
@@ -116,6 +152,17 @@ class ModelShard(ViT):
                 if getattr(prm, "tp_sharded", False) or grid.tp_rank == 0:
                     self.norm_weight[start:stop] = 1.0
         self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+
+    def _make_unit(self, u, recompute):
+        """``(unit, name)`` of serial unit ``u`` (0 embed, 1 + i block i, depth + 1 head)."""
+        config, seed = self.config, self.seed
+        if u == 0:
+            return self._boundary(Embed(config, seed)), "embed"
+        if u == config.depth + 1:
+            return self._boundary(Head(config, seed)), "head"
+        name = f"blocks.{u - 1}"
+        block = self._block(name)
+        return (Recompute(block) if recompute else block), name
 
     def _block(self, name):
         comm, cfg, seed = self.grid.tp_group, self.config, self.seed
@@ -135,18 +182,35 @@ class ModelShard(ViT):
         return Boundary(LeaveSequenceParallel(comm, tokens), unit)
 
     def activation_shape(self, b):
-        """Shape of the activation between stages for ``b`` images: (b, T, D), or
-        (b, T_loc, D) under sequence parallelism (t times fewer p2p bytes)."""
+        """Shape of the activation between (virtual) stages for ``b`` images: (b, T, D),
+        or (b, T_loc, D) under sequence parallelism (t times fewer p2p bytes)."""
         return (b, self.tokens_local, self.config.dim)
 
-    def forward(self, x):
-        if self.grid.is_first_stage:
+    def _chunk(self, chunk):
+        lo, hi = self.chunk_units[chunk]
+        return self.units[lo:hi]
+
+    def forward(self, x, chunk=0):
+        if chunk == 0 and self.grid.is_first_stage:
             self.check_input(x)          # later stages receive (B, T, D) activations
         ctxs = []
-        for unit in self.units:
+        for unit in self._chunk(chunk):
             x, ctx = unit.forward(x)
             ctxs.append(ctx)
         return x, ctxs
+
+    def backward(self, dy, ctx, chunk=0):
+        # forward: y = units[-1](... units[0](x)) over this chunk's units
+        for unit, c in zip(reversed(self._chunk(chunk)), reversed(ctx)):
+            dy = unit.backward(dy, c)
+        return dy
+
+    def backward_input(self, dy, ctx, chunk=0):
+        # forward: y = units[-1](... units[0](x)) over this chunk's units
+        return chain_backward_input(self._chunk(chunk), dy, ctx)
+
+    def backward_weight(self, wctx, chunk=0):
+        chain_backward_weight(self._chunk(chunk), wctx)
 
 
 _SUMSQ_CHUNK = 1 << 18      # elements per float64 chunk: 2 MiB of temporaries at most
@@ -173,9 +237,11 @@ def weighted_sumsq(grad, weight):
     return total
 
 
-def build_model(config, seed, grid, recompute=False, sequence_parallel=False):
-    """The serial ViT for tp = pp = 1 without recompute, else this rank's ModelShard."""
+def build_model(config, seed, grid, recompute=False, sequence_parallel=False,
+                virtual_stages=1):
+    """The serial ViT for tp = pp = 1 without recompute or sequence parallelism, else
+    this rank's ModelShard (``virtual_stages`` chunks per rank: interleaved 1F1B)."""
     if grid.tp == 1 and grid.pp == 1 and not recompute and not sequence_parallel:
         return ViT(config, seed=seed)
     return ModelShard(config, seed, grid, recompute=recompute,
-                      sequence_parallel=sequence_parallel)
+                      sequence_parallel=sequence_parallel, virtual_stages=virtual_stages)

@@ -13,7 +13,9 @@ Seconds per step (one rank per node unless ``ranks_per_node`` says otherwise):
 * compute: model FLOPs (``minivit.flops``: 3x the forward matmuls, 4x with
   recompute) of this rank's share (``1 / tp`` of its stage's blocks) divided by
   ``peak_flops / ranks_per_node x efficiency``; a pipeline stretches it by the
-  bubble, ``(m + p - 1) / m`` (Narayanan et al. 2021, eq. 1);
+  bubble, ``(m + p - 1) / m`` (Narayanan et al. 2021, eq. 1), interleaved with
+  ``v`` chunks per stage ``(v m + p - 1) / (v m)`` (section 2.2.2: the bubble
+  time shrinks by v);
 * communication: each collective through the alpha-beta model of a ring
   (Thakur, Rabenseifner and Gropp 2005, "Optimization of Collective
   Communication Operations in MPICH", section 2; Patarasuk and Yuan 2009):
@@ -38,6 +40,7 @@ from minivit.flops import forward_matmul_flops
 from . import cost
 from .grid import validate_layout
 from .sequence_parallel import tokens_per_rank
+from .pipeline import check_schedule, in_flight_peak, pipeline_ops
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 MACHINE_DIR = Path(__file__).resolve().parents[1] / "run" / "machines"
@@ -132,6 +135,7 @@ class Layout:
     recompute: bool = False
     offload: bool = False
     schedule: str = "1f1b"
+    virtual_stages: int = 1
     overlap: bool = False
     ranks_per_node: int = 1
     bucket_bytes: int = 25 * 2**20
@@ -178,6 +182,7 @@ def plan_step(layout, machine):
                          "accum >= pp")
     if lay.sequence_parallel:
         tokens_per_rank(cfg.seq_len, lay.tp)      # ValueError for tp 1 or a padding-only rank
+    _check_interleaved(lay, cfg)
     item = ITEMSIZE[lay.dtype]
     sizes = cost.vit_unit_sizes(cfg)
     psi = sum(sizes)
@@ -199,7 +204,8 @@ def plan_step(layout, machine):
         "model": lay.model, "params": psi, "machine": machine.name,
         "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
                    "zero": lay.zero, "micro_batch": b, "accum": m, "recompute": lay.recompute,
-                   "offload": lay.offload, "schedule": lay.schedule, "overlap": lay.overlap,
+                   "offload": lay.offload, "schedule": lay.schedule,
+                   "virtual_stages": lay.virtual_stages, "overlap": lay.overlap,
                    "ranks_per_node": lay.ranks_per_node, "dtype": lay.dtype,
                    "sequence_parallel": lay.sequence_parallel},
         "global_batch": b * m * p,
@@ -228,9 +234,10 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
     state = cost.zero_memory_bytes(psi_rank, p, lay.zero, item)
     optim = 0 if lay.offload else state["optim"]
     model_state = state["params"] + state["grads"] + optim
-    act = cost.peak_activation_bytes(cfg, b, item, m=m, pp=lay.pp, stage=0, tp=lay.tp,
-                                     recompute=lay.recompute, schedule=lay.schedule,
-                                     sequence_parallel=lay.sequence_parallel)
+    act = (interleaved_activation_bytes(lay, cfg, item) if lay.schedule == "interleaved"
+           else cost.peak_activation_bytes(cfg, b, item, m=m, pp=lay.pp, stage=0, tp=lay.tp,
+                                           recompute=lay.recompute, schedule=lay.schedule,
+                                           sequence_parallel=lay.sequence_parallel))
     # persistent arrays beyond the 16 Psi of ZeRO's count, measured by run/bench.py
     # rankmem: the weight-decay mask (one model-dtype value per parameter,
     # FlatParams.decay_mask; ZeRO 1-3 keep their shard of it, ZeRO-3 drops the full
@@ -274,7 +281,8 @@ def _compute_seconds(lay, cfg, machine, blocks):
     rate = machine.peak_flops / lay.ranks_per_node * machine.efficiency
     compute = passes * m * fwd_rank / rate
     if lay.pp > 1:
-        compute *= (m + lay.pp - 1) / m
+        v = lay.virtual_stages if lay.schedule == "interleaved" else 1
+        compute *= (v * m + lay.pp - 1) / (v * m)
     return compute, passes
 
 
@@ -296,10 +304,12 @@ def _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks):
     else:
         tp_bytes = tp_count * cost.allreduce_bytes(b * cfg.seq_len * cfg.dim, lay.tp, item)
         tp_time = collective_seconds("allreduce", tp_bytes, lay.tp, machine, count=tp_count)
-    pp_bytes = cost.pp_step_bytes(b, tokens, cfg.dim, m, item, lay.pp > 2, lay.pp > 1)
+    v = lay.virtual_stages
+    pp_bytes = cost.pp_step_bytes(b, tokens, cfg.dim, m, item, lay.pp > 2, lay.pp > 1, v)
     pp_time = 0.0
     if lay.pp > 1:
-        transfers = 2 * (m + lay.pp - 1)      # one activation and one gradient per slot
+        # one activation and one gradient per slot of the pipeline (of a chunk, interleaved)
+        transfers = 2 * (v * m + lay.pp - 1)
         pp_time = collective_seconds("send", transfers * act_elems * item, 1, machine,
                                      count=transfers)
     return {"dp_bytes": dp_bytes, "dp_time": dp_time, "tp_bytes": tp_bytes, "tp_time": tp_time,
@@ -322,6 +332,47 @@ def _sequence_parallel_terms(lay, cfg, machine, item, blocks):
                + collective_seconds("allreduce", sp["allreduce"], lay.tp, machine,
                                     count=2 * blocks * m))
     return sum(sp.values()), seconds
+
+
+def _check_interleaved(lay, cfg):
+    """ValueError unless ``lay`` can run interleaved 1F1B (``pipeline.check_interleaved``)
+    on an even split of the blocks into ``pp x virtual_stages`` chunks."""
+    if lay.schedule != "interleaved":
+        if lay.virtual_stages != 1:
+            raise ValueError(f"virtual_stages={lay.virtual_stages} with schedule="
+                             f"{lay.schedule!r}: expected 1 (or schedule 'interleaved')")
+        return
+    check_schedule("interleaved", lay.accum, lay.pp, lay.virtual_stages)
+    if cfg.depth % (lay.pp * lay.virtual_stages):
+        raise ValueError(f"pp={lay.pp} x virtual_stages={lay.virtual_stages}: expected a "
+                         f"divisor of the model depth {cfg.depth}")
+
+
+def interleaved_activation_bytes(lay, cfg, item):
+    """Peak context bytes on stage 0 under interleaved 1F1B (the dict of
+    ``cost.peak_activation_bytes``; ``in_flight`` counts (micro-batch, chunk) contexts
+    and ``per_micro_batch`` is the largest chunk's).
+
+    Stage 0 keeps ``v p + p - 1`` chunk contexts at its peak
+    (``cost.micro_batches_in_flight``), each ``1/v`` of a stage's blocks, chunk 0
+    with the embedding: about ``p (1 + (p - 1)/(p v))`` stages' worth against
+    1F1B's ``p``.  The bytes are those of the contexts the op list
+    (``pipeline.interleaved_order``) keeps alive at its peak, which is exact for
+    even chunks.
+    """
+    v, p, b = lay.virtual_stages, lay.pp, lay.micro_batch
+    blocks = cfg.depth // (p * v)
+    chunk = [cost.stage_activation_bytes(cfg, b, item, blocks=blocks, first=c == 0,
+                                         last=c * p == p * v - 1, tp=lay.tp,
+                                         recompute=lay.recompute,
+                                         sequence_parallel=lay.sequence_parallel)
+             for c in range(v)]
+    count, contexts = in_flight_peak(pipeline_ops("interleaved", lay.accum, p, 0, v), chunk)
+    rebuilt = (cost.block_ctx_bytes(cfg, b, item, tp=lay.tp,
+                                    sequence_parallel=lay.sequence_parallel)
+               if lay.recompute else 0)
+    return {"per_micro_batch": max(chunk), "in_flight": count, "contexts": contexts,
+            "recompute_transient": rebuilt, "total": contexts + rebuilt}
 
 
 def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, zero=3,

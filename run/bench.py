@@ -7,6 +7,7 @@
     python run/bench.py scaling [...]       # strong scaling over MPI ranks
     python run/bench.py memory [...]        # recompute activation bytes, offload RSS
     python run/bench.py rankmem [...]       # peak RSS per MPI rank vs plan.py (issue 15)
+    mpirun -n 4 python run/bench.py bubble [...]  # pipeline bubble per schedule vs formula
 
 Each subcommand lives in the package that owns the code it measures; this
 script only dispatches.  Speed is measured here, never in timed unit tests.
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "scaling": "minivit.parallel.tools.bench_scaling",
     "memory": "minivit.parallel.tools.bench_memory",
     "rankmem": "minivit.parallel.tools.bench_rankmem",
+    "bubble": "minivit.parallel.tools.bench_bubble",
 }
 
 

@@ -50,7 +50,9 @@ def parse_args(argv):
     ap.add_argument("--sequence-parallel", action="store_true", help="with --tp > 1: LN regions "
                     "sharded along T (their activations / tp; pp sends (b, T/tp, h))")
     ap.add_argument("--offload", action="store_true", help="optimizer state offloaded to disk")
-    ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
+    ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b", "interleaved"))
+    ap.add_argument("--virtual-stages", type=int, default=1,
+                    help="model chunks per stage with --schedule interleaved")
     ap.add_argument("--overlap", action="store_true",
                     help="dp collectives overlap the last backward")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -91,7 +93,8 @@ def plan(args):
     tp_bytes = cost.tp_comm_elements(b, s * (tp if args.sequence_parallel else 1), h,
                                      cfg.depth // pp, args.accum) * ring * size
     # a middle stage sends activations forward and their gradients backward
-    pp_bytes = cost.pp_comm_elements(b, s, h, 1 if pp > 1 else 0, args.accum) * size
+    pp_bytes = cost.pp_comm_elements(b, s, h, 1 if pp > 1 else 0, args.accum) * size \
+        * args.virtual_stages                 # interleaved: v x the messages
     return [
         ("model", f"{args.model}: Psi = {psi:,} parameters"),
         ("layout", f"world {args.nodes} = dp {dp} x tp {tp} x pp {pp}, ZeRO stage {args.zero}"),
@@ -115,16 +118,19 @@ def _layout(args, nodes=None, accum=None):
         model=args.model, nodes=nodes, dp=dp, tp=args.tp, pp=args.pp, zero=args.zero,
         micro_batch=args.micro_batch, accum=args.accum if accum is None else accum,
         dtype=args.dtype, recompute=args.recompute, offload=args.offload,
-        schedule=args.schedule, overlap=args.overlap, ranks_per_node=args.ranks_per_node,
-        sequence_parallel=args.sequence_parallel)
+        schedule=args.schedule, virtual_stages=args.virtual_stages, overlap=args.overlap,
+        ranks_per_node=args.ranks_per_node, sequence_parallel=args.sequence_parallel)
 
 
 def step_rows(result):
     """Rows of the activation / peak memory / step-time prediction (``plan_step`` dict)."""
     act, t = result["memory"]["activations"], result["time"]
+    chunks = result["layout"]["virtual_stages"] > 1
     return [
-        ("activations / rank", f"{_human(act['total'])}   ({act['in_flight']} micro-batch(es) "
-                               f"in flight x {_human(act['per_micro_batch']).strip()}"
+        ("activations / rank", f"{_human(act['total'])}   ({act['in_flight']} "
+                               + ("chunk contexts in flight, largest " if chunks else
+                                  "micro-batch(es) in flight x ")
+                               + f"{_human(act['per_micro_batch']).strip()}"
                                f" + rebuilt block {_human(act['recompute_transient']).strip()})"),
         ("peak memory / rank", f"{_human(result['peak_bytes_per_rank'])}   "
                                f"({'fits' if result['fits'] else 'DOES NOT FIT'} in "
@@ -142,8 +148,9 @@ def scaling(args, machine):
     out = plan_model.strong_scaling(
         args.model, counts, machine, global_batch=gb, micro_batch=args.micro_batch,
         zero=args.zero, tp=args.tp, pp=args.pp, dtype=args.dtype, recompute=args.recompute,
-        offload=args.offload, schedule=args.schedule, overlap=args.overlap,
-        ranks_per_node=args.ranks_per_node, sequence_parallel=args.sequence_parallel)
+        offload=args.offload, schedule=args.schedule, virtual_stages=args.virtual_stages,
+        overlap=args.overlap, ranks_per_node=args.ranks_per_node,
+        sequence_parallel=args.sequence_parallel)
     if args.json:
         print(json.dumps(out))
     else:

@@ -38,8 +38,8 @@ from minivit.threads import limit_threads
 # keys of OUT/config.toml that --resume OUT does not take over: where to resume from and
 # where to write are this command's own, and the process layout is the launch's (a
 # checkpoint resumes in any layout): dp is derived from the world size, tp/pp (with the
-# pipeline-only --schedule and --timeline) default to 1 unless typed again
-RESUME_IGNORED = ("resume", "out", "dp", "tp", "pp", "schedule", "timeline")
+# pipeline-only --schedule, --virtual-stages and --timeline) default to 1 unless typed again
+RESUME_IGNORED = ("resume", "out", "dp", "tp", "pp", "schedule", "virtual_stages", "timeline")
 
 
 def build_parser():
@@ -92,7 +92,8 @@ def pretrain(cfg, world_comm, guard):
     resume = resume_point(cfg.resume, grid.world) if cfg.resume else None
     data = pretrain_data(cfg, grid, resume)
     model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute,
-                        sequence_parallel=cfg.sequence_parallel)
+                        sequence_parallel=cfg.sequence_parallel,
+                        virtual_stages=cfg.virtual_stages)
     out = cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     trainer = Trainer(cfg, grid, model, data, out=out, script="pretrain", resume=resume,
                       preempt=preempt, header={"model": cfg.model, "data": cfg.data})

@@ -2,7 +2,8 @@
 
 The state adapter of ``parallel/checkpoint.py`` for a ``ModelShard`` trainer:
 the file holds full tensors by serial name, so a run saved at
-``(dp, tp, pp) = (2, 2, 2)`` resumes at ``(1, 1, 1)`` or any other layout.
+``(dp, tp, pp) = (2, 2, 2)`` resumes at ``(1, 1, 1)`` or any other layout,
+interleaved (``--virtual-stages``) or not.
 
 gather(u): the stage owning unit ``u`` gathers each tensor over dp (ZeRO
 shards, through ``DataParallelState(local=True)``), all-gathers the tp slices
@@ -14,6 +15,7 @@ stage reads the full tensor and keeps its tp slice (and ZeRO shard).
 import numpy as np
 
 from .checkpoint import DataParallelState
+from ..model_parallel import virtual_stage_units
 from ..tensor_parallel import shard_index
 
 
@@ -49,15 +51,13 @@ class ModelParallelState:
         self.local = DataParallelState(trainer, local=True)
         self.groups, self.kind = self.local.groups, self.local.kind
         self.specs = vit_param_specs(self.config)
-        # global unit index -> index among this rank's units (None: another stage)
-        lo, hi = self.model.stage_blocks
-        first = 0 if self.grid.is_first_stage else 1 + lo
-        owned = range(first, 1 + hi + (1 if self.grid.is_last_stage else 0))
-        self.local_index = {u: i for i, u in enumerate(owned)}
-        self.owner = {}
-        for s, (a, b) in enumerate(self.model.stages):
-            for u in range(0 if s == 0 else 1 + a, 1 + b + (1 if s == self.grid.pp - 1 else 0)):
-                self.owner[u] = s
+        # global unit index -> index among this rank's units (its chunks' units, in
+        # order; absent: another stage), and -> the pp rank owning it (virtual stage
+        # k is chunk k // pp of rank k % pp), so every unit is written exactly once
+        self.local_index = {u: i for i, u in enumerate(self.model.global_units)}
+        self.owner = {u: k % self.grid.pp
+                      for k, units in enumerate(virtual_stage_units(self.model.stages))
+                      for u in units}
 
     def units(self):
         return [list(u) for u in self.specs]
@@ -123,4 +123,4 @@ class ModelParallelState:
     def layout(self):
         g = self.grid
         return {"world": g.world_size, "dp": g.dp, "tp": g.tp, "pp": g.pp,
-                "zero": self.trainer.zero}
+                "virtual_stages": self.model.virtual_stages, "zero": self.trainer.zero}

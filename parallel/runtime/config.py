@@ -85,6 +85,9 @@ class TrainConfig:
                                  "(zero bubble: backward split into input and weight halves, "
                                  "the weight halves fill the bubble; ZeRO 0-1)",
                          choices=SCHEDULES)
+    virtual_stages: int = flag(1, "model chunks per pipeline stage for --schedule interleaved "
+                                  "(Narayanan et al. 2021, section 2.2.2): >= 2, the "
+                                  "micro-batches a multiple of --pp, pp x chunks <= depth")
     recompute: bool = flag(False, "activation recompute per block: keep the block input, "
                                   "rebuild the rest in backward")
     sequence_parallel: bool = flag(False, "with --tp > 1: shard the LayerNorm and residual "
@@ -197,10 +200,25 @@ class TrainConfig:
         self._check_run_control()
         return dataclasses.replace(self, dp=dp, global_batch=global_batch, accum=accum)
 
+    def _check_virtual_stages(self, depth):
+        """--virtual-stages needs a pipeline, the interleaved schedule, and a block for
+        every virtual stage (``pipeline.check_interleaved`` checks the rest)."""
+        positive_int("virtual_stages", self.virtual_stages)
+        if self.virtual_stages > 1 and self.pp == 1:
+            raise ValueError(f"--virtual-stages {self.virtual_stages}: expected --pp > 1 "
+                             "and --schedule interleaved (chunks interleave across stages)")
+        if depth is not None and self.pp * self.virtual_stages > depth:
+            raise ValueError(f"--pp {self.pp} --virtual-stages {self.virtual_stages}: the "
+                             f"model has depth={depth} blocks; expected pp x virtual stages "
+                             f"= {self.pp * self.virtual_stages} <= depth (each virtual stage "
+                             "holds at least one block)")
+
     def _check_model_parallel(self, accum):
+        shape = self.model_shape()
+        self._check_virtual_stages(shape[2] if shape is not None else None)
         if self.pp > 1:
             try:
-                check_schedule(self.schedule, accum, self.pp)
+                check_schedule(self.schedule, accum, self.pp, self.virtual_stages)
             except ValueError as exc:
                 raise ValueError(f"--schedule {self.schedule} --pp {self.pp}: {exc}") from None
         elif self.timeline:

@@ -39,8 +39,9 @@ class StepEngine:
     max_grad_norm : global-norm clipping threshold, or None for no clipping
         (the norm is measured and returned either way).
     smoothing : label smoothing of the cross-entropy.
-    schedule : pipeline schedule "gpipe" or "1f1b" (used when ``grid.pp > 1``;
-        ``model`` is then a ``model_parallel.ModelShard``, as it must be for tp > 1).
+    schedule : pipeline schedule, one of ``pipeline.SCHEDULES`` (used when ``grid.pp > 1``;
+        ``model`` is then a ``model_parallel.ModelShard``, as it must be for tp > 1;
+        "interleaved" runs its ``virtual_stages`` chunks).
     trainable : None, or ``(start, stop)`` of the flat buffer: only that slice is
         updated (stage 0 only; a linear probe, see ``minivit.transfer.LinearProbe``).
 
@@ -96,7 +97,7 @@ class StepEngine:
         self.activation_bytes = 0
         self.pipeline = None
         if grid.pp > 1:
-            check_schedule(schedule, accum, grid.pp)
+            check_schedule(schedule, accum, grid.pp, getattr(model, "virtual_stages", 1))
             self.pipeline = Pipeline(model, grid, schedule)
         self.schedule = schedule
 

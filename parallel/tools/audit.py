@@ -11,6 +11,7 @@ micro-batch's contexts (``recompute.ctx_nbytes``) beside
 from .. import cost
 from ..model_parallel import ModelShard
 from ..offload import rss_bytes
+from ..pipeline import in_flight_peak, pipeline_ops
 
 _STAGE_FORMULA = {0: "2(p-1)/p Psi", 1: "3(p-1)/p Psi", 2: "(accum+1)(p-1)/p Psi",
                   3: "3 accum (p-1)/p Psi"}
@@ -70,21 +71,30 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
     item = engine.itemsize
     lines = []
     if isinstance(model, ModelShard):
-        lo, hi = model.stage_blocks
+        v = model.virtual_stages
         pp = cost.pp_step_bytes(micro_batch, model.tokens_local, cfg.dim, engine.accum, item,
-                                not grid.is_first_stage, not grid.is_last_stage)
+                                not grid.is_first_stage, not grid.is_last_stage, v)
+        sends = cost.pp_step_messages(engine.accum, not grid.is_first_stage,
+                                      not grid.is_last_stage, v)
+        one = cost.pp_step_messages(engine.accum, not grid.is_first_stage,
+                                    not grid.is_last_stage)
+        per = ("per boundary per micro-batch" if v == 1 else
+               f"per chunk boundary per micro-batch: (2v - first - last) m = {sends} "
+               f"sends at v={v}, 1F1B {one}")
         if model.sequence_parallel:
-            lines.append(_sequence_parallel_line(engine, micro_batch, recompute, pp))
+            lines.append(_sequence_parallel_line(engine, micro_batch, recompute, pp, per))
         else:
-            tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo, engine.accum,
-                                    grid.tp, item, recompute)
-            lines.append(f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}: "
-                         f"predicted tp activation all-reduce {tp:,} B "
+            tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, model.num_blocks,
+                                    engine.accum, grid.tp, item, recompute)
+            lines.append(f"[audit] stage {grid.pp_rank} (blocks {_blocks_text(model)}), "
+                         f"tp {grid.tp}: predicted tp activation all-reduce {tp:,} B "
                          f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
-                         f"pp send {pp:,} B (b*s*h per boundary per micro-batch)")
+                         f"pp send {pp:,} B (b*s*h {per})")
     if engine.pipeline is not None:
         p = engine.pipeline
-        lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} micro-batch "
+        what = "micro-batch" if getattr(model, "virtual_stages", 1) == 1 else \
+            "(micro-batch, chunk)"
+        lines.append(f"[audit] pipeline {engine.schedule}: peak {p.peak_contexts} {what} "
                      f"contexts alive on stage {grid.pp_rank} (pp={grid.pp}, m={engine.accum}),"
                      f" {p.peak_activation_bytes:,} activation bytes")
     if offload is not None:
@@ -95,28 +105,32 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
     return lines
 
 
+def _blocks_text(model):
+    """``lo..hi`` block ranges of this rank's chunks (one per chunk, interleaved)."""
+    return ", ".join(f"{lo}..{hi - 1}" for lo, hi in model.chunk_blocks)
+
+
 def _sp_bytes(engine, micro_batch, recompute):
     grid, model = engine.grid, engine.model
-    lo, hi = model.stage_blocks
-    return cost.sp_step_bytes(micro_batch, model.config.seq_len, model.config.dim, hi - lo,
+    return cost.sp_step_bytes(micro_batch, model.config.seq_len, model.config.dim,
+                              model.num_blocks,
                               engine.accum, grid.tp, engine.itemsize, recompute=recompute,
                               first=grid.is_first_stage, last=grid.is_last_stage)
 
 
-def _sequence_parallel_line(engine, micro_batch, recompute, pp):
+def _sequence_parallel_line(engine, micro_batch, recompute, pp, per):
     grid, model, cfg = engine.grid, engine.model, engine.model.config
-    lo, hi = model.stage_blocks
     sp = _sp_bytes(engine, micro_batch, recompute)
-    tp_equivalent = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, hi - lo,
+    tp_equivalent = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, model.num_blocks,
                                        engine.accum, grid.tp, engine.itemsize, recompute)
     ends = int(grid.is_first_stage) + int(grid.is_last_stage)
-    return (f"[audit] stage {grid.pp_rank} (blocks {lo}..{hi - 1}), tp {grid.tp}, sequence "
+    return (f"[audit] stage {grid.pp_rank} (blocks {_blocks_text(model)}), tp {grid.tp}, sequence "
             f"parallel (T={cfg.seq_len} -> T_loc={model.tokens_local} per rank): predicted "
             f"all-gather {sp['allgather']:,} B + reduce-scatter {sp['reduce_scatter']:,} B "
             f"({6 if recompute else 4} each x blocks x micro-batches x (t-1) b T_loc h, "
             f"+{ends} all-gather(s) at the region's ends; TP's all-reduces would send "
             f"{tp_equivalent:,} B), LN-gradient all-reduce {sp['allreduce']:,} B, pp send "
-            f"{pp:,} B (b*T_loc*h per boundary per micro-batch)")
+            f"{pp:,} B (b*T_loc*h {per})")
 
 
 def predicted_group_bytes(engine, micro_batch, recompute):
@@ -128,7 +142,6 @@ def predicted_group_bytes(engine, micro_batch, recompute):
     if not isinstance(model, ModelShard):
         return {}
     cfg, item, out = model.config, engine.itemsize, {}
-    lo, hi = model.stage_blocks
     if model.sequence_parallel:
         sp = _sp_bytes(engine, micro_batch, recompute)
         out[("allgather", "tp")] = sp["allgather"]
@@ -136,13 +149,13 @@ def predicted_group_bytes(engine, micro_batch, recompute):
         out[("allreduce", "tp")] = sp["allreduce"] + cost.allreduce_bytes(1, grid.tp, 8)
     elif grid.tp > 1:
         out[("allreduce", "tp")] = (cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim,
-                                                       hi - lo, engine.accum, grid.tp, item,
-                                                       recompute)
+                                                       model.num_blocks, engine.accum, grid.tp,
+                                                       item, recompute)
                                     + cost.allreduce_bytes(1, grid.tp, 8))
     if grid.pp > 1:
         out[("send", "pp")] = cost.pp_step_bytes(micro_batch, model.tokens_local, cfg.dim,
                                                  engine.accum, item, not grid.is_first_stage,
-                                                 not grid.is_last_stage)
+                                                 not grid.is_last_stage, model.virtual_stages)
         out[("allreduce", "pp")] = (cost.allreduce_bytes(2, grid.pp, 8)
                                     + cost.allreduce_bytes(1, grid.pp, 8))
     return out
@@ -151,13 +164,13 @@ def predicted_group_bytes(engine, micro_batch, recompute):
 def activation_lines(engine, micro_batch, recompute):
     """``[audit]`` lines: measured context bytes of one micro-batch on this rank next
     to the closed form of ``cost.stage_activation_bytes`` (and, under a pipeline,
-    the measured peak next to in-flight x per-micro-batch)."""
+    the measured peak next to in-flight x per-micro-batch; interleaved, next to
+    the bytes of the chunk contexts its op list keeps alive at its peak)."""
     grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
     first, last, blocks, sp = True, True, cfg.depth, False
     if isinstance(model, ModelShard):
-        lo, hi = model.stage_blocks
-        first, last, blocks = grid.is_first_stage, grid.is_last_stage, hi - lo
-        sp = model.sequence_parallel
+        first, last = grid.is_first_stage, grid.is_last_stage
+        blocks, sp = model.num_blocks, model.sequence_parallel
     per = cost.stage_activation_bytes(cfg, micro_batch, item, blocks=blocks, first=first,
                                       last=last, tp=grid.tp, recompute=recompute,
                                       sequence_parallel=sp)
@@ -167,6 +180,11 @@ def activation_lines(engine, micro_batch, recompute):
             (False, False): "s B T (4D + (4D + 2M + H T)/tp) + 32 B T",
             (True, False): "s B (2 T_loc D + T (2D + (4D + 2M + H T)/tp)) + 32 B T_loc, "
                            f"T_loc={model.tokens_local if sp else 0}"}[(sp, bool(recompute))]
+    detail = (f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
+              f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
+              f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}")
+    if engine.pipeline is not None and engine.schedule == "interleaved":
+        return [_interleaved_activation_line(engine, micro_batch, recompute), detail]
     if engine.pipeline is None:
         measured, n = engine.activation_bytes, 1
     else:
@@ -174,7 +192,25 @@ def activation_lines(engine, micro_batch, recompute):
         n = cost.micro_batches_in_flight(engine.schedule, engine.accum, grid.pp, grid.pp_rank)
     ok = "OK" if measured == n * per else "MISMATCH"
     return [f"[audit] activations on stage {grid.pp_rank}: measured {measured:,} B of contexts,"
-            f" formula {n} in flight x {per:,} B = {n * per:,} B  {ok}",
-            f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
-            f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
-            f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}"]
+            f" formula {n} in flight x {per:,} B = {n * per:,} B  {ok}", detail]
+
+
+def _interleaved_activation_line(engine, micro_batch, recompute):
+    """Measured peak against the op list's peak over per-chunk context bytes, and the
+    in-flight count against ``cost.micro_batches_in_flight``."""
+    grid, model, cfg, item = engine.grid, engine.model, engine.model.config, engine.itemsize
+    v, p, s = model.virtual_stages, grid.pp, grid.pp_rank
+    chunk = [cost.stage_activation_bytes(cfg, micro_batch, item, blocks=hi - lo,
+                                         first=c * p + s == 0, last=c * p + s == p * v - 1,
+                                         tp=grid.tp, recompute=recompute,
+                                         sequence_parallel=model.sequence_parallel)
+             for c, (lo, hi) in enumerate(model.chunk_blocks)]
+    n = cost.micro_batches_in_flight("interleaved", engine.accum, p, s, v)
+    count, nbytes = in_flight_peak(pipeline_ops("interleaved", engine.accum, p, s, v), chunk)
+    pipe = engine.pipeline
+    ok = "OK" if (pipe.peak_contexts, pipe.peak_activation_bytes) == (n, nbytes) \
+        and count == n else "MISMATCH"
+    return (f"[audit] activations on stage {s}: measured {pipe.peak_activation_bytes:,} B in "
+            f"{pipe.peak_contexts} chunk contexts, formula min(2(p-s-1) + (v-1)p + 1, m v) = "
+            f"{n} in flight, chunks of {', '.join(f'{b:,}' for b in chunk)} B = {nbytes:,} B  "
+            f"{ok}")

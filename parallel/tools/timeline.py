@@ -3,8 +3,9 @@ the bubble and draw the schedule as a per-stage Gantt chart.
 
 Bubble fraction (Narayanan et al. 2021, section 2.2.1, eq. 1): with ``p``
 stages and ``m`` equal micro-batches a stage idles ``(p - 1) / (m + p - 1)``
-of the step, for GPipe and 1F1B alike; ZB-H1's formula needs the F, B and W
-times (``pipeline.bubble_fraction``), taken here from the measured means.
+of the step, for GPipe and 1F1B alike; interleaved 1F1B with ``v`` chunks per
+stage ``(p - 1) / (v m + p - 1)`` (section 2.2.2); ZB-H1's formula needs the F, B
+and W times (``pipeline.bubble_fraction``), taken here from the measured means.
 Measured here as ``1 - mean_over_stages(busy time) / (last end - first start)``.
 """
 import numpy as np
@@ -17,9 +18,9 @@ KIND_NAMES = {0: "forward", 1: "backward (B: input)", 2: "weight (W)"}
 def gather_timeline(grid, events):
     """All stages' events on every rank of the pp group: array (pp, n, 4).
 
-    events : (n, 4) float64 rows ``(kind 0=F/1=B/2=W, micro-batch, start_s, end_s)``
-    (``Pipeline.events``; n = 2 m, or 3 m for ZB-H1, on every stage).  One
-    all-gather over pp.
+    events : (n, 5) float64 rows ``(kind 0=F/1=B/2=W, micro-batch, start_s, end_s,
+    chunk)`` (``Pipeline.events``; n = 2 m, 3 m for ZB-H1, 2 m v interleaved, on
+    every stage).  One all-gather over pp.
     """
     events = np.ascontiguousarray(events, dtype=np.float64)
     out = np.empty((grid.pp,) + events.shape, np.float64)
@@ -40,7 +41,13 @@ def predicted_bubble(schedule, timeline):
     seconds = timeline[:, :, 3] - timeline[:, :, 2]
     mean = [float(seconds[kinds == k].mean()) if (kinds == k).any() else 0.0 for k in (0, 1, 2)]
     m = int(timeline[0, :, 1].max()) + 1
-    return bubble_fraction(schedule, pp, m, *mean)
+    v = int(timeline[0, :, 4].max()) + 1 if timeline.shape[2] > 4 else 1
+    # a chunk's op is 1/v of the stage's: the formula takes whole-stage times
+    return bubble_fraction(schedule, pp, m, *[v * t for t in mean],
+                           **({"v": v} if schedule == "interleaved" else {}))
+
+
+FORMULAS = {"zb-h1": "(p-1)(F+B-W)/(m(F+B+W)+(p-1)(F+B-W))", "interleaved": "(p-1)/(vm+p-1)"}
 
 
 def measured_bubble(timeline):
@@ -52,8 +59,8 @@ def measured_bubble(timeline):
 
 def plot_timeline(timeline, path, title):
     """Write a Gantt chart (one row per stage, forward blue / backward orange /
-    weight-gradient green, micro-batch number inside each box) of a (pp, n, 4)
-    timeline to ``path`` (PNG)."""
+    weight-gradient green, micro-batch number inside each box; interleaved, chunk
+    ``c > 0`` lighter and hatched) of a (pp, n, 4 or 5) timeline to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -64,9 +71,12 @@ def plot_timeline(timeline, path, title):
     fig, ax = plt.subplots(figsize=(10, 0.6 * pp + 1.2))
     colors = {0: "#4c72b0", 1: "#dd8452", 2: "#55a868"}
     for stage in range(pp):
-        for kind, mb, start, end in timeline[stage]:
+        for row in timeline[stage]:
+            kind, mb, start, end = row[:4]
+            chunk = int(row[4]) if len(row) > 4 else 0
             left, width = (start - t0) * 1e3, (end - start) * 1e3
             ax.barh(stage, width, left=left, height=0.8, color=colors[int(kind)],
+                    alpha=1.0 if chunk == 0 else 0.55, hatch="//" * min(chunk, 2) or None,
                     edgecolor="black", linewidth=0.4)
             ax.text(left + width / 2, stage, str(int(mb)), ha="center", va="center",
                     fontsize=7, color="white")
@@ -77,8 +87,12 @@ def plot_timeline(timeline, path, title):
     ax.set_title(title, fontsize=9)
     present = sorted({int(k) for k in timeline[:, :, 0].ravel()})
     # beside the chart, not over the last stage's final ops
-    ax.legend(handles=[Patch(color=colors[k], label=KIND_NAMES[k]) for k in present],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    handles = [Patch(color=colors[k], label=KIND_NAMES[k]) for k in present]
+    if timeline.shape[2] > 4 and timeline[:, :, 4].max() > 0:
+        handles += [Patch(facecolor="white", edgecolor="black", label="chunk 0"),
+                    Patch(facecolor="white", edgecolor="black", hatch="//",
+                          label="chunk 1 (2+: ////)")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -94,13 +108,14 @@ def write_timeline(engine, path, schedule, root):
     timeline = gather_timeline(grid, engine.pipeline.events)
     measured = measured_bubble(timeline)
     theory = predicted_bubble(schedule, timeline)
-    formula = ("(p-1)(F+B-W)/(m(F+B+W)+(p-1)(F+B-W))" if schedule == "zb-h1"
-               else "(p-1)/(m+p-1)")
+    formula = FORMULAS.get(schedule, "(p-1)/(m+p-1)")
+    v = getattr(engine.model, "virtual_stages", 1)
+    chunks = f", v={v} chunks per stage" if v > 1 else ""
     if root:
         plot_timeline(timeline, path,
-                      f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches; "
+                      f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches{chunks}; "
                       f"bubble measured {measured:.1%}, {formula} = {theory:.1%}")
-        print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}): bubble measured "
+        print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}{chunks}): bubble measured "
               f"{measured:.1%} vs {formula} = {theory:.1%} (mean measured F, B, W); "
               f"wrote {path}", flush=True)
     return measured, theory

@@ -65,3 +65,20 @@ def test_accumulation_multiplies_per_micro_batch_terms():
         assert cost.zero_comm_elements(36, 4, stage, accum=3) == factor * 3 / 4 * 36
         exact = sum(cost.step_comm_bytes(units, 4, stage, 4, accum=3).values())
         assert exact == factor * 3 / 4 * 36 * 4
+
+
+def test_pp_sends_interleaved_are_v_times_1f1b_on_a_middle_stage():
+    b, s, h, m, item = 2, 17, 32, 4, 8
+    act = b * s * h * item
+    # 1F1B: one send per neighbour per micro-batch
+    assert cost.pp_step_bytes(b, s, h, m, item, True, True) == 2 * m * act
+    assert cost.pp_step_bytes(b, s, h, m, item, False, True) == m * act
+    for v in (2, 3):
+        assert cost.pp_step_messages(m, True, True, v) == v * cost.pp_step_messages(m, True, True)
+        # the model's first chunk sends no gradient back, its last no activation on
+        assert cost.pp_step_bytes(b, s, h, m, item, False, True, v) == (2 * v - 1) * m * act
+        assert cost.pp_step_bytes(b, s, h, m, item, True, False, v) == (2 * v - 1) * m * act
+    # a wrong count (v x 1F1B's on an end stage) is not the closed form
+    assert cost.pp_step_bytes(b, s, h, m, item, False, True, 2) != 2 * m * act
+    assert cost.micro_batches_in_flight("interleaved", 8, 4, 0, 2) == 11
+    assert cost.micro_batches_in_flight("interleaved", 4, 4, 0, 2) == 8     # capped at m v

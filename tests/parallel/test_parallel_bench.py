@@ -39,3 +39,24 @@ def test_accumulation_gflops_oversubscription_and_plot(capsys, tmp_path):
     with pytest.raises(SystemExit):
         bench_scaling.main(["--ranks", "1,2", "--global-batch", "8", "--micro-batch", "3"])
     assert "--micro-batch 3 with --ranks 1" in capsys.readouterr().err
+
+
+def test_bubble_bench_reports_each_schedule_against_its_formula(run_mpi, tmp_path):
+    """bench.py bubble: one line per schedule, the formula the one of pipeline.py
+    (interleaved p=2, m=2, v=2: 1/(4+1)), a measured share in [0, 1), PNGs drawn."""
+    from conftest import ROOT
+    proc = run_mpi(2, [str(ROOT / "run" / "bench.py"), "bubble", "--model", "vit-nano",
+                       "--depth", "4", "--micro-batch", "2", "--micro-batches", "2",
+                       "--steps", "1", "--schedules", "1f1b,interleaved", "--json",
+                       "--png-dir", tmp_path], timeout=180)
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert [(r["schedule"], r["v"]) for r in rows] == [("1f1b", 1), ("interleaved", 2)]
+    assert rows[0]["formula_bubble"] == pytest.approx(1 / 3)
+    assert rows[1]["formula_bubble"] == pytest.approx(1 / 5)
+    assert rows[1]["formula"] == "(p-1)/(vm+p-1)"
+    assert all(0 <= r["measured_bubble"] < 1 for r in rows)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["pipeline_1f1b.png",
+                                                             "pipeline_interleaved.png"]
+    with pytest.raises(SystemExit):
+        from minivit.parallel.tools import bench_bubble
+        bench_bubble.parse_args(["--schedules", "1f1b,zb"])

@@ -64,8 +64,13 @@ def test_layouts_world2(run_mpi):
         # deliberately wrong variant, which must drift
         {"dp": 1, "tp": 2, "pp": 1, "sp": True},
         {"dp": 1, "tp": 2, "pp": 1, "sp": True, "recompute": True},
-        {"dp": 1, "tp": 2, "pp": 1, "sp": True, "drift": True}])
+        {"dp": 1, "tp": 2, "pp": 1, "sp": True, "drift": True},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2,
+         "recompute": True, "offload": True}])
     assert _peaks(ok[1]) == [4, 4]          # GPipe keeps all m = 4 micro-batches
+    # interleaved, m = 4, v = 2: min(2(p-s-1) + (v-1)p + 1, m v) (micro-batch, chunk) contexts
+    assert _peaks(ok[10]) == _peaks(ok[11]) == [5, 3]
     assert _peaks(ok[2]) == [2, 1]          # 1F1B: pp - stage
     assert _peaks(ok[5]) == [2, 2]          # ZB-H1: W lags F by pp - 1 on every stage
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[6]
@@ -86,8 +91,13 @@ def test_layouts_world4(run_mpi):
         {"dp": 1, "tp": 2, "pp": 2, "schedule": "1f1b", "sp": True},
         {"dp": 2, "tp": 2, "pp": 1, "zero": 3, "sp": True},
         {"dp": 1, "tp": 4, "pp": 1, "sp": True},
-        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "sp": True, "bitwise_vs": "1f1b"}])
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "zb-h1", "sp": True, "bitwise_vs": "1f1b"},
+        {"dp": 2, "tp": 1, "pp": 2, "zero": 3, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 1, "tp": 2, "pp": 2, "zero": 0, "schedule": "interleaved", "virtual_stages": 2},
+        # both schemes of issue 18 at once: chunks send the sequence-sharded activation
+        {"dp": 1, "tp": 2, "pp": 2, "schedule": "interleaved", "virtual_stages": 2, "sp": True}])
     assert _peaks(ok[0]) == [4, 3, 2, 1] and max(_peaks(ok[0])) <= 4
+    assert _peaks(ok[13]) == [4, 4, 3, 3] and _peaks(ok[14]) == _peaks(ok[15]) == [5, 5, 3, 3]
     assert _peaks(ok[7]) == [4, 4, 4, 4]    # ZB-H1: at most p in flight, 1F1B's peak
     assert "zb-h1 gradients bitwise equal to 1f1b on every stage" in ok[8]
     assert "dp gradient replicas bitwise identical on every stage" in ok[6]
@@ -103,8 +113,12 @@ def test_layouts_world8(run_mpi):
         {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "gpipe", "overlap": True},
         {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1},
         {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1"},
-        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1", "sp": True}])
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "zb-h1", "sp": True},
+        {"dp": 2, "tp": 2, "pp": 2, "zero": 1, "schedule": "interleaved", "virtual_stages": 2},
+        {"dp": 4, "tp": 1, "pp": 2, "zero": 0, "overlap": True, "micro_batch": 1,
+         "schedule": "interleaved", "virtual_stages": 2}])
     assert max(_peaks(ok[0])) <= 2
+    assert _peaks(ok[7]) == _peaks(ok[8]) == [4, 4, 4, 4, 3, 3, 3, 3]   # m = p = 2: capped
 
 
 # ------------------------------------------------------------ single process
@@ -286,6 +300,27 @@ def _same_checkpoints(path, ref_path, groups):
                                            atol=1e-10 * np.abs(want).max())
 
 
+def _resume_both_ways(run_mpi, tmp_path, n, mp, other):
+    """The serial step-2 run ``tmp_path/one`` resumed under the flags ``mp`` on ``n``
+    ranks, and the ``mp`` run ``tmp_path/other`` resumed serially: both reach step 3
+    like the serial resume (losses, norms, parameters and Adam moments to 1e-10)."""
+    import shutil
+    shutil.copytree(tmp_path / "one", tmp_path / "ref")
+    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
+    run_mpi(n, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
+            timeout=120)                                             # serial -> mp
+    _single("--steps", "3", "--resume", tmp_path / other)            # mp -> serial
+    ref = _train_records(tmp_path / "ref")[-1]
+    step3 = "ckpt/step_0000003.h5"
+    for run in ("one", other):
+        got = _train_records(tmp_path / run)[-1]
+        assert got["step"] == 3
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
+        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
+        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
+                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+
 def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
     """run/pretrain.py at (dp, tp, pp) = (1, 2, 2), GPipe + recompute, equals one
     process (losses, norms, checkpoint tensors); --audit tp/pp lines agree with
@@ -310,18 +345,44 @@ def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_p
     _same_checkpoints(tmp_path / "four" / step2, tmp_path / "one" / step2,
                       ("params", "optim/exp_avg", "optim/exp_avg_sq"))
 
-    import shutil
-    shutil.copytree(tmp_path / "one", tmp_path / "ref")
-    _single("--steps", "3", "--resume", tmp_path / "ref")            # the serial reference
-    run_mpi(4, [PRETRAIN, *COMMON, *mp, "--steps", "3", "--resume", tmp_path / "one"],
-            timeout=120)                                             # serial -> tp/pp
-    _single("--steps", "3", "--resume", tmp_path / "four")           # tp/pp -> serial
-    ref = _train_records(tmp_path / "ref")[-1]
-    step3 = "ckpt/step_0000003.h5"
-    for run in ("one", "four"):
-        got = _train_records(tmp_path / run)[-1]
-        assert got["step"] == 3
-        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-10)
-        np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-10)
-        _same_checkpoints(tmp_path / run / step3, tmp_path / "ref" / step3,
-                          ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+    _resume_both_ways(run_mpi, tmp_path, 4, mp, "four")
+
+
+def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
+    """run/pretrain.py --pp 2 --schedule interleaved --virtual-stages 2 equals one process
+    (losses, norms, the checkpoint's tensors); its --audit pp sends and activation lines
+    are OK and --timeline states the interleaved formula.  The serial checkpoint resumed
+    interleaved, and the interleaved one resumed serially, equal the serial resume."""
+    _single("--steps", "2", "--out", tmp_path / "one")
+    png = tmp_path / "interleaved.png"
+    mp = ["--pp", "2", "--schedule", "interleaved", "--virtual-stages", "2"]
+    proc = run_mpi(2, [PRETRAIN, *COMMON, *mp, "--steps", "2", "--audit", "--timeline", png,
+                       "--out", tmp_path / "two"], timeout=180)
+    one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-10)
+    np.testing.assert_allclose([r["grad_norm"] for r in two], [r["grad_norm"] for r in one],
+                               rtol=1e-10)
+    # stage 0 (rank 0 prints): 4 micro-batches x (2 v - 1) = 12 sends of b*s*h = 2*17*32 x 8 B
+    sends = [ln for ln in proc.stdout.splitlines() if "send           pp" in ln]
+    assert len(sends) == 2 and all("12       104,448       104,448  OK" in ln for ln in sends)
+    acts = [ln for ln in proc.stdout.splitlines() if "[audit] activations on stage 0" in ln]
+    assert len(acts) == 2 and all(ln.endswith("= 5 in flight, chunks of 136,320, 124,032 B "
+                                              "= 669,312 B  OK") for ln in acts), acts
+    assert re.search(r"bubble measured [\d.]+% vs \(p-1\)/\(vm\+p-1\) = 11.1%", proc.stdout)
+    assert png.stat().st_size > 10_000
+    step2 = "ckpt/step_0000002.h5"
+    _same_checkpoints(tmp_path / "two" / step2, tmp_path / "one" / step2,
+                      ("params", "optim/exp_avg", "optim/exp_avg_sq"))
+
+    _resume_both_ways(run_mpi, tmp_path, 2, mp, "two")
+
+
+def test_balance_virtual_stages_and_chunk_units():
+    sizes = cost.vit_unit_sizes(NANO)
+    # p = 2, v = 2: 4 virtual stages of one block; rank s holds virtual stages s and 2 + s
+    assert balance_stages(sizes, 2, 2) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(ValueError, match=re.escape("pp=2 x virtual_stages=3 = 6 virtual "
+                                                   "stages but depth=4 blocks")):
+        balance_stages(sizes, 2, 3)
+    from minivit.parallel.model_parallel import virtual_stage_units
+    assert virtual_stage_units(balance_stages(sizes, 2, 2)) == [[0, 1], [2], [3], [4, 5]]

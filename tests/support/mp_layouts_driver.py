@@ -2,8 +2,8 @@
 
     mpirun -n N python tests/support/mp_layouts_driver.py '<json list of layouts>'
 
-For each layout (keys dp, tp, pp, zero, schedule, recompute, offload, overlap,
-micro_batch, sp = sequence parallelism), every rank
+For each layout (keys dp, tp, pp, zero, schedule, virtual_stages, recompute, offload,
+overlap, micro_batch, sp = sequence parallelism), every rank
 trains its ModelShard for STEPS steps of vit-nano in float64 and compares, to
 1e-10 relative, the losses, gradient norms and its parameter shard with a
 single-process ViT trained in the same process on the same global batch.  It
@@ -37,6 +37,7 @@ from minivit.parallel.runtime.guard import install_guard
 from minivit.parallel.model_parallel import ModelShard
 from minivit.parallel.runtime.evaluate import eval_model
 from minivit.parallel.offload import Offload
+from minivit.parallel.pipeline import in_flight_peak, pipeline_ops
 from minivit.parallel.runtime.step import StepEngine
 from minivit.parallel.sequence_parallel import SequenceParallelBlock
 from minivit.parallel.tensor_parallel import shard_index
@@ -84,7 +85,8 @@ def run_layout(lay, ref, world):
     micro = lay.get("micro_batch", 2)
     grid = ProcessGrid(world, dp=dp, tp=tp, pp=pp)
     model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False),
-                       sequence_parallel=lay.get("sp", False))
+                       sequence_parallel=lay.get("sp", False),
+                       virtual_stages=lay.get("virtual_stages", 1))
     accum = GLOBAL_BATCH // (micro * dp)
     trainer = StepEngine(model, grid, zero=lay.get("zero", 0), accum=accum,
                               max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
@@ -128,14 +130,27 @@ def run_layout(lay, ref, world):
 
 def check_activation_bytes(trainer, grid, model, lay, micro, accum):
     """The pipeline's measured peak of context bytes equals cost.py's closed form:
-    micro-batches in flight (GPipe m, 1F1B pp - stage) x one micro-batch's contexts."""
-    lo, hi = model.stage_blocks
-    per = cost.stage_activation_bytes(CONFIG, micro, 8, blocks=hi - lo,
-                                      first=grid.is_first_stage, last=grid.is_last_stage,
-                                      tp=grid.tp, recompute=lay.get("recompute", False),
-                                      sequence_parallel=lay.get("sp", False))
-    n = cost.micro_batches_in_flight(trainer.schedule, accum, grid.pp, grid.pp_rank)
+    micro-batches in flight (GPipe m, 1F1B pp - stage) x one micro-batch's contexts;
+    interleaved, the count is cost.py's and the bytes those of the contexts the op
+    list keeps alive at its peak (the chunks differ: embed, head)."""
+    v, n_vs = model.virtual_stages, grid.pp * model.virtual_stages
+    chunk = [cost.stage_activation_bytes(CONFIG, micro, 8, blocks=hi - lo,
+                                         first=c * grid.pp + grid.pp_rank == 0,
+                                         last=c * grid.pp + grid.pp_rank == n_vs - 1,
+                                         tp=grid.tp, recompute=lay.get("recompute", False),
+                                         sequence_parallel=lay.get("sp", False))
+             for c, (lo, hi) in enumerate(model.chunk_blocks)]
+    n = cost.micro_batches_in_flight(trainer.schedule, accum, grid.pp, grid.pp_rank, v)
+    per = chunk[0]
     measured = trainer.pipeline.peak_activation_bytes
+    if v > 1:
+        ops = pipeline_ops(trainer.schedule, accum, grid.pp, grid.pp_rank, v)
+        count, nbytes = in_flight_peak(ops, chunk)
+        if trainer.pipeline.peak_contexts != n or count != n or measured != nbytes:
+            raise AssertionError(f"stage {grid.pp_rank}: peak {trainer.pipeline.peak_contexts}"
+                                 f" contexts, {measured} B; cost.py {n}, op list {count} "
+                                 f"contexts, {nbytes} B")
+        return
     if trainer.pipeline.peak_contexts != n or measured != n * per:
         raise AssertionError(f"stage {grid.pp_rank}: peak {trainer.pipeline.peak_contexts} "
                              f"contexts, {measured} B; cost.py {n} x {per} B")
@@ -144,7 +159,7 @@ def check_activation_bytes(trainer, grid, model, lay, micro, accum):
 def check_ledger(grid, model, trainer, lay, micro, accum, mark):
     """tp all-reduces of activations and pp sends equal cost.py exactly."""
     b, s, h, item = micro, CONFIG.seq_len, CONFIG.dim, 8
-    layers = model.stage_blocks[1] - model.stage_blocks[0]
+    layers = model.num_blocks
     entries = grid.ledger.since(mark)
     if lay.get("sp"):
         check_sp_ledger(grid, entries, lay, micro, accum, layers)
@@ -156,9 +171,14 @@ def check_ledger(grid, model, trainer, lay, micro, accum, mark):
         raise AssertionError(f"tp all-reduce bytes {tp_bytes} != cost.py {want}")
     pp_bytes = sum(e.bytes for e in entries if e.group == "pp" and e.op == "send")
     want = cost.pp_step_bytes(b, model.tokens_local, h, accum, item, not grid.is_first_stage,
-                              not grid.is_last_stage)
+                              not grid.is_last_stage, model.virtual_stages)
     if pp_bytes != want:
         raise AssertionError(f"pp send bytes {pp_bytes} != cost.py {want}")
+    sends = sum(1 for e in entries if e.group == "pp" and e.op == "send")
+    want = cost.pp_step_messages(accum, not grid.is_first_stage, not grid.is_last_stage,
+                                 model.virtual_stages)
+    if sends != want:
+        raise AssertionError(f"pp sends {sends} != cost.py {want}")
 
 
 def check_sp_ledger(grid, entries, lay, micro, accum, layers):
