@@ -11,14 +11,17 @@ section 3; ``tensor_parallel.py``).
 inherits ``parameters``, ``unit_ranges``, ``zero_grad`` and ``backward``), so
 data parallelism, ZeRO and ``StepEngine`` work on it unchanged.
 """
+from functools import partial
+
 import numpy as np
 
 from minivit.model import Block, Embed, Head, ViT
 from minivit.params import FlatParams
 
-from .cost import vit_unit_sizes
+from .cost import vit_param_specs, vit_unit_sizes
 from .recompute import Recompute
-from .tensor_parallel import TensorParallelBlock, check_divisible
+from .tensor_parallel import TensorParallelBlock, check_divisible, shard_index, tp_local_shape
+from .zero_init import build_sharded
 
 
 def balance_stages(unit_sizes, pp):
@@ -64,49 +67,76 @@ class ModelShard(ViT):
 
     config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
     grid : ProcessGrid; recompute : wrap each block in ``recompute.Recompute``.
+    sharded : ZeRO-3 construction (``zero_init.build_sharded``): units are built
+        one at a time and only this rank's dp shards are kept, in
+        ``zero_shards`` (for ``zero.ZeroOptimizer``, stage 3); ``flat`` then
+        has offsets but no buffers, and the parameters no arrays.
 
     forward(x): stage 0 takes images (B, C, H, W); later stages the (B, T, D)
     activation; the last stage returns logits (B, K), others (B, T, D).
     backward(dy, ctx) -> dx of the stage input (the images' gradient on stage 0).
     Attributes: ``units``, ``unit_names``, ``flat``, ``stage_blocks`` (lo, hi),
-    ``num_params`` (this rank's), ``norm_weight`` (flat-length 0/1 array counting each parameter once in the
-    global gradient norm, or None when tp == 1), ``norm_groups`` (communicators
+    ``num_params`` (this rank's), ``norm_weight`` (flat-length 0/1 array counting each
+    parameter once in the global gradient norm, its dp shard when ``sharded``, or None
+    when tp == 1), ``norm_groups`` (communicators
     over which the squared norm is summed: tp and pp when > 1).
     Raises ValueError on heads / MLP width not divisible by tp, or depth < pp.
     """
 
-    def __init__(self, config, seed, grid, recompute=False):
+    def __init__(self, config, seed, grid, recompute=False, sharded=False):
         tp = grid.tp
         if tp > 1:
             check_divisible("heads", config.heads, tp)
             check_divisible("mlp_dim", config.mlp_dim, tp)
-        self.config, self.seed, self.grid = config, seed, grid
+        self.config, self.seed, self.grid, self.recompute = config, seed, grid, recompute
         self.stages = balance_stages(vit_unit_sizes(config), grid.pp)
         lo, hi = self.stages[grid.pp_rank]
         self.stage_blocks = (lo, hi)
-        units, names = [], []
-        if grid.is_first_stage:
-            units.append(Embed(config, seed))
-            names.append("embed")
-        for i in range(lo, hi):
-            block = (TensorParallelBlock(f"blocks.{i}", config, seed, grid.tp_group) if tp > 1
-                     else Block(f"blocks.{i}", config, seed))
-            units.append(Recompute(block) if recompute else block)
-            names.append(f"blocks.{i}")
-        if grid.is_last_stage:
-            units.append(Head(config, seed))
-            names.append("head")
-        self.units, self.unit_names = units, names
+        first, last = grid.is_first_stage, grid.is_last_stage
+        self.unit_names = ((["embed"] if first else []) + [f"blocks.{i}" for i in range(lo, hi)]
+                           + (["head"] if last else []))
+        self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+        self.zero_shards = None
+        if sharded:     # ZeRO-3: unit by unit, only this rank's dp shards kept
+            self.units, self.flat, self.zero_shards = build_sharded(
+                [partial(self._build_unit, n) for n in self.unit_names], self._local_specs(),
+                config.dtype, grid.dp, grid.dp_rank,
+                norm_counted=self._norm_counted if tp > 1 else None)
+            self.norm_weight = self.zero_shards.norm_weight
+            return
+        self.units = [self._build_unit(n) for n in self.unit_names]
         self.flat = FlatParams(self.parameters(), config.dtype)
         self.norm_weight = None
         if tp > 1:
             self.norm_weight = np.zeros(self.flat.numel, config.dtype)
             for prm in self.parameters():
                 start, stop, _ = self.flat.offsets[prm.name]
-                # replicated tensors are counted on tp rank 0 only
-                if getattr(prm, "tp_sharded", False) or grid.tp_rank == 0:
+                if self._norm_counted(prm):
                     self.norm_weight[start:stop] = 1.0
-        self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+
+    def _build_unit(self, name):
+        config, seed, grid = self.config, self.seed, self.grid
+        if name == "embed":
+            return Embed(config, seed)
+        if name == "head":
+            return Head(config, seed)
+        block = (TensorParallelBlock(name, config, seed, grid.tp_group) if grid.tp > 1
+                 else Block(name, config, seed))
+        return Recompute(block) if self.recompute else block
+
+    def _norm_counted(self, prm):
+        # replicated tensors are counted on tp rank 0 only
+        return getattr(prm, "tp_sharded", False) or self.grid.tp_rank == 0
+
+    def _local_specs(self):
+        """``[[(name, shape on this tp rank)] per unit of this stage]``, without building."""
+        lo, hi = self.stage_blocks
+        specs = vit_param_specs(self.config)
+        first = 0 if self.grid.is_first_stage else 1 + lo
+        mine = specs[first:1 + hi + (1 if self.grid.is_last_stage else 0)]
+        tp, rank = self.grid.tp, self.grid.tp_rank
+        return [[(n, tp_local_shape(s, shard_index(n, self.config, tp, rank))) for n, s in unit]
+                for unit in mine]
 
     def forward(self, x):
         if self.grid.is_first_stage:
@@ -142,8 +172,12 @@ def weighted_sumsq(grad, weight):
     return total
 
 
-def build_model(config, seed, grid, recompute=False):
-    """The serial ViT for tp = pp = 1 without recompute, else this rank's ModelShard."""
+def build_model(config, seed, grid, recompute=False, zero=0):
+    """The model one rank trains: for ZeRO-3 a ``ModelShard`` built shard by shard
+    (``zero_init``: no rank ever holds the full model); otherwise the serial ViT
+    for tp = pp = 1 without recompute, else this rank's ``ModelShard``."""
+    if zero == 3:
+        return ModelShard(config, seed, grid, recompute=recompute, sharded=True)
     if grid.tp == 1 and grid.pp == 1 and not recompute:
         return ViT(config, seed=seed)
     return ModelShard(config, seed, grid, recompute=recompute)

@@ -91,7 +91,8 @@ def pretrain(cfg, world_comm, guard):
     preempt = Preemption(grid.world, INTERACTIVE_SIGNALS).install()
     resume = resume_point(cfg.resume, grid.world) if cfg.resume else None
     data = pretrain_data(cfg, grid, resume)
-    model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute)
+    model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute,
+                        zero=cfg.zero)
     out = cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     trainer = Trainer(cfg, grid, model, data, out=out, script="pretrain", resume=resume,
                       preempt=preempt, header={"model": cfg.model, "data": cfg.data})
