@@ -20,6 +20,9 @@ stage   persistent state          communication
 ======  ========================  ============================================
 
 Shards are per unit, padded so every dp size works (``shard.ShardLayout``).
+At stage 3 the runtime's model arrives already sharded (``build_model(...,
+zero=3)``, ``zero_init.py``: no rank ever holds the full model); a model built
+whole is sharded here from its full buffers, with the same result bitwise.
 Gradients arrive pre-scaled by ``1 / (accum * dp)`` (the loss backward's
 ``scale``), so summing collectives yield the mean gradient.
 """
