@@ -104,26 +104,15 @@ class FlatParams:
     dtype: buffer dtype (float32 or float64).
     Attributes: ``data``, ``grad`` (1-D, length ``numel``), ``decay_mask``
     (1-D, same dtype, 1.0 where weight decay applies), ``offsets`` (dict
-    name -> (start, stop, shape), in buffer order), ``params`` (list).
+    name -> (start, stop, shape), in buffer order), ``params`` (list),
+    ``dtype``, ``numel``.
     Raises ValueError on duplicate names or an empty list.
     """
 
     def __init__(self, params, dtype):
         params = list(params)
-        if not params:
-            raise ValueError("FlatParams needs at least one Parameter, got none")
-        names = [p.name for p in params]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"duplicate parameter names {dup}: expected unique names")
-        dtype = np.dtype(dtype)
-        self.params = params
-        self.offsets = {}
-        start = 0
-        for p in params:
-            self.offsets[p.name] = (start, start + p.size, tuple(p.shape))
-            start += p.size
-        self.numel = start
+        self._set_offsets(params, [p.shape for p in params], dtype)
+        start = self.numel
         self.data = np.empty(start, dtype=dtype)
         self.grad = np.zeros(start, dtype=dtype)
         self.decay_mask = np.zeros(start, dtype=dtype)
@@ -133,6 +122,38 @@ class FlatParams:
             self.decay_mask[lo:hi] = 1.0 if p.decay else 0.0
             p.data = self.data[lo:hi].reshape(shape)
             p.grad = self.grad[lo:hi].reshape(shape)
+
+    @classmethod
+    def layout(cls, params, shapes, dtype):
+        """The offsets of ``FlatParams(params, dtype)`` without allocating its buffers.
+
+        shapes : one shape per parameter, in order (the parameters' arrays
+        need not exist).  ``data``, ``grad`` and ``decay_mask`` are None: the
+        model's values live elsewhere, e.g. in the ZeRO-3 shards of a model
+        built unit by unit (``minivit.parallel.zero_init``).
+        Raises ValueError as the constructor does.
+        """
+        flat = cls.__new__(cls)
+        flat._set_offsets(list(params), shapes, dtype)
+        flat.data = flat.grad = flat.decay_mask = None
+        return flat
+
+    def _set_offsets(self, params, shapes, dtype):
+        if not params:
+            raise ValueError("FlatParams needs at least one Parameter, got none")
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"duplicate parameter names {dup}: expected unique names")
+        self.dtype = np.dtype(dtype)
+        self.params = params
+        self.offsets = {}
+        start = 0
+        for p, shape in zip(params, shapes):
+            size = int(np.prod(shape, dtype=np.int64))
+            self.offsets[p.name] = (start, start + size, tuple(shape))
+            start += size
+        self.numel = start
 
     def zero_grad(self):
         self.grad.fill(0)

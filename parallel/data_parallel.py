@@ -48,7 +48,7 @@ class DataParallel:
         if not bucket_bytes > 0:
             raise ValueError(f"bucket_bytes={bucket_bytes!r}: expected a positive size in bytes")
         self.model, self.comm, self.overlap = model, comm, overlap
-        itemsize = model.flat.data.itemsize
+        itemsize = model.flat.dtype.itemsize
         self.numel = model.flat.numel
         self.bucket_elems = max(1, int(bucket_bytes) // itemsize)
         starts = np.cumsum([0] + bucket_sizes(self.numel, self.bucket_elems)[:-1])

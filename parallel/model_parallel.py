@@ -17,17 +17,20 @@ gradients, optimizer, ZeRO shards and checkpoints work on it unchanged.
 inherits ``parameters``, ``unit_ranges`` and ``zero_grad``), so
 data parallelism, ZeRO and ``StepEngine`` work on it unchanged.
 """
+from functools import partial
+
 import numpy as np
 
 from minivit.layers import chain_backward_input, chain_backward_weight
 from minivit.model import Block, Embed, Head, ViT
 from minivit.params import FlatParams
 
-from .cost import vit_unit_sizes
+from .cost import vit_param_specs, vit_unit_sizes
 from .recompute import Recompute
 from .sequence_parallel import (Boundary, EnterSequenceParallel, LeaveSequenceParallel,
                                 SequenceParallelBlock, tokens_per_rank)
-from .tensor_parallel import TensorParallelBlock, check_divisible
+from .tensor_parallel import TensorParallelBlock, check_divisible, shard_index, tp_local_shape
+from .zero_init import build_sharded
 
 
 def balance_stages(unit_sizes, pp, virtual_stages=1):
@@ -96,6 +99,10 @@ class ModelShard(ViT):
         ``LeaveSequenceParallel`` (each joined to its unit by a ``Boundary``).
     virtual_stages : ``v`` model chunks per rank (interleaved 1F1B); chunk ``c``
         is virtual stage ``c pp + s`` of ``pp v`` (module docstring).
+    sharded : ZeRO-3 construction (``zero_init.build_sharded``): units are built
+        one at a time and only this rank's dp shards are kept, in
+        ``zero_shards`` (for ``zero.ZeroOptimizer``, stage 3); ``flat`` then
+        has offsets but no buffers, and the parameters no arrays.
 
     forward(x, chunk=0): virtual stage 0 takes images (B, C, H, W); later ones the
     activation ``activation_shape(B)``; the last virtual stage returns logits (B, K),
@@ -108,14 +115,14 @@ class ModelShard(ViT):
     (serial unit index of each of ``units``), ``num_blocks``, ``stage_blocks``
     ((lo, hi), v = 1 only), ``num_params`` (this rank's), ``norm_weight``
     (flat-length 0/1 array counting each parameter once in the global gradient
-    norm, or None when tp == 1), ``norm_groups`` (communicators over which the
+    norm, its dp shard when ``sharded``, or None when tp == 1), ``norm_groups`` (communicators over which the
     squared norm is summed: tp and pp when > 1).
     Raises ValueError on heads / MLP width not divisible by tp, depth < pp v, or
     sequence parallelism with tp = 1 or a rank holding only padding.
     """
 
     def __init__(self, config, seed, grid, recompute=False, sequence_parallel=False,
-                 virtual_stages=1):
+                 virtual_stages=1, sharded=False):
         tp = grid.tp
         if tp > 1:
             check_divisible("heads", config.heads, tp)
@@ -123,7 +130,7 @@ class ModelShard(ViT):
         self.sequence_parallel = sequence_parallel
         self.tokens_local = (tokens_per_rank(config.seq_len, tp) if sequence_parallel
                              else config.seq_len)
-        self.config, self.seed, self.grid = config, seed, grid
+        self.config, self.seed, self.grid, self.recompute = config, seed, grid, recompute
         self.virtual_stages = virtual_stages
         self.stages = balance_stages(vit_unit_sizes(config), grid.pp, virtual_stages)
         mine = [c * grid.pp + grid.pp_rank for c in range(virtual_stages)]
@@ -132,37 +139,58 @@ class ModelShard(ViT):
         if virtual_stages == 1:
             self.stage_blocks = self.chunk_blocks[0]
         every = virtual_stage_units(self.stages)
-        units, names, self.global_units, self.chunk_units = [], [], [], []
+        self.global_units, self.chunk_units = [], []
         for k in mine:
-            start = len(units)
-            for u in every[k]:
-                unit, name = self._make_unit(u, recompute)
-                units.append(unit)
-                names.append(name)
-                self.global_units.append(u)
-            self.chunk_units.append((start, len(units)))
-        self.units, self.unit_names = units, names
+            start = len(self.global_units)
+            self.global_units.extend(every[k])
+            self.chunk_units.append((start, len(self.global_units)))
+        self.unit_names = [self._unit_name(u) for u in self.global_units]
+        self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
+        self.zero_shards = None
+        if sharded:     # ZeRO-3: unit by unit, only this rank's dp shards kept
+            self.units, self.flat, self.zero_shards = build_sharded(
+                [partial(self._make_unit, u) for u in self.global_units], self._local_specs(),
+                config.dtype, grid.dp, grid.dp_rank,
+                norm_counted=self._norm_counted if tp > 1 else None)
+            self.norm_weight = self.zero_shards.norm_weight
+            return
+        self.units = [self._make_unit(u) for u in self.global_units]
         self.flat = FlatParams(self.parameters(), config.dtype)
         self.norm_weight = None
         if tp > 1:
             self.norm_weight = np.zeros(self.flat.numel, config.dtype)
             for prm in self.parameters():
                 start, stop, _ = self.flat.offsets[prm.name]
-                # replicated tensors are counted on tp rank 0 only
-                if getattr(prm, "tp_sharded", False) or grid.tp_rank == 0:
+                if self._norm_counted(prm):
                     self.norm_weight[start:stop] = 1.0
-        self.norm_groups = [c for c in (grid.tp_group, grid.pp_group) if c.size > 1]
 
-    def _make_unit(self, u, recompute):
-        """``(unit, name)`` of serial unit ``u`` (0 embed, 1 + i block i, depth + 1 head)."""
+    def _norm_counted(self, prm):
+        # replicated tensors are counted on tp rank 0 only
+        return getattr(prm, "tp_sharded", False) or self.grid.tp_rank == 0
+
+    def _local_specs(self):
+        """``[[(name, shape on this tp rank)] per unit of this rank]``, without building."""
+        specs = vit_param_specs(self.config)
+        tp, rank = self.grid.tp, self.grid.tp_rank
+        return [[(n, tp_local_shape(s, shard_index(n, self.config, tp, rank)))
+                 for n, s in specs[u]] for u in self.global_units]
+
+    def _unit_name(self, u):
+        """Name of serial unit ``u`` (0 embed, 1 + i block i, depth + 1 head)."""
+        if u == 0:
+            return "embed"
+        return "head" if u == self.config.depth + 1 else f"blocks.{u - 1}"
+
+    def _make_unit(self, u):
+        """Serial unit ``u`` as this rank holds it (tp shard, sequence-parallel ends,
+        recompute wrapper)."""
         config, seed = self.config, self.seed
         if u == 0:
-            return self._boundary(Embed(config, seed)), "embed"
+            return self._boundary(Embed(config, seed))
         if u == config.depth + 1:
-            return self._boundary(Head(config, seed)), "head"
-        name = f"blocks.{u - 1}"
-        block = self._block(name)
-        return (Recompute(block) if recompute else block), name
+            return self._boundary(Head(config, seed))
+        block = self._block(self._unit_name(u))
+        return Recompute(block) if self.recompute else block
 
     def _block(self, name):
         comm, cfg, seed = self.grid.tp_group, self.config, self.seed
@@ -238,10 +266,15 @@ def weighted_sumsq(grad, weight):
 
 
 def build_model(config, seed, grid, recompute=False, sequence_parallel=False,
-                virtual_stages=1):
-    """The serial ViT for tp = pp = 1 without recompute or sequence parallelism, else
-    this rank's ModelShard (``virtual_stages`` chunks per rank: interleaved 1F1B)."""
+                virtual_stages=1, zero=0):
+    """The model one rank trains: for ZeRO-3 a ``ModelShard`` built shard by shard
+    (``zero_init``: no rank ever holds the full model); otherwise the serial ViT for
+    tp = pp = 1 without recompute or sequence parallelism, else this rank's
+    ``ModelShard`` (``virtual_stages`` chunks per rank: interleaved 1F1B)."""
+    layout = {"recompute": recompute, "sequence_parallel": sequence_parallel,
+              "virtual_stages": virtual_stages}
+    if zero == 3:
+        return ModelShard(config, seed, grid, sharded=True, **layout)
     if grid.tp == 1 and grid.pp == 1 and not recompute and not sequence_parallel:
         return ViT(config, seed=seed)
-    return ModelShard(config, seed, grid, recompute=recompute,
-                      sequence_parallel=sequence_parallel, virtual_stages=virtual_stages)
+    return ModelShard(config, seed, grid, **layout)

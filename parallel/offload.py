@@ -49,7 +49,10 @@ def rss_bytes():
 class Offload:
     """Move a trainer's optimizer state into memory-mapped files under ``directory``.
 
-    trainer : ``StepEngine`` (any ZeRO stage, AdamW or SGD).
+    trainer : ``StepEngine`` (any ZeRO stage, AdamW or SGD), or None: then
+        build the engine with ``allocate=offload.allocate`` (ZeRO 1-3: the
+        shards are created in the files, never on the heap) and call
+        :meth:`attach` after.
     directory : existing or creatable local folder; one file per array and rank.
     rank : world rank, part of the file names so ranks never share a file.
 
@@ -67,14 +70,31 @@ class Offload:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory, self.rank = directory, rank
         self.maps, self.files, self.nbytes = [], [], 0
-        opt = trainer.optimizer
+        if trainer is not None:
+            self.attach(trainer)
+
+    def allocate(self, name, n, dtype, values=None):
+        """A 1-D array of ``n`` elements of ``dtype`` in the file of ``name``:
+        ``values`` copied in, or zeros (a new file reads as zeros: nothing is
+        written).  The ``allocate`` of ``zero.ZeroOptimizer``."""
+        return self._map(name, (n,), dtype, values)
+
+    def attach(self, trainer):
+        """Map the optimizer state not already in files, and release pages after each step."""
+        opt, mapped = trainer.optimizer, {path.name for path in self.files}
         if hasattr(opt, "state"):                       # minivit.optim AdamW / SGD
-            for key in list(opt.state):
-                opt.state[key] = self._map(key, opt.state[key])
+            names = list(opt.state)
         else:                                           # ZeroOptimizer
             names = ["exp_avg", "exp_avg_sq"] + (["param_shard"] if opt.stage == 3 else [])
-            for key in names:
-                setattr(opt, key, self._map(key, getattr(opt, key)))
+        for key in names:
+            if self._path(key).name in mapped:
+                continue
+            array = opt.state[key] if hasattr(opt, "state") else getattr(opt, key)
+            moved = self._map(key, array.shape, array.dtype, array)
+            if hasattr(opt, "state"):
+                opt.state[key] = moved
+            else:
+                setattr(opt, key, moved)
         step = opt.step
 
         def step_then_release(*args, **kwargs):
@@ -84,13 +104,17 @@ class Offload:
         opt.step = step_then_release   # instance attribute: the class stays unchanged
         self.release()
 
-    def _map(self, name, array):
-        path = self.directory / f"rank{self.rank}.{name}.bin"
-        mm = np.memmap(path, dtype=array.dtype, mode="w+", shape=array.shape)
-        mm[...] = array
+    def _path(self, name):
+        return self.directory / f"rank{self.rank}.{name}.bin"
+
+    def _map(self, name, shape, dtype, values):
+        path = self._path(name)
+        mm = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+        if values is not None:
+            mm[...] = values
         self.maps.append(mm)
         self.files.append(path)
-        self.nbytes += array.nbytes
+        self.nbytes += mm.nbytes
         return np.asarray(mm)      # plain ndarray view of the mapping (Numba-friendly)
 
     def release(self):

@@ -303,3 +303,14 @@ def shard_index(name, config, tp, rank):
         n = d if layer == "proj" else m
         return (slice(None), np.arange(rank * n // tp, (rank + 1) * n // tp))
     return slice(None)
+
+
+def tp_local_shape(shape, index):
+    """The shape of ``array[index]`` for an array of ``shape`` and a :func:`shard_index`
+    result (a slice, an index array on axis 0, or ``(slice, index array)``)."""
+    index = index if isinstance(index, tuple) else (index,)
+    out = list(shape)
+    for axis, ix in enumerate(index):
+        out[axis] = len(range(*ix.indices(shape[axis]))) if isinstance(ix, slice) else len(ix)
+    return tuple(out)
+

@@ -20,6 +20,9 @@ stage   persistent state          communication
 ======  ========================  ============================================
 
 Shards are per unit, padded so every dp size works (``shard.ShardLayout``).
+At stage 3 the runtime's model arrives already sharded (``build_model(...,
+zero=3)``, ``zero_init.py``: no rank ever holds the full model); a model built
+whole is sharded here from its full buffers, with the same result bitwise.
 Gradients arrive pre-scaled by ``1 / (accum * dp)`` (the loss backward's
 ``scale``), so summing collectives yield the mean gradient.
 """
@@ -44,34 +47,62 @@ class ZeroOptimizer:
     step(lr, step, max_grad_norm=None, norm=None) -> global gradient norm (float,
     before clipping; ``norm`` passes one already measured by :meth:`grad_norm`).  Hyper-parameters as in ``minivit.optim.AdamW``;
     clipping follows ``minivit.optim.clip_grad_norm_`` (PyTorch ``clip_grad_norm_``).
-    Raises ValueError for a stage outside 1..3.
+    A model built shard by shard (``ModelShard(sharded=True)``, its
+    ``zero_shards``) hands over its shards; any other model is sharded here
+    from its full buffers.  allocate : ``f(name, n, dtype, values=None) -> array``
+    placing the parameter shard (stage 3) and the Adam moments (default: the
+    heap; ``offload.Offload.allocate``: mapped files, so no heap copy exists).
+    Raises ValueError for a stage outside 1..3, or a model built sharded for
+    another dp group or stage.
     """
 
     kind = "adamw"
 
     def __init__(self, model, comm, stage, *, dp=None, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.05):
+                 weight_decay=0.05, allocate=None):
         if stage not in (1, 2, 3):
             raise ValueError(f"zero stage={stage!r}: expected 1, 2 or 3 (0 is plain DP)")
         self.model, self.comm, self.stage, self.dp = model, comm, stage, dp
         self.hyper = dict(beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
-        flat = model.flat
-        self.layout = ShardLayout(model.unit_ranges(), comm.size, comm.rank)
-        self.dtype = flat.data.dtype
-        self.exp_avg = np.zeros(self.layout.numel, self.dtype)
-        self.exp_avg_sq = np.zeros(self.layout.numel, self.dtype)
-        self.decay_shard = self.layout.extract(flat.decay_mask)
-        # tensor/pipeline parallel: count replicated tensors once, sum over tp and pp
+        # where the optimizer state lives: the heap, or offload.Offload's mapped files
+        allocate = allocate or heap_array
+        self.dtype = model.flat.dtype
         self.norm_weight = getattr(model, "norm_weight", None)
         self.norm_groups = list(getattr(model, "norm_groups", ()))
-        if self.norm_weight is not None and stage >= 2:
-            self.norm_weight = self.layout.extract(self.norm_weight)
-        self.grad_shard = None
-        self.param_shard = None
+        self.grad_shard = self.param_shard = None
+        if getattr(model, "zero_shards", None) is not None:
+            param_shard = self._take_built_shards(model.zero_shards)
+        else:
+            param_shard = self._extract_shards(model.flat)
+        if stage == 3:      # first, so an offloaded copy replaces the heap one before more comes
+            self.param_shard = allocate("param_shard", self.layout.numel, self.dtype, param_shard)
+        del param_shard
+        self.exp_avg = allocate("exp_avg", self.layout.numel, self.dtype)
+        self.exp_avg_sq = allocate("exp_avg_sq", self.layout.numel, self.dtype)
         if stage >= 2:
             self.grad_shard = np.zeros(self.layout.numel, self.dtype)
-        if stage == 3:
-            self.param_shard = self.layout.extract(flat.data)
+
+    def _extract_shards(self, flat):
+        """Shards of a fully built model; returns the parameter shard at stage 3, else None."""
+        self.layout = ShardLayout(self.model.unit_ranges(), self.comm.size, self.comm.rank)
+        self.decay_shard = self.layout.extract(flat.decay_mask)
+        # tensor/pipeline parallel: count replicated tensors once, sum over tp and pp
+        if self.norm_weight is not None and self.stage >= 2:
+            self.norm_weight = self.layout.extract(self.norm_weight)
+        return self.layout.extract(flat.data) if self.stage == 3 else None
+
+    def _take_built_shards(self, shards):
+        """Take over the shards of a model built shard by shard (``zero_init``)."""
+        lay = shards.layout
+        if self.stage != 3 or (lay.p, lay.rank) != (self.comm.size, self.comm.rank):
+            raise ValueError(f"a model built sharded over {lay.p} ranks (rank {lay.rank}) with "
+                             f"zero={self.stage} over {self.comm.size} (rank {self.comm.rank}): "
+                             "expected zero=3 over the dp group it was built for")
+        self.layout, self.decay_shard = lay, shards.decay_shard
+        self.norm_weight = shards.norm_weight
+        param_shard = shards.param_shard
+        shards.param_shard = shards.decay_shard = shards.norm_weight = None   # owned here now
+        return param_shard
 
     def sync_gradients(self):
         """Stage 1: all-reduce the gradients over dp; stages 2-3: nothing left to do."""
@@ -211,6 +242,15 @@ class ZeroOptimizer:
         if self.stage < 3:
             return self.model.flat.data.copy()
         return self._gather_full(self.param_shard)
+
+
+def heap_array(name, n, dtype, values=None):
+    """The default ``allocate`` of :class:`ZeroOptimizer`: ``values`` itself, or zeros.
+
+    name : which state ("param_shard", "exp_avg", ...), for allocators that
+    name files (``offload.Offload.allocate``).  n, dtype : length and dtype.
+    """
+    return np.zeros(n, dtype) if values is None else values
 
 
 def shard_units(model, optimizer):

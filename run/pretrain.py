@@ -93,7 +93,7 @@ def pretrain(cfg, world_comm, guard):
     data = pretrain_data(cfg, grid, resume)
     model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel,
-                        virtual_stages=cfg.virtual_stages)
+                        virtual_stages=cfg.virtual_stages, zero=cfg.zero)
     out = cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     trainer = Trainer(cfg, grid, model, data, out=out, script="pretrain", resume=resume,
                       preempt=preempt, header={"model": cfg.model, "data": cfg.data})

@@ -16,30 +16,8 @@ import numpy as np
 
 from .checkpoint import DataParallelState
 from ..model_parallel import virtual_stage_units
+from ..cost import vit_param_specs
 from ..tensor_parallel import shard_index
-
-
-def vit_param_specs(config):
-    """``[[(name, full_shape), ...] per unit]`` of the serial ViT, units
-    ``[embed, blocks..., head]`` in flat-buffer order, without building it."""
-    c = config
-    d, m, p = c.dim, c.mlp_dim, c.patch_size
-    embed = ([("cls_token", (1, 1, d))] if c.class_token else []) + [
-        ("pos_embed", (1, c.seq_len, d)), ("patch_embed.proj.weight", (d, c.in_chans, p, p)),
-        ("patch_embed.proj.bias", (d,))]
-    units = [embed]
-    for i in range(c.depth):
-        b = f"blocks.{i}"
-        units.append([(f"{b}.norm1.weight", (d,)), (f"{b}.norm1.bias", (d,)),
-                      (f"{b}.attn.qkv.weight", (3 * d, d)), (f"{b}.attn.qkv.bias", (3 * d,)),
-                      (f"{b}.attn.proj.weight", (d, d)), (f"{b}.attn.proj.bias", (d,)),
-                      (f"{b}.norm2.weight", (d,)), (f"{b}.norm2.bias", (d,)),
-                      (f"{b}.mlp.fc1.weight", (m, d)), (f"{b}.mlp.fc1.bias", (m,)),
-                      (f"{b}.mlp.fc2.weight", (d, m)), (f"{b}.mlp.fc2.bias", (d,))])
-    norm = "norm" if c.class_token else "fc_norm"
-    units.append([(f"{norm}.weight", (d,)), (f"{norm}.bias", (d,)),
-                  ("head.weight", (c.num_classes, d)), ("head.bias", (c.num_classes,))])
-    return units
 
 
 class ModelParallelState:

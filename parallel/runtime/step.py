@@ -44,16 +44,20 @@ class StepEngine:
         "interleaved" runs its ``virtual_stages`` chunks).
     trainable : None, or ``(start, stop)`` of the flat buffer: only that slice is
         updated (stage 0 only; a linear probe, see ``minivit.transfer.LinearProbe``).
+    allocate : where ZeRO keeps its shards (``zero.ZeroOptimizer``): None for
+        the heap, or ``offload.Offload.allocate`` (then ``Offload.attach`` this engine).
 
     The constructor broadcasts rank 0's parameters over dp and verifies the
-    replicas are bitwise identical.  Raises ValueError for a bad stage, accum,
-    optimizer, or overlap with stage 2-3.
+    replicas are bitwise identical (not for a model built shard by shard,
+    ``build_model(..., zero=3)``, which has no full replica).  Raises ValueError
+    for a bad stage, accum, optimizer, overlap with stage 2-3, or a model built
+    sharded with a stage other than 3.
     """
 
     def __init__(self, model, grid, *, zero=0, accum=1, bucket_bytes=25 * 2**20,
                  overlap=False, optimizer="adamw", betas=(0.9, 0.999), eps=1e-8,
                  momentum=0.9, weight_decay=0.05, max_grad_norm=None, smoothing=0.0,
-                 schedule="1f1b", trainable=None):
+                 schedule="1f1b", trainable=None, allocate=None):
         if zero not in (0, 1, 2, 3):
             raise ValueError(f"zero={zero!r}: expected a ZeRO stage 0, 1, 2 or 3")
         if overlap and zero >= 2:
@@ -69,16 +73,22 @@ class StepEngine:
         if trainable is not None and zero:
             raise ValueError(f"trainable={trainable} with zero={zero}: a partly frozen "
                              "model trains with zero 0")
+        if model.flat.data is None and zero != 3:
+            raise ValueError(f"zero={zero} for a model built shard by shard: expected zero=3 "
+                             "(build_model(..., zero=3) is the only sharded construction)")
         if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
             raise ValueError(f"accum={accum!r}: expected a positive integer")
         self.model, self.grid, self.comm = model, grid, grid.dp_group
         self.zero, self.accum = zero, accum
         self.max_grad_norm, self.smoothing = max_grad_norm, smoothing
         self.unit_sizes = [b - a for a, b in model.unit_ranges()]
-        self.itemsize = model.flat.data.itemsize
+        self.itemsize = model.flat.dtype.itemsize
         self.dp = DataParallel(model, self.comm, bucket_bytes, overlap=overlap)
-        self.dp.broadcast_parameters()
-        self.dp.verify_replicas()
+        if model.flat.data is not None:
+            self.dp.broadcast_parameters()
+            self.dp.verify_replicas()
+        # else: a model built shard by shard (ZeRO-3) has no replica to broadcast; its
+        # shards are slices of one model because the init depends on (seed, name) only
         # the ZeRO stage is an object with one interface (stage 0 included), so the
         # step below has no branch on it; the unit wrappers are put in place here
         hyper = dict(betas=betas, eps=eps, weight_decay=weight_decay)
@@ -86,7 +96,8 @@ class StepEngine:
             self.optimizer = ReplicatedOptimizer(model, self.dp, optimizer, momentum=momentum,
                                                  trainable=trainable, **hyper)
         else:
-            self.optimizer = ZeroOptimizer(model, self.comm, zero, dp=self.dp, **hyper)
+            self.optimizer = ZeroOptimizer(model, self.comm, zero, dp=self.dp,
+                                           allocate=allocate, **hyper)
             shard_units(model, self.optimizer)     # ZeRO-2/3: gradients (and params) sharded
         if overlap:
             wrap_units(model, GradReadyUnit, self.dp)   # post bucket all-reduces in backward

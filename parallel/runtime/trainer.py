@@ -64,14 +64,18 @@ class Trainer:
         self.script, self.preempt, self.resume = script, preempt, resume
         self.header, self.intro, self.steps_per_epoch = header or {}, intro, steps_per_epoch
         self.root = grid.rank == 0        # world rank 0 alone prints and writes files
+        # the offload files exist before the engine, so ZeRO creates its shards in them
+        self.offload = (Offload(None, Path(cfg.offload_dir), grid.rank)
+                        if cfg.offload_dir else None)
         self.engine = StepEngine(
             model, grid, zero=cfg.zero, accum=cfg.accum,
             bucket_bytes=int(cfg.bucket_mb * 2**20), overlap=cfg.overlap,
             optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.clip if cfg.clip > 0 else None, smoothing=cfg.label_smoothing,
-            schedule=cfg.schedule, trainable=trainable)
-        self.offload = (Offload(self.engine, Path(cfg.offload_dir), grid.rank)
-                        if cfg.offload_dir else None)
+            schedule=cfg.schedule, trainable=trainable,
+            allocate=self.offload.allocate if self.offload else None)
+        if self.offload is not None:
+            self.offload.attach(self.engine)
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
         self.ckpt = CheckpointManager(self.out / "ckpt", state_adapter(self.engine), grid.world,
                                       preset=data.preset,

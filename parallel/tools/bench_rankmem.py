@@ -12,9 +12,10 @@ resident set, ``VmHWM`` (Linux ``/proc/self/status``).  The high-water mark is
 reset (``/proc/self/clear_refs`` = 5, Linux >= 4.0) after the model and the
 optimizer are built and the freed heap is returned (``malloc_trim``), so the
 figure is the *training* peak, the one ``plan_model.plan_step`` predicts; the
-construction peak is reported apart (each rank builds the full model before
-ZeRO shards it).  Each rank also reports its idle resident bytes after imports
-after one vit-nano step has loaded the kernels (the planner's
+construction peak is reported apart (ZeRO-3 builds the model shard by shard,
+``zero_init``, so its construction peak is one unit plus the shards; the other
+layouts build their whole model or stage).  Each rank also reports its idle
+resident bytes after imports after one vit-nano step has loaded the kernels (the planner's
 ``process_baseline_bytes``) and the ledger's model-state bytes
 (``StepEngine.memory()``).
 
@@ -88,14 +89,15 @@ def worker(lay):
     baseline = _status("VmRSS")
     cfg = get_config(lay["model"], dtype="float32")
     grid = ProcessGrid(world, dp=lay["dp"], tp=lay["tp"], pp=lay["pp"])
-    model = build_model(cfg, 0, grid, recompute=lay["recompute"])
+    model = build_model(cfg, 0, grid, recompute=lay["recompute"], zero=lay["zero"])
     accum = lay["accum"]
+    # as the Trainer does: the offload files first, so ZeRO creates its shards in them
+    off = (Offload(None, tempfile.mkdtemp(prefix="rankmem"), grid.rank) if lay["offload"]
+           else None)
     engine = StepEngine(model, grid, zero=lay["zero"], accum=accum, schedule="1f1b",
-                        max_grad_norm=1.0)
-    off = None
-    tmp = tempfile.mkdtemp(prefix="rankmem") if lay["offload"] else None
-    if tmp:
-        off = Offload(engine, tmp, grid.rank)
+                        max_grad_norm=1.0, allocate=off.allocate if off else None)
+    if off is not None:
+        off.attach(engine)
     release_freed_memory()
     construct = _status("VmHWM")
     reset = _reset_peak()

@@ -84,16 +84,21 @@ def run_layout(lay, ref, world):
     dp, tp, pp = lay["dp"], lay["tp"], lay["pp"]
     micro = lay.get("micro_batch", 2)
     grid = ProcessGrid(world, dp=dp, tp=tp, pp=pp)
+    # ZeRO-3 builds its model shard by shard, as run/pretrain.py does (build_model)
     model = ModelShard(CONFIG, 3, grid, recompute=lay.get("recompute", False),
                        sequence_parallel=lay.get("sp", False),
-                       virtual_stages=lay.get("virtual_stages", 1))
+                       virtual_stages=lay.get("virtual_stages", 1),
+                       sharded=lay.get("zero", 0) == 3)
     accum = GLOBAL_BATCH // (micro * dp)
-    trainer = StepEngine(model, grid, zero=lay.get("zero", 0), accum=accum,
-                              max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
-                              overlap=lay.get("overlap", False), bucket_bytes=4096)
     offload = None
     if lay.get("offload"):   # the optimizer state in numpy.memmap files: equal results
-        offload = Offload(trainer, tempfile.mkdtemp(prefix="offload"), grid.rank)
+        offload = Offload(None, tempfile.mkdtemp(prefix="offload"), grid.rank)
+    trainer = StepEngine(model, grid, zero=lay.get("zero", 0), accum=accum,
+                              max_grad_norm=CLIP, schedule=lay.get("schedule", "1f1b"),
+                              overlap=lay.get("overlap", False), bucket_bytes=4096,
+                              allocate=offload.allocate if offload else None)
+    if offload is not None:
+        offload.attach(trainer)
     it = batches(grid.dp_rank, dp, micro)
     if lay.get("grads"):
         return check_grads(trainer, grid, next(it)[1], accum)
