@@ -226,6 +226,23 @@ def torch_step_fn(cfg, model, x, y, threads, autocast=None):
     return step, close
 
 
+def _print_breakdown(args, cfg, machine, bd, alone, peak):
+    from .breakdown_report import lines, report
+    rep = report(cfg, args.batch, bd, alone, peak)
+    if args.json:
+        print(json.dumps({"model": args.model, "batch": args.batch, "dtype": args.dtype,
+                          "threads": args.threads, **machine, **rep,
+                          "load_avg": os.getloadavg()[0]}))
+        return 0
+    print(f"machine: {machine['cpu']}; BLAS {machine['blas']}; OPENBLAS_CORETYPE "
+          f"{machine['openblas_coretype'] or 'not set'}")
+    print(f"breakdown {args.model} {cfg.image_size}px batch {args.batch} {args.dtype} "
+          f"{args.threads} thread(s), median of {args.steps} steps, total "
+          f"{bd.total * 1e3:.1f} ms/step [load {os.getloadavg()[0]:.1f}]")
+    print("\n".join(lines(rep)))
+    return 0
+
+
 def main(argv=None):
     """One-process ``train`` benchmark; ``--dp N`` is routed by ``run/bench.py``."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -250,8 +267,10 @@ def run(args):
         cfg, model, opt, x, y = build(args)
         fns = [make_step(model, opt, x, y)]
         if args.breakdown:
+            from .gemm_gap import isolated_linear_gemms
             from .profiler import breakdown
-            rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
+            bd = breakdown(model, opt, x, y, args.steps, args.warmup)
+            alone = isolated_linear_gemms(cfg, args.batch)
         elif args.vs_torch:
             # PyTorch fp32, and (fp32 runs only) PyTorch's bf16 autocast as a marked
             # reference row: what its mixed precision gives on CPUs with bf16 units
@@ -265,14 +284,9 @@ def run(args):
         else:
             times = time_alternating(args.steps, fns, args.warmup)
         peak = max(peak, gemm_peak(args.peak_n))    # best of before and after
-    if args.breakdown:
-        print(f"breakdown {args.model} {cfg.image_size}px batch {args.batch} {args.dtype} "
-              f"{args.threads} thread(s), median of {args.steps} steps, total "
-              f"{total * 1e3:.1f} ms/step")
-        for name, sec in rows:
-            print(f"  {name:<10} {sec * 1e3:9.1f} ms  {sec / total:6.1%}")
-        return 0
     machine = machine_info()
+    if args.breakdown:
+        return _print_breakdown(args, cfg, machine, bd, alone, peak)
     out = {"model": args.model, "image_size": cfg.image_size, "batch": args.batch,
            "dtype": args.dtype, "threads": args.threads, "steps": args.steps, **machine,
            **summarise(times[0], cfg, args.batch, peak),
