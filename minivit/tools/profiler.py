@@ -1,7 +1,8 @@
 """Time per operator class of a training step (``run/bench.py train --breakdown``).
 
 The hot path carries no profiling code.  ``Profiler`` wraps the ``forward`` and
-``backward`` of each module *instance* of a model with a timer (an instance
+``backward`` (and the split halves ``backward_input``/``backward_weight``) of
+each module *instance* of a model with a timer (an instance
 attribute that shadows the class method, removed again on ``close()``).  Times are
 **exclusive**: a parent's time excludes the time of the timed calls inside it,
 so the classes add up to the step.
@@ -35,6 +36,7 @@ CLASSES = ("matmul", "attention", "embed", "layernorm", "gelu", "copies", "optim
 _KIND = ((Linear, "matmul"), (LayerNorm, "layernorm"), (GELU, "gelu"),
          (MultiHeadAttention, "attention"), (Residual, "copies"), (Embed, "embed"),
          (Head, "copies"))
+_METHODS = ("forward", "backward", "backward_input", "backward_weight")
 
 
 def _modules(root):
@@ -65,7 +67,9 @@ class Profiler:
                 kind = next((k for cls, k in _KIND if isinstance(m, cls)), None)
                 if kind is not None:
                     key = m.name.rsplit(".", 1)[-1] if isinstance(m, Linear) else None
-                    for meth in ("forward", "backward"):
+                    # the split halves too: MultiHeadAttention.backward calls its
+                    # Linears' backward_input/backward_weight, not their backward
+                    for meth in _METHODS:
                         setattr(m, meth, self._timed(getattr(m, meth), kind, key))
                     self._wrapped.append(m)
 
@@ -92,7 +96,8 @@ class Profiler:
     def close(self):
         """Remove every wrapper (restores the class methods)."""
         for m in self._wrapped:
-            del m.forward, m.backward
+            for meth in _METHODS:
+                delattr(m, meth)
         self._wrapped = []
 
 

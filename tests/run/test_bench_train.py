@@ -75,6 +75,27 @@ def test_breakdown_covers_the_step_and_restores_the_model():
     prof.close()
     for unit in model.units:
         assert "forward" not in vars(unit) and "backward" not in vars(unit)
+        assert "backward_input" not in vars(unit) and "backward_weight" not in vars(unit)
+
+
+def test_breakdown_counts_the_attention_linears_backward_as_matmul(monkeypatch):
+    # MultiHeadAttention.backward runs qkv/proj through backward_input/backward_weight:
+    # a slow qkv weight gradient must land in matmul (and its qkv row), not in attention
+    import time
+    from minivit.layers import Linear
+    orig = Linear.backward_weight
+
+    def slow(self, wctx):
+        if self.name.endswith(".qkv"):
+            time.sleep(0.05)
+        return orig(self, wctx)
+    monkeypatch.setattr(Linear, "backward_weight", slow)
+    cfg = get_config("vit-nano")
+    model = ViT(cfg, seed=0)
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    bd = breakdown(model, AdamW(model.flat, lr=1e-4), x, np.zeros(2, int), steps=1, warmup=0)
+    assert dict(bd.rows)["attention"] < 0.05
+    assert bd.gemms["qkv"] >= 0.05 * cfg.depth
 
 
 def test_dp_comparison_under_mpirun(run_mpi):
