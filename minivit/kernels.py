@@ -282,7 +282,7 @@ def _softmax_fwd_fast(x, scale, p):
             p[r, j] *= inv
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_REASSOC)
 def _softmax_bwd(dp, p, scale, dx):
     rows, n = p.shape
     for r in range(rows):

@@ -175,55 +175,18 @@ def machine_info():
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
-def _torch_worker(conn, cfg, x, y, state, threads, drop_env, autocast=None):
-    """Child process: build the PyTorch reference and run one step per request."""
-    for key in drop_env:        # minivit's thread settings (minivit/threads.py) are not torch's
-        os.environ.pop(key, None)
-    try:
-        import torch
-        from minivit.tools.torch_vit import TorchTrainer
-    except ImportError as err:
-        conn.send(f"--vs-torch needs PyTorch (pip install -e '.[torch]'): {err}")
-        return
-    torch.set_num_threads(threads)
-    trainer = TorchTrainer(cfg, x, y, state=state, autocast=autocast)
-    conn.send("ready")
-    while conn.recv() == "step":
-        conn.send(trainer.step())
-    conn.close()
+def _trainer_step(cfg, x, y, state, autocast):
+    """In the child: the PyTorch ViT's training step (``TorchTrainer.step``)."""
+    from minivit.tools.torch_vit import TorchTrainer
+    return TorchTrainer(cfg, x, y, state=state, autocast=autocast).step
 
 
 def torch_step_fn(cfg, model, x, y, threads, autocast=None):
-    """``(step, close)``: one PyTorch training step of the same ViT in a child process,
-    and the call that ends that process.  autocast: None or "bfloat16"
-    (``TorchTrainer``).
-
-    The reference runs in its own process: in one process, PyTorch's OpenMP
-    pool and OpenBLAS's threads contend for the cores after each switch, which
-    made the PyTorch step 5x slower than when run alone (measured).
-    """
-    import multiprocessing as mp
-    import minivit
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_torch_worker, daemon=True,
-                       args=(child, cfg, x, y, model.flat.state_dict(), threads,
-                             minivit.THREAD_ENV_SET, autocast))
-    proc.start()
-    status = parent.recv()
-    if status != "ready":
-        raise SystemExit(status)
-
-    def step():
-        parent.send("step")
-        return parent.recv()
-
-    def close():
-        parent.send("stop")
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.terminate()
-    return step, close
+    """``(step, close)``: one PyTorch training step of the same ViT (same weights and
+    batch) in a child process (``torch_child.child_step_fn``), and the call that
+    ends that process.  autocast: None or "bfloat16" (``TorchTrainer``)."""
+    from .torch_child import child_step_fn
+    return child_step_fn(_trainer_step, (cfg, x, y, model.flat.state_dict(), autocast), threads)
 
 
 def _print_breakdown(args, cfg, machine, bd, alone, peak):
