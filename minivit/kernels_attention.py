@@ -17,13 +17,17 @@ Measured on the 2-core machine, 2 threads, attention core forward / backward
 per layer: vit-micro batch 128 15 / 18 ms (NumPy batched matmuls and the
 row softmax kernel: 28 ms forward), vit-tiny batch 32 29 / 40 ms (43 ms
 forward); PyTorch 2.13's flash attention on the same shapes 12 / 24 ms and
-23 / 48 ms.  The BLAS called here must run one
+23 / 48 ms.  Issue 16 (AMD EPYC Zen 4, AVX-512, one thread, process CPU time,
+machine loaded): the softmax writing P from a separate scores buffer (in
+place it ran LLVM's scalar fallback), K and V gathered transposed and dV
+computed as dO^T P took vit-tiny b32 from 26 / 38 to 18 / 33 ms per layer and
+vit-micro b128 from 14 / 15 to 9 / 13 ms (docs/performance.md).  The BLAS called here must run one
 thread (``minivit.threads.limit_threads`` sees to it); nested threads made it
 9x slower.
 
 Results do not depend on the thread count: no sum crosses a (batch, head)
 pair.  ``minivit.kernels_ref.attention_forward/backward`` are the NumPy
-references (tests/test_kernels_attention.py).
+references (tests/model/test_kernels_attention.py).
 """
 import numpy as np
 from numba import njit, prange

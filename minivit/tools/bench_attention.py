@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -81,27 +80,16 @@ def _minivit_step(b, t, h, hd, seed):
     return step
 
 
-def _time_pair(fns, rounds, warmup):
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-    return [np.asarray(t) for t in times]
-
-
 def measure(shape, threads, rounds, warmup):
     """One row: medians (ms), ratios and GFLOP/s of minivit and PyTorch on ``shape``."""
+    from .bench import time_alternating
     from .torch_child import child_step_fn
     preset, b, t, h, hd = shape
     torch_step, close = child_step_fn(_torch_sdpa_step, (b, t, h, hd, 0), threads)
     try:
         with limit_threads(threads):
-            mine, ref = _time_pair([_minivit_step(b, t, h, hd, 0), torch_step], rounds, warmup)
+            mine, ref = map(np.asarray, time_alternating(
+                rounds, [_minivit_step(b, t, h, hd, 0), torch_step], warmup))
     finally:
         close()
     flops = 12 * b * t * t * h * hd
