@@ -10,6 +10,11 @@ Printed: median and min/max ms/step over ``--steps`` timed steps after
 forward matmul FLOPs) and MFU against the float32 GEMM peak measured in the same
 run (best of several square ``matmul`` calls of size ``--peak-n``).
 
+``--breakdown`` times each operator class of the step (``profiler``) and
+prints the rate it achieved (GFLOP/s or GB/s, ``minivit.flops.step_work``),
+then each Linear GEMM shape in the step against the same GEMMs alone
+(``gemm_gap``), all measured in the same run (``breakdown_report``).
+
 ``--vs-torch`` builds the same ViT in PyTorch (``minivit/tools/torch_vit.py``,
 loaded with minivit's initial weights) and alternates one minivit step with one
 torch step, so machine load from other processes hits both alike; the ratio is
