@@ -4,8 +4,8 @@ NeurIPS 2017, section 3.2.1).
 
 Each (batch, head) pair is one unit of work for one Numba thread
 (``prange``): it gathers its q, k, v (T, hd) from the qkv Linear's output,
-computes the scores with a BLAS GEMM (Numba's ``np.dot``), the row softmax in
-place (``minivit.kernels``' float64-accumulating softmax, the polynomial exp
+computes the scores with a BLAS GEMM (Numba's ``np.dot``), the row softmax
+into P (``minivit.kernels``' float64-accumulating softmax, the polynomial exp
 for float32) and P V, and writes the result into the (B, T, H, hd) layout the
 output projection reads.  No (B, H, T, T) scores array is allocated: only the
 probabilities P, which the backward needs.
@@ -17,13 +17,17 @@ Measured on the 2-core machine, 2 threads, attention core forward / backward
 per layer: vit-micro batch 128 15 / 18 ms (NumPy batched matmuls and the
 row softmax kernel: 28 ms forward), vit-tiny batch 32 29 / 40 ms (43 ms
 forward); PyTorch 2.13's flash attention on the same shapes 12 / 24 ms and
-23 / 48 ms.  The BLAS called here must run one
+23 / 48 ms.  Issue 16 (AMD EPYC Zen 4, AVX-512, one thread, process CPU time,
+machine loaded): the softmax writing P from a separate scores buffer (in
+place it ran LLVM's scalar fallback), K and V gathered transposed and dV
+computed as dO^T P took vit-tiny b32 from 26 / 38 to 18 / 33 ms per layer and
+vit-micro b128 from 14 / 15 to 9 / 13 ms (docs/performance.md).  The BLAS called here must run one
 thread (``minivit.threads.limit_threads`` sees to it); nested threads made it
 9x slower.
 
 Results do not depend on the thread count: no sum crosses a (batch, head)
 pair.  ``minivit.kernels_ref.attention_forward/backward`` are the NumPy
-references (tests/test_kernels_attention.py).
+references (tests/model/test_kernels_attention.py).
 """
 import numpy as np
 from numba import njit, prange
@@ -43,10 +47,12 @@ def _gather(qkv, b, i, h, out):
 
 
 @njit(cache=True, inline="always")
-def _gather_qkv(qkv, b, h, q, k, v):
-    _gather(qkv, b, 0, h, q)
-    _gather(qkv, b, 1, h, k)
-    _gather(qkv, b, 2, h, v)
+def _gather_t(qkv, b, i, h, out):
+    """out (hd, T) <- qkv[b, :, i, h, :].T: a transposed gather, so the GEMM that
+    reads it gets a plain (not transposed) operand."""
+    for t in range(out.shape[1]):
+        for d in range(out.shape[0]):
+            out[d, t] = qkv[b, t, i, h, d]
 
 
 @njit(cache=True, inline="always")
@@ -64,6 +70,14 @@ def _scatter(src, b, i, h, dst):
             dst[b, t, i, h, d] = src[t, d]
 
 
+@njit(cache=True, inline="always")
+def _scatter_t(src, b, i, h, dst):
+    """dst[b, :, i, h, :] <- src.T, src (hd, T)."""
+    for t in range(src.shape[1]):
+        for d in range(src.shape[0]):
+            dst[b, t, i, h, d] = src[d, t]
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def _attention_fwd(qkv, scale, fast, p, o):
     nb, t, _, nh, hd = qkv.shape
@@ -72,16 +86,23 @@ def _attention_fwd(qkv, scale, fast, p, o):
         # scratch allocated per unit, not per pair: a (T, T) buffer above
         # 128 kB is a fresh mmap each time, and its page faults cost as much
         # as the GEMM that fills it (measured at T=197)
-        q, k, v, out, _ = _head_buffers(t, hd, qkv.dtype)
+        q, _, v, out, _ = _head_buffers(t, hd, qkv.dtype)
+        kt = np.empty((hd, t), qkv.dtype)
+        # the raw scores get their own buffer: a softmax in place (input = output)
+        # fails LLVM's runtime alias check and runs its scalar loop, 2.6x slower
+        # (measured, vit-tiny shapes)
+        sc = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            _gather_qkv(qkv, b, h, q, k, v)
+            _gather(qkv, b, 0, h, q)
+            _gather_t(qkv, b, 1, h, kt)
+            _gather(qkv, b, 2, h, v)
             s = p[b, h]
-            np.dot(q, k.T, s)                     # raw scores, straight into P's slot
+            np.dot(q, kt, sc)                     # raw scores
             if fast:
-                _softmax_fwd_fast(s, scale, s)    # in place: row r is read before written
+                _softmax_fwd_fast(sc, scale, s)
             else:
-                _softmax_fwd(s, scale, s)
+                _softmax_fwd(sc, scale, s)
             np.dot(s, v, out)
             _scatter(out, b, 0, h, o5)
 
@@ -91,17 +112,25 @@ def _attention_bwd(qkv, p, do, scale, dqkv):
     nb, t, _, nh, hd = qkv.shape
     do5 = do.reshape(nb, t, 1, nh, hd)
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
-        q, k, v, out, g = _head_buffers(t, hd, qkv.dtype)
+        q, k, _, out, g = _head_buffers(t, hd, qkv.dtype)
+        vt, gt, dvt = np.empty((hd, t), qkv.dtype), np.empty((hd, t), qkv.dtype), \
+            np.empty((hd, t), qkv.dtype)
+        dp = np.empty((t, t), qkv.dtype)          # apart from ds: see the forward's sc
         ds = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            _gather_qkv(qkv, b, h, q, k, v)
+            _gather(qkv, b, 0, h, q)
+            _gather(qkv, b, 1, h, k)
+            _gather_t(qkv, b, 2, h, vt)
             _gather(do5, b, 0, h, g)              # dL/dO of this head
+            _gather_t(do5, b, 0, h, gt)
             ph = p[b, h]
-            np.dot(ph.T, g, out)                  # dV = P^T dO
-            _scatter(out, b, 2, h, dqkv)
-            np.dot(g, v.T, ds)                    # dP = dO V^T
-            _softmax_bwd(ds, ph, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
+            # dV = P^T dO, computed as dV^T = dO^T P: P as a plain operand ran
+            # 1.3x faster than P^T at vit-tiny shapes (measured, one thread)
+            np.dot(gt, ph, dvt)
+            _scatter_t(dvt, b, 2, h, dqkv)
+            np.dot(g, vt, dp)                     # dP = dO V^T
+            _softmax_bwd(dp, ph, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
             np.dot(ds, k, out)                    # dQ = dS K
             _scatter(out, b, 0, h, dqkv)
             np.dot(ds.T, q, out)                  # dK = dS^T Q

@@ -10,6 +10,11 @@ Printed: median and min/max ms/step over ``--steps`` timed steps after
 forward matmul FLOPs) and MFU against the float32 GEMM peak measured in the same
 run (best of several square ``matmul`` calls of size ``--peak-n``).
 
+``--breakdown`` times each operator class of the step (``profiler``) and
+prints the rate it achieved (GFLOP/s or GB/s, ``minivit.flops.step_work``),
+then each Linear GEMM shape in the step against the same GEMMs alone
+(``gemm_gap``), all measured in the same run (``breakdown_report``).
+
 ``--vs-torch`` builds the same ViT in PyTorch (``minivit/tools/torch_vit.py``,
 loaded with minivit's initial weights) and alternates one minivit step with one
 torch step, so machine load from other processes hits both alike; the ratio is
@@ -175,55 +180,35 @@ def machine_info():
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
-def _torch_worker(conn, cfg, x, y, state, threads, drop_env, autocast=None):
-    """Child process: build the PyTorch reference and run one step per request."""
-    for key in drop_env:        # minivit's thread settings (minivit/threads.py) are not torch's
-        os.environ.pop(key, None)
-    try:
-        import torch
-        from minivit.tools.torch_vit import TorchTrainer
-    except ImportError as err:
-        conn.send(f"--vs-torch needs PyTorch (pip install -e '.[torch]'): {err}")
-        return
-    torch.set_num_threads(threads)
-    trainer = TorchTrainer(cfg, x, y, state=state, autocast=autocast)
-    conn.send("ready")
-    while conn.recv() == "step":
-        conn.send(trainer.step())
-    conn.close()
+def _trainer_step(cfg, x, y, state, autocast):
+    """In the child: the PyTorch ViT's training step (``TorchTrainer.step``)."""
+    from minivit.tools.torch_vit import TorchTrainer
+    return TorchTrainer(cfg, x, y, state=state, autocast=autocast).step
 
 
 def torch_step_fn(cfg, model, x, y, threads, autocast=None):
-    """``(step, close)``: one PyTorch training step of the same ViT in a child process,
-    and the call that ends that process.  autocast: None or "bfloat16"
-    (``TorchTrainer``).
+    """``(step, close)``: one PyTorch training step of the same ViT (same weights and
+    batch) in a child process (``torch_child.child_step_fn``), and the call that
+    ends that process.  autocast: None or "bfloat16" (``TorchTrainer``)."""
+    from .torch_child import child_step_fn
+    return child_step_fn(_trainer_step, (cfg, x, y, model.flat.state_dict(), autocast), threads)
 
-    The reference runs in its own process: in one process, PyTorch's OpenMP
-    pool and OpenBLAS's threads contend for the cores after each switch, which
-    made the PyTorch step 5x slower than when run alone (measured).
-    """
-    import multiprocessing as mp
-    import minivit
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_torch_worker, daemon=True,
-                       args=(child, cfg, x, y, model.flat.state_dict(), threads,
-                             minivit.THREAD_ENV_SET, autocast))
-    proc.start()
-    status = parent.recv()
-    if status != "ready":
-        raise SystemExit(status)
 
-    def step():
-        parent.send("step")
-        return parent.recv()
-
-    def close():
-        parent.send("stop")
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.terminate()
-    return step, close
+def _print_breakdown(args, cfg, machine, bd, alone, peak):
+    from .breakdown_report import lines, report
+    rep = report(cfg, args.batch, bd, alone, peak)
+    if args.json:
+        print(json.dumps({"model": args.model, "batch": args.batch, "dtype": args.dtype,
+                          "threads": args.threads, **machine, **rep,
+                          "load_avg": os.getloadavg()[0]}))
+        return 0
+    print(f"machine: {machine['cpu']}; BLAS {machine['blas']}; OPENBLAS_CORETYPE "
+          f"{machine['openblas_coretype'] or 'not set'}")
+    print(f"breakdown {args.model} {cfg.image_size}px batch {args.batch} {args.dtype} "
+          f"{args.threads} thread(s), median of {args.steps} steps, total "
+          f"{bd.total * 1e3:.1f} ms/step [load {os.getloadavg()[0]:.1f}]")
+    print("\n".join(lines(rep)))
+    return 0
 
 
 def main(argv=None):
@@ -250,8 +235,10 @@ def run(args):
         cfg, model, opt, x, y = build(args)
         fns = [make_step(model, opt, x, y)]
         if args.breakdown:
+            from .gemm_gap import isolated_linear_gemms
             from .profiler import breakdown
-            rows, total = breakdown(model, opt, x, y, args.steps, args.warmup)
+            bd = breakdown(model, opt, x, y, args.steps, args.warmup)
+            alone = isolated_linear_gemms(cfg, args.batch)
         elif args.vs_torch:
             # PyTorch fp32, and (fp32 runs only) PyTorch's bf16 autocast as a marked
             # reference row: what its mixed precision gives on CPUs with bf16 units
@@ -265,14 +252,9 @@ def run(args):
         else:
             times = time_alternating(args.steps, fns, args.warmup)
         peak = max(peak, gemm_peak(args.peak_n))    # best of before and after
-    if args.breakdown:
-        print(f"breakdown {args.model} {cfg.image_size}px batch {args.batch} {args.dtype} "
-              f"{args.threads} thread(s), median of {args.steps} steps, total "
-              f"{total * 1e3:.1f} ms/step")
-        for name, sec in rows:
-            print(f"  {name:<10} {sec * 1e3:9.1f} ms  {sec / total:6.1%}")
-        return 0
     machine = machine_info()
+    if args.breakdown:
+        return _print_breakdown(args, cfg, machine, bd, alone, peak)
     out = {"model": args.model, "image_size": cfg.image_size, "batch": args.batch,
            "dtype": args.dtype, "threads": args.threads, "steps": args.steps, **machine,
            **summarise(times[0], cfg, args.batch, peak),

@@ -32,6 +32,22 @@ def test_json_keys_and_values(capsys):
     assert "openblas" in out["blas"].lower() and "(" in out["blas"]
 
 
+def test_breakdown_json_has_rates_and_the_gemm_gap(capsys):
+    assert main(TINY + ["--breakdown", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    classes = {r["class"]: r for r in out["classes"]}
+    assert list(classes) == list(CLASSES)
+    assert sum(r["ms"] for r in out["classes"]) == pytest.approx(out["total_ms"])
+    for name, unit in (("matmul", "GFLOP/s"), ("attention", "GFLOP/s"), ("gelu", "GB/s")):
+        assert classes[name]["rate"] > 0 and classes[name]["rate_unit"] == unit
+    assert "rate" not in classes["copies"]
+    gemms = {g["gemm"]: g for g in out["gemms"]}
+    assert list(gemms) == ["qkv", "proj", "fc1", "fc2", "head", "all"]
+    assert gemms["all"]["step_ms"] == pytest.approx(classes["matmul"]["ms"])
+    assert gemms["fc1"]["step_over_alone"] == pytest.approx(
+        gemms["fc1"]["step_ms"] / gemms["fc1"]["alone_ms"])
+
+
 def test_bad_flags_are_named():
     with pytest.raises(SystemExit):
         parse_args(["--batch", "0"])
@@ -46,16 +62,40 @@ def test_breakdown_covers_the_step_and_restores_the_model():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 10, 3)
-    rows, total = breakdown(model, opt, x, y, steps=2, warmup=0)
-    assert [k for k, _ in rows] == list(CLASSES)
-    timed = dict(rows)
-    for k in ("matmul", "attention", "layernorm", "gelu", "optimizer"):
+    bd = breakdown(model, opt, x, y, steps=2, warmup=0)
+    assert [k for k, _ in bd.rows] == list(CLASSES)
+    timed = dict(bd.rows)
+    for k in ("matmul", "attention", "embed", "layernorm", "gelu", "optimizer"):
         assert timed[k] > 0, k
+    # the per-GEMM timers split the matmul class exactly (the head is a Linear too)
+    assert set(bd.gemms) == {"qkv", "proj", "fc1", "fc2", "head"}
+    assert sum(bd.gemms.values()) == pytest.approx(timed["matmul"], rel=1e-6)
     # every module method is the class method again: no wrapper left behind
     prof = Profiler(model)
     prof.close()
     for unit in model.units:
         assert "forward" not in vars(unit) and "backward" not in vars(unit)
+        assert "backward_input" not in vars(unit) and "backward_weight" not in vars(unit)
+
+
+def test_breakdown_counts_the_attention_linears_backward_as_matmul(monkeypatch):
+    # MultiHeadAttention.backward runs qkv/proj through backward_input/backward_weight:
+    # a slow qkv weight gradient must land in matmul (and its qkv row), not in attention
+    import time
+    from minivit.layers import Linear
+    orig = Linear.backward_weight
+
+    def slow(self, wctx):
+        if self.name.endswith(".qkv"):
+            time.sleep(0.05)
+        return orig(self, wctx)
+    monkeypatch.setattr(Linear, "backward_weight", slow)
+    cfg = get_config("vit-nano")
+    model = ViT(cfg, seed=0)
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    bd = breakdown(model, AdamW(model.flat, lr=1e-4), x, np.zeros(2, int), steps=1, warmup=0)
+    assert dict(bd.rows)["attention"] < 0.05
+    assert bd.gemms["qkv"] >= 0.05 * cfg.depth
 
 
 def test_dp_comparison_under_mpirun(run_mpi):
