@@ -130,7 +130,7 @@ class FlatParams:
         shapes : one shape per parameter, in order (the parameters' arrays
         need not exist).  ``data``, ``grad`` and ``decay_mask`` are None: the
         model's values live elsewhere, e.g. in the ZeRO-3 shards of a model
-        built unit by unit (``minivit.parallel.zero_init``).
+        built unit by unit (``minivit.parallel.shard``).
         Raises ValueError as the constructor does.
         """
         flat = cls.__new__(cls)

@@ -30,7 +30,7 @@ from .recompute import Recompute
 from .sequence_parallel import (Boundary, EnterSequenceParallel, LeaveSequenceParallel,
                                 SequenceParallelBlock, tokens_per_rank)
 from .tensor_parallel import TensorParallelBlock, check_divisible, shard_index, tp_local_shape
-from .zero_init import build_sharded
+from .shard import build_sharded
 
 
 def balance_stages(unit_sizes, pp, virtual_stages=1):
@@ -99,7 +99,7 @@ class ModelShard(ViT):
         ``LeaveSequenceParallel`` (each joined to its unit by a ``Boundary``).
     virtual_stages : ``v`` model chunks per rank (interleaved 1F1B); chunk ``c``
         is virtual stage ``c pp + s`` of ``pp v`` (module docstring).
-    sharded : ZeRO-3 construction (``zero_init.build_sharded``): units are built
+    sharded : ZeRO-3 construction (``shard.build_sharded``): units are built
         one at a time and only this rank's dp shards are kept, in
         ``zero_shards`` (for ``zero.ZeroOptimizer``, stage 3); ``flat`` then
         has offsets but no buffers, and the parameters no arrays.
@@ -268,7 +268,7 @@ def weighted_sumsq(grad, weight):
 def build_model(config, seed, grid, recompute=False, sequence_parallel=False,
                 virtual_stages=1, zero=0):
     """The model one rank trains: for ZeRO-3 a ``ModelShard`` built shard by shard
-    (``zero_init``: no rank ever holds the full model); otherwise the serial ViT for
+    (``shard.build_sharded``: no rank ever holds the full model); otherwise the serial ViT for
     tp = pp = 1 without recompute or sequence parallelism, else this rank's
     ``ModelShard`` (``virtual_stages`` chunks per rank: interleaved 1F1B)."""
     layout = {"recompute": recompute, "sequence_parallel": sequence_parallel,

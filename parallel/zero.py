@@ -21,7 +21,7 @@ stage   persistent state          communication
 
 Shards are per unit, padded so every dp size works (``shard.ShardLayout``).
 At stage 3 the runtime's model arrives already sharded (``build_model(...,
-zero=3)``, ``zero_init.py``: no rank ever holds the full model); a model built
+zero=3)``, ``shard.py``: no rank ever holds the full model); a model built
 whole is sharded here from its full buffers, with the same result bitwise.
 Gradients arrive pre-scaled by ``1 / (accum * dp)`` (the loss backward's
 ``scale``), so summing collectives yield the mean gradient.
@@ -92,7 +92,7 @@ class ZeroOptimizer:
         return self.layout.extract(flat.data) if self.stage == 3 else None
 
     def _take_built_shards(self, shards):
-        """Take over the shards of a model built shard by shard (``zero_init``)."""
+        """Take over the shards of a model built shard by shard (``shard.build_sharded``)."""
         lay = shards.layout
         if self.stage != 3 or (lay.p, lay.rank) != (self.comm.size, self.comm.rank):
             raise ValueError(f"a model built sharded over {lay.p} ranks (rank {lay.rank}) with "

@@ -12,7 +12,7 @@ in ``minivit.parallel.cost``; tensor- and pipeline-parallel volumes follow
 Megatron-LM (Shoeybi et al. 2019, section 3; Narayanan et al. 2021).  With
 tp*pp > 1 each rank holds Psi / (tp*pp) parameters (the split is taken as even).
 Activations, peak memory and seconds per step come from
-``minivit.parallel.plan_model`` (activation bytes derived from the code's own
+``minivit.parallel.tools.plan_model`` (activation bytes derived from the code's own
 contexts, compute at ``peak x efficiency`` of a machine file in
 ``run/machines/``, collectives through an alpha-beta ring model).
 Nothing is run: the numbers are predictions for scales this machine cannot reach.
@@ -24,7 +24,7 @@ import sys
 from minivit.config import PRESETS, get_config
 from minivit.parallel import cost
 from minivit.parallel.grid import validate_layout
-from minivit.parallel import plan_model
+from minivit.parallel.tools import plan_model
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 

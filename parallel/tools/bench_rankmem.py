@@ -13,7 +13,7 @@ reset (``/proc/self/clear_refs`` = 5, Linux >= 4.0) after the model and the
 optimizer are built and the freed heap is returned (``malloc_trim``), so the
 figure is the *training* peak, the one ``plan_model.plan_step`` predicts; the
 construction peak is reported apart (ZeRO-3 builds the model shard by shard,
-``zero_init``, so its construction peak is one unit plus the shards; the other
+``shard.build_sharded``, so its construction peak is one unit plus the shards; the other
 layouts build their whole model or stage).  Each rank also reports its idle
 resident bytes after imports after one vit-nano step has loaded the kernels (the planner's
 ``process_baseline_bytes``) and the ledger's model-state bytes
@@ -152,7 +152,7 @@ def layouts(names, ranks, model, micro_batch, steps):
 
 
 def predict(lay, machine):
-    from ..plan_model import Layout, plan_step
+    from .plan_model import Layout, plan_step
     return plan_step(Layout(model=lay["model"], nodes=1, dp=lay["dp"], tp=lay["tp"],
                             pp=lay["pp"], zero=lay["zero"], micro_batch=lay["micro_batch"],
                             accum=lay["accum"], recompute=lay["recompute"],
@@ -214,7 +214,7 @@ def main(argv=None):
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-    from ..plan_model import load_machine
+    from .plan_model import load_machine
     machine = load_machine(args.machine)
     names = list(LAYOUTS) if args.layouts == "all" else args.layouts.split(",")
     bad = [n for n in names if n not in LAYOUTS]

@@ -9,8 +9,9 @@ import pytest
 from minivit.config import get_config
 from minivit.flops import forward_matmul_flops
 from minivit.parallel import cost
-from minivit.parallel.plan_model import (Layout, Machine, collective_seconds, load_machine,
-                                         parse_node_counts, plan_step, strong_scaling)
+from minivit.parallel.tools.plan_model import (Layout, Machine, collective_seconds,
+                                               load_machine, parse_node_counts, plan_step,
+                                               strong_scaling)
 
 PLAN = runpy.run_path(str(Path(__file__).resolve().parents[2] / "run" / "plan.py"))
 KEYS = {"params", "model_state_bytes_per_rank", "activation_bytes_per_rank",

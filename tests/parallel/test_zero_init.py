@@ -1,4 +1,4 @@
-"""Sharded ZeRO-3 construction (parallel/zero_init.py), in one process.
+"""Sharded ZeRO-3 construction (parallel/shard.py), in one process.
 
 The bytes a rank allocates while building are counted with ``tracemalloc``
 (NumPy reports every array buffer to it), not with RSS or timing: the peak of
@@ -21,7 +21,7 @@ from minivit.parallel.model_parallel import build_model
 from minivit.parallel.offload import Offload
 from minivit.parallel.runtime.step import StepEngine
 from minivit.parallel.shard import ShardLayout
-from minivit.parallel.zero_init import build_sharded
+from minivit.parallel.shard import build_sharded
 
 SEED = 5
 # big enough that arrays dominate Python's own objects (a block is 0.4 MB in

@@ -37,13 +37,13 @@ from pathlib import Path
 from minivit.config import get_config
 from minivit.flops import forward_matmul_flops
 
-from . import cost
-from .grid import validate_layout
-from .sequence_parallel import tokens_per_rank
-from .pipeline import check_schedule, in_flight_peak, pipeline_ops
+from .. import cost
+from ..grid import validate_layout
+from ..sequence_parallel import tokens_per_rank
+from ..pipeline import check_schedule, in_flight_peak, pipeline_ops
 
 ITEMSIZE = {"float32": 4, "float64": 8}
-MACHINE_DIR = Path(__file__).resolve().parents[1] / "run" / "machines"
+MACHINE_DIR = Path(__file__).resolve().parents[2] / "run" / "machines"
 
 
 @dataclass(frozen=True)
