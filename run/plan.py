@@ -24,6 +24,7 @@ import sys
 from minivit.config import PRESETS, get_config
 from minivit.parallel import cost
 from minivit.parallel.grid import validate_layout
+from minivit.parallel.pipeline import SCHEDULES
 from minivit.parallel.tools import plan_model
 
 ITEMSIZE = {"float32": 4, "float64": 8}
@@ -50,7 +51,9 @@ def parse_args(argv):
     ap.add_argument("--sequence-parallel", action="store_true", help="with --tp > 1: LN regions "
                     "sharded along T (their activations / tp; pp sends (b, T/tp, h))")
     ap.add_argument("--offload", action="store_true", help="optimizer state offloaded to disk")
-    ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b", "interleaved"))
+    ap.add_argument("--schedule", default="1f1b", choices=SCHEDULES,
+                    help="pipeline schedule (with --pp > 1): its bubble stretches the compute, "
+                         "its micro-batches in flight set the activations")
     ap.add_argument("--virtual-stages", type=int, default=1,
                     help="model chunks per stage with --schedule interleaved")
     ap.add_argument("--overlap", action="store_true",

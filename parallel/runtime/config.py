@@ -81,9 +81,10 @@ class TrainConfig:
     tp: int = flag(1, "tensor-parallel size (Megatron: heads and MLP width split)")
     pp: int = flag(1, "pipeline-parallel size (stages balanced by parameter count; "
                       "micro-batches = accumulation steps)")
-    schedule: str = flag("1f1b", "pipeline schedule (with --pp > 1): gpipe, 1f1b, or zb-h1 "
-                                 "(zero bubble: backward split into input and weight halves, "
-                                 "the weight halves fill the bubble; ZeRO 0-1)",
+    schedule: str = flag("1f1b", "pipeline schedule (with --pp > 1): gpipe, 1f1b, interleaved "
+                                 "(1F1B over --virtual-stages model chunks per stage) or "
+                                 "zb-h1 (zero bubble: backward split into input and weight "
+                                 "halves, the weight halves fill the bubble; ZeRO 0-1)",
                          choices=SCHEDULES)
     virtual_stages: int = flag(1, "model chunks per pipeline stage for --schedule interleaved "
                                   "(Narayanan et al. 2021, section 2.2.2): >= 2, the "
@@ -205,8 +206,9 @@ class TrainConfig:
         every virtual stage (``pipeline.check_interleaved`` checks the rest)."""
         positive_int("virtual_stages", self.virtual_stages)
         if self.virtual_stages > 1 and self.pp == 1:
-            raise ValueError(f"--virtual-stages {self.virtual_stages}: expected --pp > 1 "
-                             "and --schedule interleaved (chunks interleave across stages)")
+            also = "" if self.schedule == "interleaved" else " and --schedule interleaved"
+            raise ValueError(f"--virtual-stages {self.virtual_stages} with --pp 1: expected "
+                             f"--pp > 1{also} (chunks interleave across stages)")
         if depth is not None and self.pp * self.virtual_stages > depth:
             raise ValueError(f"--pp {self.pp} --virtual-stages {self.virtual_stages}: the "
                              f"model has depth={depth} blocks; expected pp x virtual stages "

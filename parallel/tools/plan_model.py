@@ -40,7 +40,7 @@ from minivit.flops import forward_matmul_flops
 from .. import cost
 from ..grid import validate_layout
 from ..sequence_parallel import tokens_per_rank
-from ..pipeline import check_schedule, in_flight_peak, pipeline_ops
+from ..pipeline import bubble_fraction, check_schedule, in_flight_peak, pipeline_ops
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 MACHINE_DIR = Path(__file__).resolve().parents[2] / "run" / "machines"
@@ -177,9 +177,10 @@ def plan_step(layout, machine):
     validate_layout(lay.world, lay.dp, lay.tp, lay.pp)
     if cfg.depth % lay.pp:
         raise ValueError(f"pp={lay.pp}: expected a divisor of the model depth {cfg.depth}")
-    if lay.pp > 1 and lay.schedule == "1f1b" and lay.accum < lay.pp:
-        raise ValueError(f"1F1B with accum={lay.accum} micro-batches on pp={lay.pp}: expected "
-                         "accum >= pp")
+    if lay.pp > 1 and lay.schedule in ("1f1b", "zb-h1") and lay.accum < lay.pp:
+        name = "1F1B" if lay.schedule == "1f1b" else "ZB-H1"
+        raise ValueError(f"{name} with accum={lay.accum} micro-batches on pp={lay.pp}: "
+                         "expected accum >= pp")
     if lay.sequence_parallel:
         tokens_per_rank(cfg.seq_len, lay.tp)      # ValueError for tp 1 or a padding-only rank
     _check_interleaved(lay, cfg)
@@ -270,7 +271,9 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
 def _compute_seconds(lay, cfg, machine, blocks):
     """``(seconds of compute per step on one rank, passes)``: matmul FLOPs at the node
     peak x efficiency shared by its ranks; 3 passes (4 with recompute); the pipeline
-    fill and drain stretch it by (m + pp - 1) / m."""
+    bubble ``pipeline.bubble_fraction`` (equal F, B and W) stretches it by
+    ``1 / (1 - bubble)``: (m + p - 1) / m for GPipe and 1F1B, (v m + p - 1) / (v m)
+    interleaved, (3 m + p - 1) / (3 m) for ZB-H1."""
     b, m = lay.micro_batch, lay.accum
     fwd_block = (forward_matmul_flops(cfg, b) - forward_matmul_flops(
         get_config(lay.model, depth=1, dtype=lay.dtype), b)) / (cfg.depth - 1) \
@@ -281,8 +284,7 @@ def _compute_seconds(lay, cfg, machine, blocks):
     rate = machine.peak_flops / lay.ranks_per_node * machine.efficiency
     compute = passes * m * fwd_rank / rate
     if lay.pp > 1:
-        v = lay.virtual_stages if lay.schedule == "interleaved" else 1
-        compute *= (v * m + lay.pp - 1) / (v * m)
+        compute /= 1.0 - bubble_fraction(lay.schedule, lay.pp, m, v=lay.virtual_stages)
     return compute, passes
 
 
@@ -339,8 +341,8 @@ def _check_interleaved(lay, cfg):
     on an even split of the blocks into ``pp x virtual_stages`` chunks."""
     if lay.schedule != "interleaved":
         if lay.virtual_stages != 1:
-            raise ValueError(f"virtual_stages={lay.virtual_stages} with schedule="
-                             f"{lay.schedule!r}: expected 1 (or schedule 'interleaved')")
+            raise ValueError(f"--virtual-stages {lay.virtual_stages} with --schedule "
+                             f"{lay.schedule}: expected 1 (or --schedule interleaved)")
         return
     check_schedule("interleaved", lay.accum, lay.pp, lay.virtual_stages)
     if cfg.depth % (lay.pp * lay.virtual_stages):

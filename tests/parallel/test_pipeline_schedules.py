@@ -150,8 +150,8 @@ def test_interleaved_beats_1f1b_and_a_wrong_order_is_caught():
 def test_interleaved_requirements_are_clear_errors():
     for args, match in (((6, 4, 2), "interleaved 1F1B with 6 micro-batches on pp=4 stages: "
                                     "expected a positive multiple of pp"),
-                        ((4, 4, 1), "--virtual-stages 1 with --schedule interleaved: "
-                                    "expected an integer >= 2"),
+                        ((4, 4, 1), "--virtual-stages 1 (the default) with --schedule "
+                                    "interleaved: expected an integer >= 2"),
                         ((4, 1, 2), "--schedule interleaved with --pp 1: expected --pp >= 2")):
         with pytest.raises(ValueError, match=re.escape(match)):
             check_schedule("interleaved", *args)
@@ -163,11 +163,15 @@ def test_interleaved_requirements_are_clear_errors():
             ({"pp": 2, "virtual_stages": 3, "global_batch": 64}, 2,
              "--pp 2 --virtual-stages 3: the model has depth=4 blocks; expected pp x "
              "virtual stages = 6 <= depth"),
-            ({"pp": 1, "virtual_stages": 2}, 1, "--virtual-stages 2: expected --pp > 1"),
+            ({"pp": 1, "virtual_stages": 2}, 1,
+             "--virtual-stages 2 with --pp 1: expected --pp > 1 (chunks"),
+            ({"pp": 1, "virtual_stages": 2, "schedule": "1f1b"}, 1,
+             "--virtual-stages 2 with --pp 1: expected --pp > 1 and --schedule interleaved"),
             ({"pp": 2, "virtual_stages": 0}, 2, "--virtual-stages 0: expected >= 1")):
         with pytest.raises(ValueError, match=re.escape(match)):
-            PretrainConfig(model="vit-nano", data="random", schedule="interleaved",
-                           **{"virtual_stages": 2, **fields}).validate(world)
+            PretrainConfig(model="vit-nano", data="random",
+                           **{"schedule": "interleaved", "virtual_stages": 2,
+                              **fields}).validate(world)
     cfg = PretrainConfig(model="vit-nano", data="random", pp=2, schedule="interleaved",
                          virtual_stages=2, global_batch=64, micro_batch=16).validate(2)
     assert (cfg.accum, cfg.virtual_stages) == (4, 2)

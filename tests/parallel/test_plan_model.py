@@ -140,6 +140,22 @@ def test_node_counts():
         parse_node_counts("0,1")
 
 
+def test_zb_h1_bubble_and_activations():
+    """--schedule zb-h1: compute stretched by (3m + p - 1)/(3m) (Qi et al. 2024, section
+    3.1, equal F, B and W) instead of 1F1B's (m + p - 1)/m, with 1F1B's stage-0 peak of
+    p micro-batches in flight; fewer micro-batches than stages is refused."""
+    base = dict(model="vit-huge", nodes=16, dp=1, pp=16, micro_batch=2, accum=32)
+    one = plan_step(Layout(**base, schedule="1f1b"), TOY)
+    zb = plan_step(Layout(**base, schedule="zb-h1"), TOY)
+    p, m = 16, 32
+    bare = one["time"]["compute"] * m / (m + p - 1)
+    assert zb["time"]["compute"] == pytest.approx(bare * (3 * m + p - 1) / (3 * m))
+    assert zb["memory"]["activations"] == one["memory"]["activations"]
+    assert zb["comm_bytes_per_rank"]["pp"] == one["comm_bytes_per_rank"]["pp"]
+    with pytest.raises(ValueError, match="ZB-H1 with accum=8 micro-batches on pp=16"):
+        plan_step(Layout(**{**base, "accum": 8}, schedule="zb-h1"), TOY)
+
+
 def test_interleaved_bubble_p2p_and_activations():
     """--schedule interleaved --virtual-stages v: compute stretched by (v m + p - 1)/(v m)
     instead of (m + p - 1)/m, v x the pp bytes of a middle stage, and stage 0 keeping
@@ -163,9 +179,10 @@ def test_interleaved_bubble_p2p_and_activations():
     assert a2["contexts"] > a1["contexts"]
     for bad, match in (({"accum": 6}, "interleaved 1F1B with 6 micro-batches on pp=4"),
                        ({"virtual_stages": 5}, "pp=4 x virtual_stages=5: expected a divisor"),
-                       ({"virtual_stages": 1}, "--virtual-stages 1 with --schedule interleaved")):
+                       ({"virtual_stages": 1},
+                        r"--virtual-stages 1 \(the default\) with --schedule interleaved")):
         with pytest.raises(ValueError, match=match):
             plan_step(Layout(**{**lay, "schedule": "interleaved", "virtual_stages": 2, **bad}),
                       TOY)
-    with pytest.raises(ValueError, match="virtual_stages=2 with schedule='1f1b'"):
+    with pytest.raises(ValueError, match="--virtual-stages 2 with --schedule 1f1b"):
         plan_step(Layout(**lay, virtual_stages=2), TOY)
