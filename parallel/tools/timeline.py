@@ -8,6 +8,8 @@ stage ``(p - 1) / (v m + p - 1)`` (section 2.2.2); ZB-H1's formula needs the F, 
 and W times (``pipeline.bubble_fraction``), taken here from the measured means.
 Measured here as ``1 - mean_over_stages(busy time) / (last end - first start)``.
 """
+import os
+
 import numpy as np
 
 from ..pipeline import bubble_fraction
@@ -111,6 +113,7 @@ def write_timeline(engine, path, schedule, root):
     formula = FORMULAS.get(schedule, "(p-1)/(m+p-1)")
     v = getattr(engine.model, "virtual_stages", 1)
     chunks = f", v={v} chunks per stage" if v > 1 else ""
+    shared = _cores_shared(grid.world.comm)
     if root:
         plot_timeline(timeline, path,
                       f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches{chunks}; "
@@ -118,4 +121,21 @@ def write_timeline(engine, path, schedule, root):
         print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}{chunks}): bubble measured "
               f"{measured:.1%} vs {formula} = {theory:.1%} (mean measured F, B, W); "
               f"wrote {path}", flush=True)
+        if shared:
+            print(f"timeline: {shared}: the measured bubble includes waiting for a core "
+                  "(an idle rank polls in MPI's receive and takes one), so it is not the "
+                  "schedule's alone; measure with a core per rank", flush=True)
     return measured, theory
+
+
+def _cores_shared(world):
+    """A note when some node runs more ranks of ``world`` (mpi4py ``Intracomm``) than it
+    has cores, else ``""``.  Collective over ``world``."""
+    from mpi4py import MPI
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        ranks, cores = node.Get_size(), os.cpu_count() or 1
+        worst = world.allreduce(ranks / cores, op=MPI.MAX)
+    finally:
+        node.Free()
+    return f"up to {worst:g} ranks per core" if worst > 1 else ""
