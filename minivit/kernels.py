@@ -327,6 +327,16 @@ def softmax_backward(dp, p, scale=1.0):
 
 
 # ------------------------------------------------- softmax cross-entropy
+@njit(cache=True, error_model="numpy")
+def _row_max(z, r):
+    # the shift of the log-sum-exp, so exp never overflows
+    m = np.float64(z[r, 0])
+    for j in range(1, z.shape[1]):
+        if z[r, j] > m:
+            m = np.float64(z[r, j])
+    return m
+
+
 # Label smoothing (Szegedy et al., "Rethinking the Inception Architecture",
 # CVPR 2016, section 7): target = (1 - s) * onehot(y) + s / K.
 # loss_i = lse(z_i) - (1 - s) z_{i,y} - s * mean_k z_{i,k}
@@ -334,10 +344,7 @@ def softmax_backward(dp, p, scale=1.0):
 def _xent_fwd(z, labels, smoothing, probs, losses):
     rows, k = z.shape
     for r in range(rows):
-        m = np.float64(z[r, 0])
-        for j in range(1, k):
-            if z[r, j] > m:
-                m = np.float64(z[r, j])
+        m = _row_max(z, r)
         s = 0.0
         zsum = 0.0
         for j in range(k):
@@ -388,10 +395,7 @@ def _xent_soft_fwd(z, t, smoothing, probs, losses):
     rows, k = z.shape
     off = smoothing / k
     for r in range(rows):
-        m = np.float64(z[r, 0])
-        for j in range(1, k):
-            if z[r, j] > m:
-                m = np.float64(z[r, j])
+        m = _row_max(z, r)
         s = 0.0
         tz = 0.0
         for j in range(k):
