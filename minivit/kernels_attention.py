@@ -3,12 +3,14 @@ spread over Numba threads (Vaswani et al., "Attention Is All You Need",
 NeurIPS 2017, section 3.2.1).
 
 Each (batch, head) pair is one unit of work for one Numba thread
-(``prange``): it gathers its q, k, v (T, hd) from the qkv Linear's output,
-computes the scores with a BLAS GEMM (Numba's ``np.dot``), the row softmax
-into P (``minivit.kernels``' float64-accumulating softmax, the polynomial exp
-for float32) and P V, and writes the result into the (B, T, H, hd) layout the
-output projection reads.  No (B, H, T, T) scores array is allocated: only the
-probabilities P, which the backward needs.
+(``prange``).  Its q, k and v are read in place from the qkv Linear's output
+(B, T, 3, H, hd): each is a (T, hd) matrix with row stride 3 H hd, which BLAS
+takes as its leading dimension (``minivit.blas.gemm``).  The scores are one
+GEMM into a (T, T) scratch, the row softmax (``minivit.kernels``'
+float64-accumulating softmax, the polynomial exp for float32) writes P, and
+P v is written straight into the (B, T, H, hd) layout the output projection
+reads.  No (B, H, T, T) scores array is allocated: only P, which the
+backward needs.  The backward writes dq, dk, dv into dqkv the same way.
 
 Why: NumPy's batched ``matmul`` hands BLAS one small (T, hd) matrix at a time,
 too small for OpenBLAS to thread (below its 2.6e5 multiply-add threshold at
@@ -17,13 +19,16 @@ Measured on the 2-core machine, 2 threads, attention core forward / backward
 per layer: vit-micro batch 128 15 / 18 ms (NumPy batched matmuls and the
 row softmax kernel: 28 ms forward), vit-tiny batch 32 29 / 40 ms (43 ms
 forward); PyTorch 2.13's flash attention on the same shapes 12 / 24 ms and
-23 / 48 ms.  Issue 16 (AMD EPYC Zen 4, AVX-512, one thread, process CPU time,
-machine loaded): the softmax writing P from a separate scores buffer (in
-place it ran LLVM's scalar fallback), K and V gathered transposed and dV
-computed as dO^T P took vit-tiny b32 from 26 / 38 to 18 / 33 ms per layer and
-vit-micro b128 from 14 / 15 to 9 / 13 ms (docs/performance.md).  The BLAS called here must run one
-thread (``minivit.threads.limit_threads`` sees to it); nested threads made it
-9x slower.
+23 / 48 ms.  Issue 16 (AMD EPYC Zen 4, AVX-512, one thread): the softmax
+writing P from a separate scores buffer (in place it ran LLVM's scalar
+fallback) and dV computed from a plain P took vit-tiny b32 from 26 / 38 to
+18 / 33 ms per layer.  Reading and writing the qkv layout in place instead of
+copying each head's q, k, v, dO out and dq, dk, dv back (eight (T, hd)
+copies per pair, 5.4 ms of the backward), and computing dV after the softmax
+backward has brought P into cache, took it to 16.3 / 27.8 ms (vit-micro
+b128: 9.3 / 12.9 to 8.2 / 10.1 ms; docs/performance.md).  The BLAS called
+here must run one thread (``minivit.threads.limit_threads`` sees to it);
+nested threads made it 9x slower.
 
 Results do not depend on the thread count: no sum crosses a (batch, head)
 pair.  ``minivit.kernels_ref.attention_forward/backward`` are the NumPy
@@ -32,6 +37,7 @@ references (tests/model/test_kernels_attention.py).
 import numpy as np
 from numba import njit, prange
 
+from .blas import NOTRANS, TRANS, addr, gemm
 from .kernels import _check_scale, _softmax_bwd, _softmax_fwd, _softmax_fwd_fast
 
 
@@ -39,102 +45,71 @@ _PAIRS = 8   # (batch, head) pairs per unit of work: each unit allocates its scr
 
 
 @njit(cache=True, inline="always")
-def _gather(qkv, b, i, h, out):
-    """out (T, hd) <- qkv[b, :, i, h, :] (q, k or v of one head)."""
-    for t in range(out.shape[0]):
-        for d in range(out.shape[1]):
-            out[t, d] = qkv[b, t, i, h, d]
+def _in_qkv(x, b, i, h):
+    """Address of the first element of head h's q (i=0), k (1) or v (2) in
+    batch b of x (B, T, 3, H, hd): a (T, hd) matrix with row stride 3 H hd."""
+    _, t, _, nh, hd = x.shape
+    return addr(x, ((b * t * 3 + i) * nh + h) * hd)
 
 
 @njit(cache=True, inline="always")
-def _gather_t(qkv, b, i, h, out):
-    """out (hd, T) <- qkv[b, :, i, h, :].T: a transposed gather, so the GEMM that
-    reads it gets a plain (not transposed) operand."""
-    for t in range(out.shape[1]):
-        for d in range(out.shape[0]):
-            out[d, t] = qkv[b, t, i, h, d]
-
-
-@njit(cache=True, inline="always")
-def _head_buffers(t, hd, dtype):
-    """Five (T, hd) scratch arrays: q, k, v and two more for the kernel's use."""
-    return (np.empty((t, hd), dtype), np.empty((t, hd), dtype), np.empty((t, hd), dtype),
-            np.empty((t, hd), dtype), np.empty((t, hd), dtype))
-
-
-@njit(cache=True, inline="always")
-def _scatter(src, b, i, h, dst):
-    """dst[b, :, i, h, :] <- src (T, hd)."""
-    for t in range(src.shape[0]):
-        for d in range(src.shape[1]):
-            dst[b, t, i, h, d] = src[t, d]
-
-
-@njit(cache=True, inline="always")
-def _scatter_t(src, b, i, h, dst):
-    """dst[b, :, i, h, :] <- src.T, src (hd, T)."""
-    for t in range(src.shape[1]):
-        for d in range(src.shape[0]):
-            dst[b, t, i, h, d] = src[d, t]
+def _in_heads(x, b, h):
+    """Address of head h of batch b in x (B, T, H, hd): row stride H hd."""
+    _, t, nh, hd = x.shape
+    return addr(x, (b * t * nh + h) * hd)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _attention_fwd(qkv, scale, fast, p, o):
     nb, t, _, nh, hd = qkv.shape
-    o5 = o.reshape(nb, t, 1, nh, hd)
+    ld3, ld = 3 * nh * hd, nh * hd              # row strides of qkv and o
+    one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
         # scratch allocated per unit, not per pair: a (T, T) buffer above
         # 128 kB is a fresh mmap each time, and its page faults cost as much
-        # as the GEMM that fills it (measured at T=197)
-        q, _, v, out, _ = _head_buffers(t, hd, qkv.dtype)
-        kt = np.empty((hd, t), qkv.dtype)
-        # the raw scores get their own buffer: a softmax in place (input = output)
-        # fails LLVM's runtime alias check and runs its scalar loop, 2.6x slower
-        # (measured, vit-tiny shapes)
+        # as the GEMM that fills it (measured at T=197).  The raw scores get
+        # their own buffer: a softmax in place (input = output) fails LLVM's
+        # runtime alias check and runs its scalar loop, 2.6x slower (measured,
+        # vit-tiny shapes)
         sc = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            _gather(qkv, b, 0, h, q)
-            _gather_t(qkv, b, 1, h, kt)
-            _gather(qkv, b, 2, h, v)
+            q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
+            # S = q k^T, q and k read in place from the qkv layout
+            gemm(NOTRANS, TRANS, t, t, hd, one, q, ld3, k, ld3, zero, addr(sc, 0), t)
             s = p[b, h]
-            np.dot(q, kt, sc)                     # raw scores
             if fast:
                 _softmax_fwd_fast(sc, scale, s)
             else:
                 _softmax_fwd(sc, scale, s)
-            np.dot(s, v, out)
-            _scatter(out, b, 0, h, o5)
+            # O = P v, written in place into o's (B, T, H, hd) layout
+            gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(s, 0), t, v, ld3, zero,
+                 _in_heads(o, b, h), ld)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _attention_bwd(qkv, p, do, scale, dqkv):
     nb, t, _, nh, hd = qkv.shape
-    do5 = do.reshape(nb, t, 1, nh, hd)
+    ld3, ld = 3 * nh * hd, nh * hd
+    one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
-        q, k, _, out, g = _head_buffers(t, hd, qkv.dtype)
-        vt, gt, dvt = np.empty((hd, t), qkv.dtype), np.empty((hd, t), qkv.dtype), \
-            np.empty((hd, t), qkv.dtype)
         dp = np.empty((t, t), qkv.dtype)          # apart from ds: see the forward's sc
         ds = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            _gather(qkv, b, 0, h, q)
-            _gather(qkv, b, 1, h, k)
-            _gather_t(qkv, b, 2, h, vt)
-            _gather(do5, b, 0, h, g)              # dL/dO of this head
-            _gather_t(do5, b, 0, h, gt)
+            q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
+            dq, dk, dv = _in_qkv(dqkv, b, 0, h), _in_qkv(dqkv, b, 1, h), _in_qkv(dqkv, b, 2, h)
+            g = _in_heads(do, b, h)               # dL/dO of this head
             ph = p[b, h]
-            # dV = P^T dO, computed as dV^T = dO^T P: P as a plain operand ran
-            # 1.3x faster than P^T at vit-tiny shapes (measured, one thread)
-            np.dot(gt, ph, dvt)
-            _scatter_t(dvt, b, 2, h, dqkv)
-            np.dot(g, vt, dp)                     # dP = dO V^T
+            pa = addr(ph, 0)
+            gemm(NOTRANS, TRANS, t, t, hd, one, g, ld, v, ld3, zero, addr(dp, 0), t)  # dP = dO v^T
             _softmax_bwd(dp, ph, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
-            np.dot(ds, k, out)                    # dQ = dS K
-            _scatter(out, b, 0, h, dqkv)
-            np.dot(ds.T, q, out)                  # dK = dS^T Q
-            _scatter(out, b, 1, h, dqkv)
+            # dV = P^T dO after the softmax backward has streamed P (row by
+            # row) into cache: BLAS packing P^T from memory reads across rows,
+            # and ran 1.7x slower than the other GEMMs (vit-tiny b32, one thread)
+            gemm(TRANS, NOTRANS, t, hd, t, one, pa, t, g, ld, zero, dv, ld3)   # dV = P^T dO
+            gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, k, ld3, zero, dq, ld3)  # dQ = dS k
+            gemm(TRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, q, ld3, zero, dk, ld3)    # dK = dS^T q
 
 
 def _check_qkv(qkv):

@@ -134,10 +134,20 @@ def make_step(model, opt, x, y):
     return lambda: train_step(model, opt, batches, 1e-4)
 
 
-def time_alternating(steps, fns, warmup):
+def time_alternating(steps, fns, warmup, settle=1):
     """Run each of ``fns`` ``warmup`` times, then alternate them for ``steps`` rounds.
 
-    Returns one list of seconds per function.
+    In each round every function runs ``settle`` untimed times, then once
+    timed.  Why: a call right after the *other* framework's call is not a
+    training loop's step.  PyTorch's OpenMP workers (libgomp) spin for a few
+    ms after each parallel region, on the cores the next call needs, and the
+    caches hold the other framework's arrays.  Measured with ``bench
+    attention`` at vit-tiny shapes, 2 threads (AMD EPYC Zen 4): minivit 30.1
+    ms and SDPA 34.6 ms when timed straight after each other; 22.7 and 29.9 ms
+    with one untimed call first, 22.4 and 30.5 with two.  Sleeping instead
+    (0.1 s) made both slower still (44.9 / 40.7 ms): an idle core is not a warm
+    one.  Alternating rounds still spreads any drift in machine load over
+    both.  Returns one list of seconds per function.
     """
     for fn in fns:
         for _ in range(warmup):
@@ -145,6 +155,8 @@ def time_alternating(steps, fns, warmup):
     times = [[] for _ in fns]
     for _ in range(steps):
         for i, fn in enumerate(fns):
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)

@@ -170,3 +170,16 @@ def test_torch_bf16_autocast_reference_step():
     assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
     with pytest.raises(ValueError, match="autocast='float8'"):
         TorchTrainer(cfg, x, y, autocast="float8")
+
+
+def test_alternation_times_one_call_per_round_after_untimed_settle_calls(monkeypatch):
+    from minivit.tools import bench
+    log, clock = [], iter(range(1000))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    fns = [lambda: log.append("a"), lambda: log.append("b")]
+    times = bench.time_alternating(3, fns, warmup=1, settle=2)
+    # warm-up once each, then per round: a a (untimed) a (timed), b b b
+    assert "".join(log) == "ab" + "aaabbb" * 3
+    assert [len(t) for t in times] == [3, 3]
+    # only the timed call sits between the two clock reads: one tick each
+    assert times == [[1.0] * 3, [1.0] * 3]
