@@ -179,10 +179,15 @@ def test_resume_alone_reloads_the_runs_flags(tmp_path):
         (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")
         return cut
 
+    # a fresh run's trend starts at step 1, implied; a resumed one names its steps
+    r = reference
+    assert f"after 4 steps: loss {r[1]:.4f} -> {r[4]:.4f} (" in proc.stdout, proc.stdout
     cut = interrupted("cut")
     proc = _single(["--resume", cut])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at step 2" in proc.stdout
+    assert (f"after 4 steps (resumed at step 2): loss {r[3]:.4f} at step 3 -> {r[4]:.4f} "
+            "at step 4 (") in proc.stdout, proc.stdout
     got = _losses(cut)
     assert sorted(got) == [1, 2, 3, 4]
     assert got == reference                                      # bitwise, same process count
@@ -229,3 +234,21 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
     proc = _single(["--resume", str(out)])
     assert "already at step 2 of --steps 2: nothing to do" in proc.stdout
     assert (out / "metrics.jsonl").read_text() == metrics      # no second header
+
+
+def test_summary_line_of_a_resumed_launch_names_its_steps():
+    """A resumed launch has no step 1 and no step-0 evaluation: both trends say at which
+    step they start, so "60% -> 62%" is not read as the whole run's progress."""
+    from minivit.parallel.runtime.trainer import summary_line
+    records = [{"step": 101, "loss": 2.0}, {"step": 150, "loss": 1.5}]
+    evals = [{"step": 120, "accuracy": 0.6, "samples": 200},
+             {"step": 150, "accuracy": 0.625, "samples": 200}]
+    assert summary_line(records, evals, 10, resumed=True) == (
+        "after 150 steps (resumed at step 100): loss 2.0000 at step 101 -> 1.5000 at step "
+        "150 (-25%); held-out top-1 60.0% at step 120 -> 62.5% at step 150 on 10 classes "
+        "(chance 10.0%, 200 images)")
+    fresh = [{"step": 1, "loss": 2.0}, {"step": 50, "loss": 1.5}]
+    evals[0]["step"] = 0
+    assert summary_line(fresh, evals, 10) == (
+        "after 50 steps: loss 2.0000 -> 1.5000 (-25%); held-out top-1 60.0% -> 62.5% on 10 "
+        "classes (chance 10.0%, 200 images)")
