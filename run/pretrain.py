@@ -115,9 +115,10 @@ def main(argv=None):
         try:
             pretrain(cfg, world_comm, guard)
         except (CheckpointError, FloatingPointError) as exc:
-            # raised on every rank alike (agreed by a collective): exit, no abort needed
-            print(f"[minivit rank {world_comm.Get_rank()}] error: {exc}", file=sys.stderr,
-                  flush=True)
+            # raised on every rank alike, with the same message (agreed by a collective):
+            # every rank exits, no abort needed, and one copy of the message is enough
+            if world_comm.Get_rank() == 0:
+                print(f"[minivit rank 0] error: {exc}", file=sys.stderr, flush=True)
             return 1
     return 0
 

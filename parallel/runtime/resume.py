@@ -12,7 +12,8 @@ import json
 
 from minivit.checkpoint import CheckpointError, CheckpointReader, checkpoint_path, prune_checkpoints
 
-from .checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (agreed_error, find_resume_checkpoint, load_checkpoint,
+                         save_checkpoint)
 
 
 class CheckpointManager:
@@ -72,11 +73,20 @@ class CheckpointManager:
 def resume_point(run_dir, world):
     """``(path, metadata)`` of the newest valid checkpoint in ``run_dir/ckpt``, on every rank.
 
-    Raises CheckpointError on every rank when there is none.
+    Raises CheckpointError on every rank, with the same message, when there is none
+    or when a rank cannot read it (a folder some node does not see).
     """
     path = find_resume_checkpoint(Path(run_dir) / "ckpt", world)
-    with CheckpointReader(path) as reader:
-        return path, reader.meta
+    meta, local = None, ""
+    try:
+        with CheckpointReader(path) as reader:
+            meta = reader.meta
+    except CheckpointError as exc:
+        local = str(exc)
+    error = agreed_error(world, local)     # every rank raises, none waits in a collective
+    if error:
+        raise CheckpointError(error)
+    return path, meta
 
 
 def skipped_nonfinite(meta, path):

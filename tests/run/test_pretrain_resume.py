@@ -15,6 +15,7 @@ from conftest import ROOT
 from minivit.checkpoint import latest_valid_checkpoint
 
 PRETRAIN = str(ROOT / "run" / "pretrain.py")
+DRIVER = str(ROOT / "tests" / "support" / "resume_error_driver.py")
 COMMON = ["--model", "vit-nano", "--data", "random", "--micro-batch", "4", "--global-batch",
           "16", "--steps", "6", "--warmup", "2", "--lr", "3e-3", "--random-samples", "64",
           "--threads", "1", "--no-progress", "--save-every", "2"]
@@ -73,17 +74,30 @@ def test_resume_errors_on_every_rank(run_mpi, tmp_path):
     (empty / "ckpt" / "step_0000002.h5").write_bytes(b"\x89HDF junk")
     proc = run_mpi(2, [PRETRAIN, *COMMON, "--resume", empty], timeout=120, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"error: no valid checkpoint in {empty / 'ckpt'}") == 2, proc.stderr
+    # agreed on every rank, printed once (by rank 0)
+    assert proc.stderr.count(f"error: no valid checkpoint in {empty / 'ckpt'}") == 1, proc.stderr
 
-    # a checkpoint of vit-nano resumed as vit-micro: the preset is the first mismatch
+    # a checkpoint of vit-nano resumed as vit-micro: the preset is the first mismatch,
+    # printed once, and every rank returns 1 (each writes its code through the driver)
     run = tmp_path / "nano"
     proc = _single([*COMMON, "--steps", "2", "--out", run])
     assert proc.returncode == 0, proc.stderr[-3000:]
     micro = [a if a != "vit-nano" else "vit-micro" for a in COMMON]
-    proc = run_mpi(2, [PRETRAIN, *micro, "--resume", run], timeout=120, check=False)
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    proc = run_mpi(2, [DRIVER, run, codes, "--", *micro, "--resume", run], timeout=120,
+                   check=False)
     assert proc.returncode != 0
     message = "checkpoint of model preset 'vit-nano', but this run builds 'vit-micro'"
-    assert proc.stderr.count(message) == 2, proc.stderr
+    assert proc.stderr.count(message) == 1, proc.stderr
+    assert [(codes / f"rank{r}").read_text() for r in (0, 1)] == ["1", "1"]
+
+    # a checkpoint only rank 1 cannot read: every rank raises the same message, naming
+    # rank 1 and its reason (so that rank 0 alone can print it for all)
+    proc = run_mpi(2, [DRIVER, run, codes, "unreadable"], timeout=120)
+    said = {(codes / f"rank{r}").read_text() for r in (0, 1)}
+    assert said == {f"raised: rank 1: {run / 'ckpt' / 'step_0000002.h5'}: cannot read "
+                    "(not mounted on this node)"}, said
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(run_mpi, tmp_path):
@@ -95,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(run_mpi, tmp_path)
     assert proc.returncode != 0
     good = out / "ckpt" / "step_0000001.h5"
     message = f"loss became nan at step 2; stopped, last good checkpoint: {good}"
-    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]     # once, by rank 0
     assert latest_valid_checkpoint(out / "ckpt") == good
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step_0000001.h5"]
 
