@@ -128,7 +128,12 @@ def test_resume_through_the_loader_on_another_layout(run_mpi, tmp_path):
     resumed = tmp_path / "resumed"
     (resumed / "ckpt").mkdir(parents=True)
     shutil.copy(full / "ckpt" / "step_0000004.h5", resumed / "ckpt")
-    run_mpi(2, [PRETRAIN, *args, "--resume", resumed], timeout=180)
+    shutil.copy(full / "config.toml", resumed)               # saved at dp=1
+    proc = run_mpi(2, [PRETRAIN, *args, "--resume", resumed], timeout=180)
+    # the layout is this launch's, not the run's: rank 0 says so once
+    note = (f"resuming {resumed} in layout dp=2 (saved at dp=1); run on 1 rank (mpirun -n 1) "
+            "to keep it")
+    assert proc.stdout.count(note) == 1, proc.stdout
     got = _losses(resumed)
     assert sorted(got) == [5, 6]
     np.testing.assert_allclose([got[5], got[6]], [reference[5], reference[6]], rtol=1e-6)
@@ -199,7 +204,7 @@ def test_resume_alone_reloads_the_runs_flags(tmp_path):
     cut = interrupted("cut")
     proc = _single(["--resume", cut])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "at step 2" in proc.stdout
+    assert "at step 2" in proc.stdout and " in layout " not in proc.stdout  # the same one
     assert (f"after 4 steps (resumed at step 2): loss {r[3]:.4f} at step 3 -> {r[4]:.4f} "
             "at step 4 (") in proc.stdout, proc.stdout
     got = _losses(cut)
@@ -266,3 +271,36 @@ def test_summary_line_of_a_resumed_launch_names_its_steps():
     assert summary_line(fresh, evals, 10) == (
         "after 50 steps: loss 2.0000 -> 1.5000 (-25%); held-out top-1 60.0% -> 62.5% on 10 "
         "classes (chance 10.0%, 200 images)")
+
+
+def test_layout_change_names_both_layouts_and_the_flags_to_keep_it(tmp_path):
+    """--resume takes the run's flags but not its process layout; the line rank 0 prints
+    names the layout it runs in, the saved one and what to type to keep that."""
+    from minivit.parallel.runtime.cliconfig import write_toml
+    from minivit.parallel.runtime.config import PretrainConfig
+    from minivit.parallel.runtime.resume import layout_change
+    run = tmp_path / "a"
+    run.mkdir()
+
+    def config(world, **layout):
+        return PretrainConfig(model="vit-nano", data="random", micro_batch=2, global_batch=16,
+                              resume=str(run), **layout).validate(world)
+
+    assert layout_change(run, config(4)) is None                 # no config.toml: no claim
+    write_toml(run / "config.toml", config(4, tp=2, pp=2).flags())
+    assert layout_change(run, config(4)) == (
+        f"resuming {run} in layout dp=4 (saved at tp=2 pp=2 schedule=1f1b); type --tp 2 "
+        "--pp 2 to keep it")
+    assert layout_change(run, config(4, tp=2, pp=2)) is None
+    assert layout_change(run, config(8, tp=2, pp=2)) == (
+        f"resuming {run} in layout dp=2 tp=2 pp=2 schedule=1f1b (saved at tp=2 pp=2 "
+        "schedule=1f1b); run on 4 ranks (mpirun -n 4) to keep it")
+    write_toml(run / "config.toml", config(4, pp=2, schedule="interleaved", virtual_stages=2,
+                                           timeline="a.png").flags())
+    assert layout_change(run, config(4, pp=2)) == (
+        f"resuming {run} in layout dp=2 pp=2 schedule=1f1b (saved at dp=2 pp=2 "
+        "schedule=interleaved virtual_stages=2 timeline=a.png); type --schedule interleaved "
+        "--virtual-stages 2 --timeline a.png to keep it")
+    write_toml(run / "config.toml", config(2, pp=2).flags())
+    assert layout_change(run, config(2, pp=2, timeline="b.png")) is None   # only a new chart
+
