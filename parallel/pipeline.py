@@ -63,14 +63,20 @@ SCHEDULES = ("gpipe", "1f1b", "zb-h1", "interleaved")
 SPLIT_BACKWARD = ("zb-h1",)
 
 
-def check_schedule(schedule, micro_batches, pp, virtual_stages=1):
+# what sets the micro-batches per step in run/pretrain.py; another caller (run/plan.py
+# takes --accum) names its own flags, so that an error message tells what to type
+MICRO_BATCHES_FROM = "--global-batch / (--micro-batch x dp)"
+
+
+def check_schedule(schedule, micro_batches, pp, virtual_stages=1, source=MICRO_BATCHES_FROM):
     """Raise ValueError for an unknown schedule, 1F1B / ZB-H1 with fewer
     micro-batches than stages, or an interleaved schedule that cannot run
-    (:func:`check_interleaved`); ``virtual_stages`` other than 1 needs it."""
+    (:func:`check_interleaved`); ``virtual_stages`` other than 1 needs it.
+    source : the flags that set ``micro_batches``, for the interleaved message."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
     if schedule == "interleaved":
-        check_interleaved(micro_batches, pp, virtual_stages)
+        check_interleaved(micro_batches, pp, virtual_stages, source)
         return
     if virtual_stages != 1:
         raise ValueError(f"--virtual-stages {virtual_stages} with --schedule {schedule}: "
@@ -84,9 +90,10 @@ def check_schedule(schedule, micro_batches, pp, virtual_stages=1):
             "accumulation = micro-batches of the pipeline)")
 
 
-def check_interleaved(m, pp, v):
+def check_interleaved(m, pp, v, source=MICRO_BATCHES_FROM):
     """Raise ValueError (naming the flags) unless interleaved 1F1B can run ``m``
-    micro-batches on ``pp`` stages of ``v`` chunks each.
+    micro-batches on ``pp`` stages of ``v`` chunks each; ``source`` names the
+    flags that set ``m`` (default: run/pretrain.py's).
 
     Requires ``pp >= 2`` (one stage has no neighbour to interleave with),
     ``v >= 2`` (with one chunk the schedule is 1F1B: use ``--schedule 1f1b``) and
@@ -106,8 +113,7 @@ def check_interleaved(m, pp, v):
         raise ValueError(
             f"interleaved 1F1B with {m} micro-batches on pp={pp} stages: expected a "
             "positive multiple of pp micro-batches per step (the schedule runs them in "
-            "groups of pp per model chunk, as Megatron-LM; micro-batches = --global-batch "
-            "/ (--micro-batch x dp))")
+            f"groups of pp per model chunk, as Megatron-LM; micro-batches = {source})")
 
 
 def interleaved_order(m, pp, stage, v):

@@ -31,7 +31,7 @@ from minivit.parallel.runtime.data import pretrain_data
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
 from minivit.parallel.runtime.launch import announce, default_threads, open_world
 from minivit.parallel.runtime.preempt import INTERACTIVE_SIGNALS, Preemption
-from minivit.parallel.runtime.resume import resume_point
+from minivit.parallel.runtime.resume import layout_change, resume_point
 from minivit.parallel.runtime.trainer import Trainer
 from minivit.threads import limit_threads
 
@@ -110,14 +110,20 @@ def main(argv=None):
     parser = usage_from_rank0(build_parser(), world_comm)
     cfg = parse_config(parser, argv, world_comm.Get_size())
     announce(world_comm)      # the first line: which MPI ran, and the world size
+    # --resume leaves the saved process layout behind (RESUME_IGNORED): say so, once
+    change = layout_change(cfg.resume, cfg) if cfg.resume and world_comm.Get_rank() == 0 \
+        else None
+    if change:
+        print(change, flush=True)
     threads = cfg.threads or default_threads(world_comm)   # cores / ranks on the node
     with limit_threads(threads):
         try:
             pretrain(cfg, world_comm, guard)
         except (CheckpointError, FloatingPointError) as exc:
-            # raised on every rank alike (agreed by a collective): exit, no abort needed
-            print(f"[minivit rank {world_comm.Get_rank()}] error: {exc}", file=sys.stderr,
-                  flush=True)
+            # raised on every rank alike, with the same message (agreed by a collective):
+            # every rank exits, no abort needed, and one copy of the message is enough
+            if world_comm.Get_rank() == 0:
+                print(f"[minivit rank 0] error: {exc}", file=sys.stderr, flush=True)
             return 1
     return 0
 

@@ -42,6 +42,21 @@ def broadcast_text(comm, text, root=0):
     return buf.tobytes().decode()
 
 
+def agreed_error(world, local):
+    """One error text for a step that ranks may fail alone, the same on every rank.
+
+    local : this rank's message, "" when it succeeded.  Returns "" on every rank when
+    no rank failed; else the lowest failing rank's message (prefixed by that rank when
+    the world has several), so that one rank can print it for all and none loses the
+    reason.  Collective over ``world``.
+    """
+    failed = int(world.allreduce_scalar(world.rank if local else world.size, "min"))
+    if failed == world.size:
+        return ""
+    text = broadcast_text(world, local, root=failed)
+    return f"rank {failed}: {text}" if world.size > 1 else text
+
+
 class DataParallelState:
     """State adapter for a ``StepEngine`` with dp and ZeRO stage 0-3 (tp = pp = 1).
 
@@ -242,8 +257,9 @@ def load_checkpoint(path, adapter, world, *, preset, config, groups=None):
             meta = reader.meta
     except CheckpointError as exc:
         local = str(exc)
-    if world.allreduce_scalar(1.0 if local else 0.0, "max"):
-        raise CheckpointError(local or f"{path}: loading failed on another rank")
+    error = agreed_error(world, local)
+    if error:
+        raise CheckpointError(error)
     if any(g.startswith("optim/") for g in groups):
         adapter.set_step(meta.get("optimizer", {}).get("step", meta["step"]))
     return meta

@@ -6,13 +6,14 @@ non-finite step before asking, so a checkpoint is only ever written after a
 step whose loss was finite.  The write itself is atomic
 (``minivit.checkpoint.CheckpointWriter``: a temporary file, fsync, rename).
 """
-from pathlib import Path
-
 import json
+import tomllib
+from pathlib import Path
 
 from minivit.checkpoint import CheckpointError, CheckpointReader, checkpoint_path, prune_checkpoints
 
-from .checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (agreed_error, find_resume_checkpoint, load_checkpoint,
+                         save_checkpoint)
 
 
 class CheckpointManager:
@@ -72,11 +73,20 @@ class CheckpointManager:
 def resume_point(run_dir, world):
     """``(path, metadata)`` of the newest valid checkpoint in ``run_dir/ckpt``, on every rank.
 
-    Raises CheckpointError on every rank when there is none.
+    Raises CheckpointError on every rank, with the same message, when there is none
+    or when a rank cannot read it (a folder some node does not see).
     """
     path = find_resume_checkpoint(Path(run_dir) / "ckpt", world)
-    with CheckpointReader(path) as reader:
-        return path, reader.meta
+    meta, local = None, ""
+    try:
+        with CheckpointReader(path) as reader:
+            meta = reader.meta
+    except CheckpointError as exc:
+        local = str(exc)
+    error = agreed_error(world, local)     # every rank raises, none waits in a collective
+    if error:
+        raise CheckpointError(error)
+    return path, meta
 
 
 def skipped_nonfinite(meta, path):
@@ -116,3 +126,63 @@ def truncate_metrics(path, step):
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in keep))
+
+
+
+# the process layout's flags and their defaults (dp: world / (tp x pp))
+LAYOUT_DEFAULTS = {"dp": 1, "tp": 1, "pp": 1, "schedule": "1f1b", "virtual_stages": 1,
+                   "timeline": None}
+
+
+def describe_layout(flags):
+    """``{flag dest: value}`` of the process layout in ``flags`` (a config's fields or a
+    ``config.toml``'s keys).  The pipeline-only keys (schedule, virtual stages,
+    timeline) are there with pp > 1 only; dp only when ``flags`` has it."""
+    layout = {k: flags.get(k, LAYOUT_DEFAULTS[k]) for k in ("dp", "tp", "pp")}
+    if layout["pp"] > 1:
+        layout.update({k: flags.get(k, LAYOUT_DEFAULTS[k])
+                       for k in ("schedule", "virtual_stages", "timeline")})
+    if flags.get("dp") is None:
+        del layout["dp"]
+    return layout
+
+
+def _layout_text(layout):
+    """``tp=2 pp=2 schedule=1f1b``: the values that are not defaults (the schedule with
+    pp > 1 always); ``dp=1`` for one process."""
+    shown = [f"{k}={v}" for k, v in layout.items()
+             if k == "schedule" or v != LAYOUT_DEFAULTS[k]]
+    return " ".join(shown) or "dp=1"
+
+
+def layout_change(run_dir, cfg):
+    """The line that says ``--resume run_dir`` runs in another process layout than the
+    run's ``config.toml`` holds, with the flags that keep the saved one; None when the
+    layout is the same or the file is missing.
+
+    cfg : this launch's validated config.  ``--resume`` takes every flag of the run but
+    its layout (a checkpoint resumes in any layout), so without this line a run saved at
+    ``--tp 2 --pp 2`` and resumed with ``mpirun -n 4`` would quietly train at dp=4.
+    """
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:     # already read and checked as the flags' base layer
+        saved = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+    old, new = describe_layout(saved), describe_layout(vars(cfg))
+    if "dp" not in old:
+        del new["dp"]               # a hand-written file: nothing to compare dp with
+    if old.get("timeline") is None:   # a chart only this launch draws changes no layout
+        old.pop("timeline", None)
+        new.pop("timeline", None)
+    if old == new:
+        return None
+    # dp follows from the world size and tp x pp; the other keys are typed again
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in old.items()
+             if k != "dp" and v is not None and v != new.get(k, LAYOUT_DEFAULTS[k])]
+    how = [f"type {' '.join(flags)}"] if flags else ["run"]
+    world = old["dp"] * old["tp"] * old["pp"] if "dp" in old else None
+    if world is not None and world != cfg.dp * cfg.tp * cfg.pp:
+        how.append(f"on {world} rank{'s' if world > 1 else ''} (mpirun -n {world})")
+    return (f"resuming {run_dir} in layout {_layout_text(new)} (saved at "
+            f"{_layout_text(old)}); {' '.join(how)} to keep it")

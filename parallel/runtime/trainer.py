@@ -266,20 +266,12 @@ class Trainer:
         if self.offload is not None:
             self.offload.close()
         if self.root and self.records:
-            evals = self.runlog.evals
             last = f"; last checkpoint {self.ckpt.last_path}" if self.ckpt.last_path else ""
             metrics = self.out / "metrics.jsonl"
-            first_loss, last_loss = self.records[0]["loss"], self.records[-1]["loss"]
-            fall = (f" ({(last_loss - first_loss) / first_loss:+.0%})"
-                    if math.isfinite(first_loss) and first_loss > 0 else "")
-            held = (f"; held-out top-1 {evals[0]['accuracy']:.1%} -> "
-                    f"{evals[-1]['accuracy']:.1%} on {self.data.num_classes} classes (chance "
-                    f"{1 / self.data.num_classes:.1%}, {evals[-1]['samples']} images)"
-                    if evals else "")
             print(f"wrote {metrics}, {self.out / 'config.toml'} and "
                   f"{self.out / 'config.json'} (plot: python run/plot.py {metrics}){last}\n"
-                  f"after {self.step} steps: loss {first_loss:.4f} -> {last_loss:.4f}{fall}"
-                  f"{held}", flush=True)
+                  + summary_line(self.records, self.runlog.evals, self.data.num_classes,
+                                 resumed=bool(self.resume)), flush=True)
         if self.root and self.preempt is not None and self.preempt.stopped:
             print(f"{self.preempt.describe()}: wrote {self.ckpt.last_path}; continue with "
                   f"--resume {self.out}", flush=True)
@@ -287,3 +279,25 @@ class Trainer:
     def _say_root(self, text):
         if self.root:
             print(text, flush=True)
+
+
+def summary_line(records, evals, num_classes, resumed=False):
+    """The run's last line: ``after N steps: loss A -> B (change)`` and the held-out top-1
+    from the first to the last ``eval`` record of this launch.
+
+    records, evals : this launch's train and eval records (non-empty ``records``).
+    A resumed launch starts at the checkpoint's step, not at step 1 (and has no
+    step-0 evaluation), so its trends name the step each end was measured at.
+    """
+    step, first, last = records[-1]["step"], records[0]["loss"], records[-1]["loss"]
+    fall = (f" ({(last - first) / first:+.0%})" if math.isfinite(first) and first > 0
+            else "")
+
+    def at(record):    # only when not implied: a fresh run counts from step 1 (eval 0)
+        return f" at step {record['step']}" if resumed else ""
+    since = f" (resumed at step {records[0]['step'] - 1})" if resumed else ""
+    held = (f"; held-out top-1 {evals[0]['accuracy']:.1%}{at(evals[0])} -> "
+            f"{evals[-1]['accuracy']:.1%}{at(evals[-1])} on {num_classes} classes (chance "
+            f"{1 / num_classes:.1%}, {evals[-1]['samples']} images)" if evals else "")
+    return (f"after {step} steps{since}: loss {first:.4f}{at(records[0])} -> "
+            f"{last:.4f}{at(records[-1])}{fall}{held}")

@@ -156,8 +156,11 @@ def _dp_messages(unit_sizes, p, stage, accum, bucket_elems):
             3: [("reduce_scatter", accum * units), ("allgather", 2 * accum * units)]}[stage]
 
 
-def plan_step(layout, machine):
+def plan_step(layout, machine, source="--accum"):
     """Memory per rank and seconds per step of ``layout`` on ``machine``.
+
+    source : the flags that set ``layout.accum``, named in the schedule errors
+    (``run/plan.py --accum``; the strong-scaling sweep derives it from the batch).
 
     Returns a dict with the keys of ``plan.py --json``: ``params``,
     ``model_state_bytes_per_rank``, ``activation_bytes_per_rank``,
@@ -180,10 +183,10 @@ def plan_step(layout, machine):
     if lay.pp > 1 and lay.schedule in ("1f1b", "zb-h1") and lay.accum < lay.pp:
         name = "1F1B" if lay.schedule == "1f1b" else "ZB-H1"
         raise ValueError(f"{name} with accum={lay.accum} micro-batches on pp={lay.pp}: "
-                         "expected accum >= pp")
+                         f"expected accum >= pp (accum = {source})")
     if lay.sequence_parallel:
         tokens_per_rank(cfg.seq_len, lay.tp)      # ValueError for tp 1 or a padding-only rank
-    _check_interleaved(lay, cfg)
+    _check_interleaved(lay, cfg, source)
     item = ITEMSIZE[lay.dtype]
     sizes = cost.vit_unit_sizes(cfg)
     psi = sum(sizes)
@@ -336,7 +339,7 @@ def _sequence_parallel_terms(lay, cfg, machine, item, blocks):
     return sum(sp.values()), seconds
 
 
-def _check_interleaved(lay, cfg):
+def _check_interleaved(lay, cfg, source):
     """ValueError unless ``lay`` can run interleaved 1F1B (``pipeline.check_interleaved``)
     on an even split of the blocks into ``pp x virtual_stages`` chunks."""
     if lay.schedule != "interleaved":
@@ -344,7 +347,7 @@ def _check_interleaved(lay, cfg):
             raise ValueError(f"--virtual-stages {lay.virtual_stages} with --schedule "
                              f"{lay.schedule}: expected 1 (or --schedule interleaved)")
         return
-    check_schedule("interleaved", lay.accum, lay.pp, lay.virtual_stages)
+    check_schedule("interleaved", lay.accum, lay.pp, lay.virtual_stages, source)
     if cfg.depth % (lay.pp * lay.virtual_stages):
         raise ValueError(f"pp={lay.pp} x virtual_stages={lay.virtual_stages}: expected a "
                          f"divisor of the model depth {cfg.depth}")
@@ -394,8 +397,11 @@ def strong_scaling(model, node_counts, machine, *, global_batch, micro_batch, ze
             raise ValueError(f"nodes={nodes}: global batch {global_batch} is not a multiple of "
                              f"micro-batch {micro_batch} x dp {dp}")
         accum = global_batch // (micro_batch * dp)
+        source = (f"--global-batch {global_batch} / (--micro-batch {micro_batch} x dp {dp}) "
+                  f"at {nodes} nodes")
         out.append(plan_step(Layout(model=model, nodes=nodes, dp=dp, tp=tp, pp=pp, zero=zero,
-                                    micro_batch=micro_batch, accum=accum, **kwargs), machine))
+                                    micro_batch=micro_batch, accum=accum, **kwargs), machine,
+                             source))
     return out
 
 

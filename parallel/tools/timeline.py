@@ -12,9 +12,16 @@ import os
 
 import numpy as np
 
-from ..pipeline import bubble_fraction
+from ..pipeline import SPLIT_BACKWARD, bubble_fraction
 
-KIND_NAMES = {0: "forward", 1: "backward (B: input)", 2: "weight (W)"}
+
+def kind_names(schedule):
+    """Legend text of the event kinds 0/1/2 under ``schedule``.  Only the split-backward
+    schedules (ZB-H1) have a kind 2: there kind 1 is the input half (B) and kind 2 the
+    weight half (W); GPipe, 1F1B and interleaved run the whole backward as kind 1."""
+    if schedule in SPLIT_BACKWARD:
+        return {0: "forward", 1: "backward (B: input)", 2: "weight (W)"}
+    return {0: "forward", 1: "backward (B: input + weight)"}
 
 
 def gather_timeline(grid, events):
@@ -59,10 +66,11 @@ def measured_bubble(timeline):
     return float(1.0 - busy.mean() / (end - start))
 
 
-def plot_timeline(timeline, path, title):
+def plot_timeline(timeline, path, title, schedule):
     """Write a Gantt chart (one row per stage, forward blue / backward orange /
     weight-gradient green, micro-batch number inside each box; interleaved, chunk
-    ``c > 0`` lighter and hatched) of a (pp, n, 4 or 5) timeline to ``path`` (PNG)."""
+    ``c > 0`` lighter and hatched) of a (pp, n, 4 or 5) timeline of ``schedule`` (which
+    names the legend's kinds, :func:`kind_names`) to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,7 +97,8 @@ def plot_timeline(timeline, path, title):
     ax.set_title(title, fontsize=9)
     present = sorted({int(k) for k in timeline[:, :, 0].ravel()})
     # beside the chart, not over the last stage's final ops
-    handles = [Patch(color=colors[k], label=KIND_NAMES[k]) for k in present]
+    names = kind_names(schedule)
+    handles = [Patch(color=colors[k], label=names[k]) for k in present]
     if timeline.shape[2] > 4 and timeline[:, :, 4].max() > 0:
         handles += [Patch(facecolor="white", edgecolor="black", label="chunk 0"),
                     Patch(facecolor="white", edgecolor="black", hatch="//",
@@ -117,7 +126,7 @@ def write_timeline(engine, path, schedule, root):
     if root:
         plot_timeline(timeline, path,
                       f"{schedule}: pp={grid.pp}, m={engine.accum} micro-batches{chunks}; "
-                      f"bubble measured {measured:.1%}, {formula} = {theory:.1%}")
+                      f"bubble measured {measured:.1%}, {formula} = {theory:.1%}", schedule)
         print(f"timeline ({schedule}, pp={grid.pp}, m={engine.accum}{chunks}): bubble measured "
               f"{measured:.1%} vs {formula} = {theory:.1%} (mean measured F, B, W); "
               f"wrote {path}", flush=True)

@@ -22,3 +22,22 @@ def test_plan_bad_layout(capsys):
 def test_plan_pp_must_divide_depth(capsys):
     assert PLAN["main"](["--nodes", "5", "--pp", "5", "--dp", "1"]) == 2
     assert "pp=5: expected a divisor of the model depth 12" in capsys.readouterr().err
+
+
+def test_plan_schedule_errors_name_plan_flags(capsys):
+    """plan.py sets the micro-batches with --accum (or, in a strong-scaling sweep, with
+    --global-batch / (--micro-batch x dp)): the schedule errors name those flags."""
+    pipe = ["--model", "vit-base", "--nodes", "4", "--pp", "4"]
+    assert PLAN["main"]([*pipe, "--schedule", "interleaved", "--virtual-stages", "2",
+                         "--accum", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "interleaved 1F1B with 6 micro-batches on pp=4 stages" in err
+    assert "micro-batches = --accum)" in err and "--global-batch" not in err, err
+    assert PLAN["main"]([*pipe, "--schedule", "1f1b", "--accum", "2"]) == 2
+    assert "expected accum >= pp (accum = --accum)" in capsys.readouterr().err
+    sweep = ["--model", "vit-base", "--pp", "4", "--schedule", "interleaved",
+             "--virtual-stages", "3", "--strong-scaling", "4", "--global-batch", "40",
+             "--micro-batch", "4"]
+    assert PLAN["main"](sweep) == 2
+    assert ("micro-batches = --global-batch 40 / (--micro-batch 4 x dp 1) at 4 nodes)"
+            in capsys.readouterr().err)

@@ -32,7 +32,8 @@ from minivit.parallel.recompute import ctx_nbytes
 from minivit.parallel.runtime.step import StepEngine
 from minivit.parallel.tensor_parallel import (TensorParallelAttention, TensorParallelBlock,
                                               shard_index)
-from minivit.parallel.tools.timeline import measured_bubble, theoretical_bubble
+from minivit.parallel.tools.timeline import (measured_bubble, plot_timeline,
+                                              theoretical_bubble)
 
 DRIVER = str(ROOT / "tests" / "support" / "mp_layouts_driver.py")
 PRETRAIN = str(ROOT / "run" / "pretrain.py")
@@ -269,6 +270,27 @@ def test_bubble_formula_and_measurement():
     tl = np.array([[[0, 0, 0, 1], [0, 1, 1, 2], [1, 0, 4, 5], [1, 1, 5, 6]],
                    [[0, 0, 1, 2], [0, 1, 2, 3], [1, 0, 3, 4], [1, 1, 4, 5]]], float)
     assert measured_bubble(tl) == pytest.approx(1 - 4 / 6)
+
+
+def test_timeline_legend_names_the_backward_of_each_schedule(tmp_path, monkeypatch):
+    """Only ZB-H1 splits the backward (B: input, W: weight); under GPipe, 1F1B and
+    interleaved the orange box is the whole backward, and the legend says so."""
+    import matplotlib.axes
+    labels, legend = [], matplotlib.axes.Axes.legend
+
+    def recording_legend(ax, handles, **kwargs):     # the labels the chart shows
+        labels.append([h.get_label() for h in handles])
+        return legend(ax, handles=handles, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", recording_legend)
+    # one stage, one micro-batch: F then B (then W for ZB-H1), unit-time ops, chunk 0
+    unsplit = np.array([[[0, 0, 0, 1, 0], [1, 0, 1, 2, 0]]], float)
+    split = np.array([[[0, 0, 0, 1, 0], [1, 0, 1, 2, 0], [2, 0, 2, 3, 0]]], float)
+    for schedule, tl in (("gpipe", unsplit), ("1f1b", unsplit), ("interleaved", unsplit),
+                         ("zb-h1", split)):
+        plot_timeline(tl, tmp_path / f"{schedule}.png", schedule, schedule)
+        assert (tmp_path / f"{schedule}.png").stat().st_size > 0
+    whole = ["forward", "backward (B: input + weight)"]
+    assert labels == [whole, whole, whole, ["forward", "backward (B: input)", "weight (W)"]]
 
 
 # ------------------------------------------------------------ end to end

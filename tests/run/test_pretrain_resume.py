@@ -15,6 +15,7 @@ from conftest import ROOT
 from minivit.checkpoint import latest_valid_checkpoint
 
 PRETRAIN = str(ROOT / "run" / "pretrain.py")
+DRIVER = str(ROOT / "tests" / "support" / "resume_error_driver.py")
 COMMON = ["--model", "vit-nano", "--data", "random", "--micro-batch", "4", "--global-batch",
           "16", "--steps", "6", "--warmup", "2", "--lr", "3e-3", "--random-samples", "64",
           "--threads", "1", "--no-progress", "--save-every", "2"]
@@ -73,17 +74,30 @@ def test_resume_errors_on_every_rank(run_mpi, tmp_path):
     (empty / "ckpt" / "step_0000002.h5").write_bytes(b"\x89HDF junk")
     proc = run_mpi(2, [PRETRAIN, *COMMON, "--resume", empty], timeout=120, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"error: no valid checkpoint in {empty / 'ckpt'}") == 2, proc.stderr
+    # agreed on every rank, printed once (by rank 0)
+    assert proc.stderr.count(f"error: no valid checkpoint in {empty / 'ckpt'}") == 1, proc.stderr
 
-    # a checkpoint of vit-nano resumed as vit-micro: the preset is the first mismatch
+    # a checkpoint of vit-nano resumed as vit-micro: the preset is the first mismatch,
+    # printed once, and every rank returns 1 (each writes its code through the driver)
     run = tmp_path / "nano"
     proc = _single([*COMMON, "--steps", "2", "--out", run])
     assert proc.returncode == 0, proc.stderr[-3000:]
     micro = [a if a != "vit-nano" else "vit-micro" for a in COMMON]
-    proc = run_mpi(2, [PRETRAIN, *micro, "--resume", run], timeout=120, check=False)
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    proc = run_mpi(2, [DRIVER, run, codes, "--", *micro, "--resume", run], timeout=120,
+                   check=False)
     assert proc.returncode != 0
     message = "checkpoint of model preset 'vit-nano', but this run builds 'vit-micro'"
-    assert proc.stderr.count(message) == 2, proc.stderr
+    assert proc.stderr.count(message) == 1, proc.stderr
+    assert [(codes / f"rank{r}").read_text() for r in (0, 1)] == ["1", "1"]
+
+    # a checkpoint only rank 1 cannot read: every rank raises the same message, naming
+    # rank 1 and its reason (so that rank 0 alone can print it for all)
+    proc = run_mpi(2, [DRIVER, run, codes, "unreadable"], timeout=120)
+    said = {(codes / f"rank{r}").read_text() for r in (0, 1)}
+    assert said == {f"raised: rank 1: {run / 'ckpt' / 'step_0000002.h5'}: cannot read "
+                    "(not mounted on this node)"}, said
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(run_mpi, tmp_path):
@@ -95,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(run_mpi, tmp_path)
     assert proc.returncode != 0
     good = out / "ckpt" / "step_0000001.h5"
     message = f"loss became nan at step 2; stopped, last good checkpoint: {good}"
-    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]     # once, by rank 0
     assert latest_valid_checkpoint(out / "ckpt") == good
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step_0000001.h5"]
 
@@ -114,7 +128,12 @@ def test_resume_through_the_loader_on_another_layout(run_mpi, tmp_path):
     resumed = tmp_path / "resumed"
     (resumed / "ckpt").mkdir(parents=True)
     shutil.copy(full / "ckpt" / "step_0000004.h5", resumed / "ckpt")
-    run_mpi(2, [PRETRAIN, *args, "--resume", resumed], timeout=180)
+    shutil.copy(full / "config.toml", resumed)               # saved at dp=1
+    proc = run_mpi(2, [PRETRAIN, *args, "--resume", resumed], timeout=180)
+    # the layout is this launch's, not the run's: rank 0 says so once
+    note = (f"resuming {resumed} in layout dp=2 (saved at dp=1); run on 1 rank (mpirun -n 1) "
+            "to keep it")
+    assert proc.stdout.count(note) == 1, proc.stdout
     got = _losses(resumed)
     assert sorted(got) == [5, 6]
     np.testing.assert_allclose([got[5], got[6]], [reference[5], reference[6]], rtol=1e-6)
@@ -179,10 +198,15 @@ def test_resume_alone_reloads_the_runs_flags(tmp_path):
         (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")
         return cut
 
+    # a fresh run's trend starts at step 1, implied; a resumed one names its steps
+    r = reference
+    assert f"after 4 steps: loss {r[1]:.4f} -> {r[4]:.4f} (" in proc.stdout, proc.stdout
     cut = interrupted("cut")
     proc = _single(["--resume", cut])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "at step 2" in proc.stdout
+    assert "at step 2" in proc.stdout and " in layout " not in proc.stdout  # the same one
+    assert (f"after 4 steps (resumed at step 2): loss {r[3]:.4f} at step 3 -> {r[4]:.4f} "
+            "at step 4 (") in proc.stdout, proc.stdout
     got = _losses(cut)
     assert sorted(got) == [1, 2, 3, 4]
     assert got == reference                                      # bitwise, same process count
@@ -229,3 +253,54 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
     proc = _single(["--resume", str(out)])
     assert "already at step 2 of --steps 2: nothing to do" in proc.stdout
     assert (out / "metrics.jsonl").read_text() == metrics      # no second header
+
+
+def test_summary_line_of_a_resumed_launch_names_its_steps():
+    """A resumed launch has no step 1 and no step-0 evaluation: both trends say at which
+    step they start, so "60% -> 62%" is not read as the whole run's progress."""
+    from minivit.parallel.runtime.trainer import summary_line
+    records = [{"step": 101, "loss": 2.0}, {"step": 150, "loss": 1.5}]
+    evals = [{"step": 120, "accuracy": 0.6, "samples": 200},
+             {"step": 150, "accuracy": 0.625, "samples": 200}]
+    assert summary_line(records, evals, 10, resumed=True) == (
+        "after 150 steps (resumed at step 100): loss 2.0000 at step 101 -> 1.5000 at step "
+        "150 (-25%); held-out top-1 60.0% at step 120 -> 62.5% at step 150 on 10 classes "
+        "(chance 10.0%, 200 images)")
+    fresh = [{"step": 1, "loss": 2.0}, {"step": 50, "loss": 1.5}]
+    evals[0]["step"] = 0
+    assert summary_line(fresh, evals, 10) == (
+        "after 50 steps: loss 2.0000 -> 1.5000 (-25%); held-out top-1 60.0% -> 62.5% on 10 "
+        "classes (chance 10.0%, 200 images)")
+
+
+def test_layout_change_names_both_layouts_and_the_flags_to_keep_it(tmp_path):
+    """--resume takes the run's flags but not its process layout; the line rank 0 prints
+    names the layout it runs in, the saved one and what to type to keep that."""
+    from minivit.parallel.runtime.cliconfig import write_toml
+    from minivit.parallel.runtime.config import PretrainConfig
+    from minivit.parallel.runtime.resume import layout_change
+    run = tmp_path / "a"
+    run.mkdir()
+
+    def config(world, **layout):
+        return PretrainConfig(model="vit-nano", data="random", micro_batch=2, global_batch=16,
+                              resume=str(run), **layout).validate(world)
+
+    assert layout_change(run, config(4)) is None                 # no config.toml: no claim
+    write_toml(run / "config.toml", config(4, tp=2, pp=2).flags())
+    assert layout_change(run, config(4)) == (
+        f"resuming {run} in layout dp=4 (saved at tp=2 pp=2 schedule=1f1b); type --tp 2 "
+        "--pp 2 to keep it")
+    assert layout_change(run, config(4, tp=2, pp=2)) is None
+    assert layout_change(run, config(8, tp=2, pp=2)) == (
+        f"resuming {run} in layout dp=2 tp=2 pp=2 schedule=1f1b (saved at tp=2 pp=2 "
+        "schedule=1f1b); run on 4 ranks (mpirun -n 4) to keep it")
+    write_toml(run / "config.toml", config(4, pp=2, schedule="interleaved", virtual_stages=2,
+                                           timeline="a.png").flags())
+    assert layout_change(run, config(4, pp=2)) == (
+        f"resuming {run} in layout dp=2 pp=2 schedule=1f1b (saved at dp=2 pp=2 "
+        "schedule=interleaved virtual_stages=2 timeline=a.png); type --schedule interleaved "
+        "--virtual-stages 2 --timeline a.png to keep it")
+    write_toml(run / "config.toml", config(2, pp=2).flags())
+    assert layout_change(run, config(2, pp=2, timeline="b.png")) is None   # only a new chart
+
