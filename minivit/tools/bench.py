@@ -173,9 +173,11 @@ def summarise(seconds, cfg, batch, peak):
 
 
 def machine_info():
-    """``{"cpu", "blas", "openblas_coretype"}``: the CPU model (``/proc/cpuinfo``), the
-    BLAS NumPy uses with the kernel set it chose (threadpoolctl: OpenBLAS's
-    ``architecture``, e.g. SkylakeX or Zen) and ``OPENBLAS_CORETYPE`` if set.
+    """``{"cpu", "blas", "openblas_coretype"}``: the CPU model (``/proc/cpuinfo``), each
+    BLAS loaded with the kernel set it chose (threadpoolctl: OpenBLAS's
+    ``architecture``, e.g. SkylakeX or Zen), named by its owner: NumPy's runs the
+    Linear GEMMs, SciPy's the GEMMs inside the Numba kernels (``minivit.blas``);
+    and ``OPENBLAS_CORETYPE`` if set.
     The same shapes run at different speeds on AMD and Intel machines, so every
     figure is printed with these."""
     from threadpoolctl import threadpool_info
@@ -186,10 +188,19 @@ def machine_info():
                        cpu)
     except OSError:
         pass
-    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
+    import scipy.linalg.cython_blas  # noqa: F401  (load the kernels' BLAS so it is listed)
+    blas = [f"{_blas_owner(i.get('filepath', ''))}{i.get('internal_api')} {i.get('version')} "
+            f"({i.get('architecture', '?')})"
             for i in threadpool_info() if i.get("user_api") == "blas"]
     return {"cpu": cpu, "blas": "; ".join(blas) or "unknown",
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def _blas_owner(path):
+    """``"NumPy: "`` or ``"SciPy (kernels): "`` from a BLAS library's path, else ``""``."""
+    if "numpy" in path:
+        return "NumPy: "
+    return "SciPy (kernels): " if "scipy" in path else ""
 
 
 def _trainer_step(cfg, x, y, state, autocast):

@@ -30,6 +30,8 @@ def test_json_keys_and_values(capsys):
     from minivit.tools.bench import machine_info
     assert out["cpu"] == machine_info()["cpu"] and out["cpu"] != ""
     assert "openblas" in out["blas"].lower() and "(" in out["blas"]
+    # each BLAS named by whose it is: NumPy's runs the Linears, SciPy's the kernels' GEMMs
+    assert "NumPy: " in out["blas"] and "SciPy (kernels): " in out["blas"]
 
 
 def test_breakdown_json_has_rates_and_the_gemm_gap(capsys):
