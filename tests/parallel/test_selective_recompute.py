@@ -123,3 +123,30 @@ def test_granularity_names_and_what_they_build():
     assert peak["recompute_transient"] == 0
     assert peak["contexts"] == 2 * cost.stage_activation_bytes(
         cfg, 2, 4, blocks=2, last=False, recompute="selective")
+
+
+def test_the_flags_and_toml_keep_recompute_true_as_full(tmp_path):
+    import argparse
+
+    from minivit.parallel.runtime.cliconfig import parse_with_config
+    from minivit.parallel.runtime.config import PretrainConfig, add_flags
+
+    def parsed(argv):
+        parser = add_flags(argparse.ArgumentParser(), PretrainConfig)
+        parser.add_argument("--config")
+        return PretrainConfig.from_namespace(parse_with_config(parser, argv)).validate(1)
+
+    old = tmp_path / "old.toml"
+    old.write_text("recompute = true\n")                # a config.toml written before the flag
+    new = tmp_path / "new.toml"
+    new.write_text('recompute = true\nrecompute-granularity = "selective"\n')
+    assert parsed([]).recompute_kind() is None
+    assert parsed(["--recompute"]).recompute_kind() == "full"
+    assert parsed(["--config", str(old)]).recompute_kind() == "full"
+    assert parsed(["--config", str(new)]).recompute_kind() == "selective"
+    assert parsed(["--recompute", "--recompute-granularity", "selective"]).recompute_kind() \
+        == "selective"
+    assert parsed(["--recompute", "--recompute-granularity", "full"]).recompute_kind() == "full"
+    with pytest.raises(ValueError, match="--recompute-granularity selective without "
+                                         "--recompute: expected --recompute too"):
+        PretrainConfig(recompute_granularity="selective").validate(1)
