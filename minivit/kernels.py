@@ -243,8 +243,15 @@ def gelu_backward(dy, x):
 
 
 # ------------------------------------------------------------------ softmax
+# lse: (rows,) float64, or empty to skip it.  When it has rows, lse[r] receives
+# the row's log-sum-exp L = scale * max + log(sum), so that P = exp(scale * x - L)
+# can be rebuilt from x alone (selective recompute, minivit.kernels_attention_lse;
+# the statistic FlashAttention keeps: Dao et al. 2022, section 3.1)
+_NO_LSE = np.empty(0, np.float64)
+
+
 @njit(cache=True, error_model="numpy")
-def _softmax_fwd(x, scale, p):
+def _softmax_fwd(x, scale, p, lse):
     rows, n = x.shape
     for r in range(rows):
         m = np.float64(x[r, 0])
@@ -256,13 +263,15 @@ def _softmax_fwd(x, scale, p):
             e = math.exp((x[r, j] - m) * scale)
             p[r, j] = e
             s += e       # sums the float64 exponentials, not the rounded stores
+        if lse.shape[0] > 0:
+            lse[r] = m * scale + math.log(s)
         inv = 1.0 / s
         for j in range(n):
             p[r, j] *= inv
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _softmax_fwd_fast(x, scale, p):
+def _softmax_fwd_fast(x, scale, p, lse):
     rows, n = x.shape
     sc = np.float32(scale)
     bits = np.empty(n, np.int32)                  # 2**k of each exp = y * 2**k
@@ -281,6 +290,8 @@ def _softmax_fwd_fast(x, scale, p):
             e = p[r, j] * pow2[j]
             p[r, j] = e
             s += e       # sums in float64
+        if lse.shape[0] > 0:       # with the float32 scale the exponents used
+            lse[r] = np.float64(m) * np.float64(sc) + math.log(s)
         inv = np.float32(1.0 / s)
         for j in range(n):
             p[r, j] *= inv
@@ -313,7 +324,7 @@ def softmax_forward(x, scale=1.0):
     scale = _check_scale(scale)
     x = _rows(x, "x")
     p = np.empty_like(x)
-    (_softmax_fwd_fast if x.dtype == np.float32 else _softmax_fwd)(x, scale, p)
+    (_softmax_fwd_fast if x.dtype == np.float32 else _softmax_fwd)(x, scale, p, _NO_LSE)
     return p
 
 

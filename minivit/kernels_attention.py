@@ -60,10 +60,13 @@ def _in_heads(x, b, h):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _attention_fwd(qkv, scale, fast, p, o):
+def _attention_fwd(qkv, scale, fast, p, lse, o):
+    # keeps P in p (B, H, T, T) when p has rows, else only the row log-sum-exp
+    # in lse (B, H, T) float64 (selective recompute, minivit.kernels_attention_lse)
     nb, t, _, nh, hd = qkv.shape
     ld3, ld = 3 * nh * hd, nh * hd              # row strides of qkv and o
     one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
+    keep_p = p.shape[0] > 0
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
         # scratch allocated per unit, not per pair: a (T, T) buffer above
         # 128 kB is a fresh mmap each time, and its page faults cost as much
@@ -72,16 +75,19 @@ def _attention_fwd(qkv, scale, fast, p, o):
         # runtime alias check and runs its scalar loop, 2.6x slower (measured,
         # vit-tiny shapes)
         sc = np.empty((t, t), qkv.dtype)
+        pr = np.empty((0 if keep_p else t, t), qkv.dtype)   # P's scratch when not kept
+        none = np.empty(0, np.float64)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
             q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
             # S = q k^T, q and k read in place from the qkv layout
             gemm(NOTRANS, TRANS, t, t, hd, one, q, ld3, k, ld3, zero, addr(sc, 0), t)
-            s = p[b, h]
+            s = p[b, h] if keep_p else pr
+            lh = none if keep_p else lse[b, h]
             if fast:
-                _softmax_fwd_fast(sc, scale, s)
+                _softmax_fwd_fast(sc, scale, s, lh)
             else:
-                _softmax_fwd(sc, scale, s)
+                _softmax_fwd(sc, scale, s, lh)
             # O = P v, written in place into o's (B, T, H, hd) layout
             gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(s, 0), t, v, ld3, zero,
                  _in_heads(o, b, h), ld)
@@ -135,7 +141,7 @@ def attention_forward(qkv, scale):
     scale = _check_scale(scale)
     p = np.empty((nb, nh, t, t), dtype=qkv.dtype)
     o = np.empty((nb, t, nh, hd), dtype=qkv.dtype)
-    _attention_fwd(qkv, scale, qkv.dtype == np.float32, p, o)
+    _attention_fwd(qkv, scale, qkv.dtype == np.float32, p, np.empty((0, 0, 0)), o)
     return o, p
 
 

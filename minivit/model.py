@@ -18,13 +18,16 @@ from .params import FlatParams, make_param
 
 
 class Block(Sequential):
-    """Pre-LN transformer block: x + Attn(LN1(x)), then x + MLP(LN2(x)); (B, T, D) -> (B, T, D)."""
+    """Pre-LN transformer block: x + Attn(LN1(x)), then x + MLP(LN2(x)); (B, T, D) -> (B, T, D).
 
-    def __init__(self, name, config, seed):
+    selective : the attention core keeps the row log-sum-exp, not P
+    (``MultiHeadAttention``; selective activation recompute)."""
+
+    def __init__(self, name, config, seed, selective=False):
         c, dt = config, config.dtype
         self.name = name
         self.norm1 = LayerNorm(f"{name}.norm1", c.dim, dt, seed, c.ln_eps)
-        self.attn = MultiHeadAttention(f"{name}.attn", c.dim, c.heads, dt, seed)
+        self.attn = MultiHeadAttention(f"{name}.attn", c.dim, c.heads, dt, seed, selective)
         self.norm2 = LayerNorm(f"{name}.norm2", c.dim, dt, seed, c.ln_eps)
         self.mlp = MLP(f"{name}.mlp", c.dim, c.mlp_dim, dt, seed)
         super().__init__([Residual(Sequential([self.norm1, self.attn])),
@@ -161,15 +164,17 @@ class ViT:
 
     forward(x): x (B, C, H, W) of ``config.dtype`` -> ``(logits (B, K), ctx)``.
     backward(dlogits, ctx): accumulates into ``flat.grad``; returns dx (B, C, H, W).
+    selective : every block's attention core keeps only its row log-sum-exp and
+    rebuilds P in the backward (selective activation recompute, ``Block``).
     Attributes: ``units``, ``unit_names``, ``flat`` (FlatParams), ``config``.
     Raises ValueError on a wrong input shape or dtype, before any compute.
     """
 
-    def __init__(self, config, seed=0):
+    def __init__(self, config, seed=0, selective=False):
         if not isinstance(config, ViTConfig):
             raise ValueError(f"config={config!r}: expected a ViTConfig")
         self.config, self.seed = config, seed
-        blocks = [Block(f"blocks.{i}", config, seed) for i in range(config.depth)]
+        blocks = [Block(f"blocks.{i}", config, seed, selective) for i in range(config.depth)]
         self.units = [Embed(config, seed), *blocks, Head(config, seed)]
         self.unit_names = ["embed", *(b.name for b in blocks), "head"]
         self.flat = FlatParams(self.parameters(), config.dtype)

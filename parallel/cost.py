@@ -236,10 +236,11 @@ def tp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, recompute=False)
 
     Per block and micro-batch: ``g`` after attention and after the MLP in the
     forward, ``f`` before qkv and fc1 in the backward, each an all-reduce of
-    ``b*s*h`` elements; recompute runs the forward (2 more) again in backward.
-    layers : blocks on this rank's stage.  Returns 0 for tp == 1.
+    ``b*s*h`` elements; full recompute runs the forward (2 more) again in backward;
+    selective recompute (``recompute="selective"``) rebuilds only the head-local core
+    and adds none.  layers : blocks on this rank's stage.  Returns 0 for tp == 1.
     """
-    count = (6 if recompute else 4) * layers * micro_batches
+    count = (6 if recompute_mode(recompute) == "full" else 4) * layers * micro_batches
     return count * allreduce_bytes(b * s * h, tp, itemsize)
 
 
@@ -253,7 +254,8 @@ def sp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, *, recompute=Fal
     ``2 (t-1) b s_loc h`` elements, TP's ``2 (t-1)/t b s h`` exactly when t divides s
     (the padding's ``t s_loc - s`` tokens travel too otherwise).  ``g`` all-gathers in
     the forward (qkv, fc1) and reduce-scatters in the backward; ``g-bar`` the other
-    way round (proj, fc2): 4 of each per block and micro-batch, 6 with recompute.
+    way round (proj, fc2): 4 of each per block and micro-batch, 6 with full recompute
+    (selective adds none).
     The region's ends add one all-gather per micro-batch each: the embedding's
     backward (first stage) and the head's forward (last stage).  ``allreduce``: the
     LayerNorm gradients, 2 all-reduces of ``2h`` per block and micro-batch (the
@@ -262,7 +264,7 @@ def sp_step_bytes(b, s, h, layers, micro_batches, tp, itemsize, *, recompute=Fal
     if tp == 1:
         return {"allgather": 0, "reduce_scatter": 0, "allreduce": 0}
     one = allgather_bytes(b * (-(-s // tp)) * h, tp, itemsize)   # = reduce_scatter_bytes
-    per_block = (6 if recompute else 4) * layers
+    per_block = (6 if recompute_mode(recompute) == "full" else 4) * layers
     ends = int(bool(first)) + int(bool(last))
     return {"allgather": (per_block + ends) * micro_batches * one,
             "reduce_scatter": per_block * micro_batches * one,
@@ -296,6 +298,25 @@ def pp_step_messages(micro_batches, has_prev, has_next, virtual_stages=1):
 # N = patches, P = C p^2.  LayerNorm keeps its mean and 1/std in float64
 # (``kernels.layernorm_forward``), whatever the model dtype.
 _LN_STATS = 2 * 8        # bytes per row: mean and rstd, float64
+_LSE = 8                 # bytes per attention row: the selective core's log-sum-exp, float64
+RECOMPUTE_MODES = ("full", "selective")
+
+
+def recompute_mode(recompute):
+    """The recompute granularity named by ``recompute``: None (keep every context),
+    ``"full"`` (keep only each block's input: ``True`` or ``"full"``) or
+    ``"selective"`` (the attention core keeps its row log-sum-exp instead of P).
+
+    ``False`` and None mean none.  Raises ValueError for anything else.
+    """
+    if recompute is None or recompute is False:
+        return None
+    if recompute is True:
+        return "full"
+    if recompute in RECOMPUTE_MODES:
+        return recompute
+    raise ValueError(f"recompute={recompute!r}: expected False, True or one of "
+                     f"{RECOMPUTE_MODES}")
 
 
 def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False, sequence_parallel=False):
@@ -324,8 +345,13 @@ def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False, sequence_paralle
     ``34 s b h + 5 a s^2 b`` at 2-byte activations keeps Q, K, V apart, the
     softmax input and output and dropout masks; this code keeps qkv once, only
     the probabilities, and has no dropout).
-    With recompute (``recompute.Recompute``) the block keeps only its input:
-    ``s B T D``.  Raises ValueError unless heads and mlp_dim divide by tp.
+    ``recompute`` is a :func:`recompute_mode` value.  Full (True or ``"full"``,
+    ``recompute.Recompute``): the block keeps only its input, ``s B T D``.
+    Selective (``"selective"``, ``minivit.kernels_attention_lse``; Korthikanti
+    et al. section 4.2): the attention core keeps the row log-sum-exp
+    (B, H/tp, T) in float64 instead of P, so ``s B (H/tp) T^2`` becomes
+    ``8 B (H/tp) T``: ``s B T (4 D + (4 D + 2 M) / tp) + 8 B T H / tp + 32 B T``.
+    Raises ValueError unless heads and mlp_dim divide by tp.
 
     With ``sequence_parallel`` (``sequence_parallel.SequenceParallelBlock``) the LN
     region's tensors hold ``T_loc = ceil(T/t)`` tokens: the block input, residual 1
@@ -333,17 +359,23 @@ def block_ctx_bytes(cfg, b, itemsize, *, tp=1, recompute=False, sequence_paralle
     (B T, D) (Megatron instead keeps them sharded and all-gathers again in the
     backward, one more all-gather per linear):
     ``s B (2 T_loc D + T (2 D + (4 D + 2 M + H T) / tp)) + 32 B T_loc``;
-    with recompute ``s B T_loc D``.
+    with full recompute ``s B T_loc D``; selective swaps the same P term for L.
     """
+    mode = recompute_mode(recompute)
     if cfg.heads % tp or cfg.mlp_dim % tp:
         raise ValueError(f"tp={tp}: expected a divisor of heads={cfg.heads} and "
                          f"mlp_dim={cfg.mlp_dim}")
     rows, d, m, t = b * cfg.seq_len, cfg.dim, cfg.mlp_dim, cfg.seq_len
     ln_rows = b * -(-t // tp) if sequence_parallel else rows    # the LN region's tokens
-    if recompute:
+    if mode == "full":
         return itemsize * ln_rows * d
-    elems = 2 * ln_rows * d + rows * (2 * d + (4 * d + 2 * m + cfg.heads * t) // tp)
-    return itemsize * elems + 2 * _LN_STATS * ln_rows
+    local_heads = cfg.heads // tp
+    elems = 2 * ln_rows * d + rows * (2 * d + (4 * d + 2 * m) // tp)
+    if mode == "selective":
+        core = _LSE * rows * local_heads                 # L: (B, H/tp, T) float64
+    else:
+        core = itemsize * rows * local_heads * t         # P: (B, H/tp, T, T)
+    return itemsize * elems + core + 2 * _LN_STATS * ln_rows
 
 
 def embed_ctx_bytes(cfg, b, itemsize):
@@ -418,7 +450,9 @@ def micro_batches_in_flight(schedule, m, pp, stage, virtual_stages=1):
 def peak_activation_bytes(cfg, b, itemsize, *, m=1, pp=1, stage=0, blocks=None, tp=1,
                           recompute=False, schedule="1f1b", sequence_parallel=False):
     """Peak context bytes on a stage: in-flight micro-batches x one micro-batch's contexts,
-    plus, with recompute, the one block context rebuilt at a time in the backward.
+    plus, with full recompute, the one block context rebuilt at a time in the backward
+    (the selective core rebuilds one (batch, head) pair's P per thread in scratch: not
+    a context, not counted).
 
     blocks : blocks on this stage (default ``depth / pp``, the even split).
     Returns a dict: ``per_micro_batch``, ``in_flight``, ``contexts``
@@ -430,6 +464,6 @@ def peak_activation_bytes(cfg, b, itemsize, *, m=1, pp=1, stage=0, blocks=None, 
                                  sequence_parallel=sequence_parallel)
     n = micro_batches_in_flight(schedule, m, pp, stage)
     rebuilt = (block_ctx_bytes(cfg, b, itemsize, tp=tp, sequence_parallel=sequence_parallel)
-               if recompute else 0)
+               if recompute_mode(recompute) == "full" else 0)
     return {"per_micro_batch": per, "in_flight": n, "contexts": n * per,
             "recompute_transient": rebuilt, "total": n * per + rebuilt}

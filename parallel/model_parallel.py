@@ -25,7 +25,7 @@ from minivit.layers import chain_backward_input, chain_backward_weight
 from minivit.model import Block, Embed, Head, ViT
 from minivit.params import FlatParams
 
-from .cost import vit_param_specs, vit_unit_sizes
+from .cost import recompute_mode, vit_param_specs, vit_unit_sizes
 from .recompute import Recompute
 from .sequence_parallel import (Boundary, EnterSequenceParallel, LeaveSequenceParallel,
                                 SequenceParallelBlock, tokens_per_rank)
@@ -92,7 +92,9 @@ class ModelShard(ViT):
     """This rank's stage of the ViT, tensor-parallel over ``grid.tp_group``.
 
     config, seed : as ``minivit.model.ViT`` (the init is the serial one, sliced).
-    grid : ProcessGrid; recompute : wrap each block in ``recompute.Recompute``.
+    grid : ProcessGrid; recompute : True or ``"full"`` wraps each block in
+        ``recompute.Recompute``; ``"selective"`` builds blocks whose attention core
+        keeps the row log-sum-exp instead of P (``cost.recompute_mode``).
     sequence_parallel : shard the LayerNorm/residual regions along the sequence inside
         the tp group (``sequence_parallel.py``): blocks take and give (B, T_loc, D), the
         embedding is followed by ``EnterSequenceParallel`` and the head preceded by
@@ -131,6 +133,7 @@ class ModelShard(ViT):
         self.tokens_local = (tokens_per_rank(config.seq_len, tp) if sequence_parallel
                              else config.seq_len)
         self.config, self.seed, self.grid, self.recompute = config, seed, grid, recompute
+        self.recompute_mode = recompute_mode(recompute)
         self.virtual_stages = virtual_stages
         self.stages = balance_stages(vit_unit_sizes(config), grid.pp, virtual_stages)
         mine = [c * grid.pp + grid.pp_rank for c in range(virtual_stages)]
@@ -190,15 +193,16 @@ class ModelShard(ViT):
         if u == config.depth + 1:
             return self._boundary(Head(config, seed))
         block = self._block(self._unit_name(u))
-        return Recompute(block) if self.recompute else block
+        return Recompute(block) if self.recompute_mode == "full" else block
 
     def _block(self, name):
         comm, cfg, seed = self.grid.tp_group, self.config, self.seed
+        selective = self.recompute_mode == "selective"
         if self.sequence_parallel:
-            return SequenceParallelBlock(name, cfg, seed, comm)
+            return SequenceParallelBlock(name, cfg, seed, comm, selective)
         if self.grid.tp > 1:
-            return TensorParallelBlock(name, cfg, seed, comm)
-        return Block(name, cfg, seed)
+            return TensorParallelBlock(name, cfg, seed, comm, selective)
+        return Block(name, cfg, seed, selective)
 
     def _boundary(self, unit):
         # the embedding feeds the sequence-sharded region, the head reads its gathered end
@@ -269,12 +273,14 @@ def build_model(config, seed, grid, recompute=False, sequence_parallel=False,
                 virtual_stages=1, zero=0):
     """The model one rank trains: for ZeRO-3 a ``ModelShard`` built shard by shard
     (``shard.build_sharded``: no rank ever holds the full model); otherwise the serial ViT for
-    tp = pp = 1 without recompute or sequence parallelism, else this rank's
-    ``ModelShard`` (``virtual_stages`` chunks per rank: interleaved 1F1B)."""
+    tp = pp = 1 without full recompute or sequence parallelism (``recompute="selective"``:
+    ``ViT(selective=True)``), else this rank's ``ModelShard`` (``virtual_stages`` chunks
+    per rank: interleaved 1F1B).  recompute : a ``cost.recompute_mode`` value."""
     layout = {"recompute": recompute, "sequence_parallel": sequence_parallel,
               "virtual_stages": virtual_stages}
     if zero == 3:
         return ModelShard(config, seed, grid, sharded=True, **layout)
-    if grid.tp == 1 and grid.pp == 1 and not recompute and not sequence_parallel:
-        return ViT(config, seed=seed)
+    mode = recompute_mode(recompute)
+    if grid.tp == 1 and grid.pp == 1 and mode != "full" and not sequence_parallel:
+        return ViT(config, seed=seed, selective=mode == "selective")
     return ModelShard(config, seed, grid, **layout)

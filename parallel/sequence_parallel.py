@@ -149,10 +149,11 @@ class SequenceParallelBlock(Sequential):
 
     x: (B, T_loc, D) -> (B, T_loc, D), T_loc = ceil(T / t) (``tokens_per_rank``).
     Same parameter names and shards as ``TensorParallelBlock``; attention and the MLP
-    run on the T real tokens only (``g`` drops the padding).
+    run on the T real tokens only (``g`` drops the padding).  selective : as
+    ``minivit.model.Block``.
     """
 
-    def __init__(self, name, config, seed, comm):
+    def __init__(self, name, config, seed, comm, selective=False):
         c, dt = config, config.dtype
         check_divisible("heads", c.heads, comm.size)
         tokens = c.seq_len
@@ -160,7 +161,7 @@ class SequenceParallelBlock(Sequential):
         self.name = name
         self.norm1 = SequenceParallelLayerNorm(f"{name}.norm1", c.dim, dt, seed, c.ln_eps, comm)
         self.attn = TensorParallelAttention(f"{name}.attn", c.dim, c.heads, dt, seed, comm,
-                                            tokens=tokens)
+                                            tokens=tokens, selective=selective)
         self.norm2 = SequenceParallelLayerNorm(f"{name}.norm2", c.dim, dt, seed, c.ln_eps, comm)
         self.mlp = TensorParallelMLP(f"{name}.mlp", c.dim, c.mlp_dim, dt, seed, comm,
                                      tokens=tokens)

@@ -234,14 +234,16 @@ class TensorParallelAttention(MultiHeadAttention):
     tokens : None (Megatron TP: ``f``/``g``), or the sequence length T for
     sequence parallelism: x (B, T_loc, D) -> (B, T_loc, D) through ``g``/``g-bar``
     (all-gather / reduce-scatter along T, ``sequence_ops``).
+    selective : the core keeps the row log-sum-exp of this rank's heads, not P.
     """
 
-    def __init__(self, name, dim, heads, dtype, seed, comm, tokens=None):
+    def __init__(self, name, dim, heads, dtype, seed, comm, tokens=None, selective=False):
         tp, r = comm.size, comm.rank
         check_divisible("heads", heads, tp)
         self.name, self.dim = name, dim
         self.heads, self.head_dim = heads // tp, dim // heads
         self.scale = self.head_dim ** -0.5
+        self.selective = selective
         width = self.heads * self.head_dim
         cols = np.arange(r * width, (r + 1) * width)
         rows = np.concatenate([s * dim + cols for s in range(3)])
@@ -272,13 +274,15 @@ class TensorParallelBlock(Sequential):
     """The pre-LN ViT block (``minivit.model.Block``) with TP attention and MLP.
 
     Same parameter names as the serial block; (B, T, D) -> (B, T, D).
+    selective : as ``minivit.model.Block``.
     """
 
-    def __init__(self, name, config, seed, comm):
+    def __init__(self, name, config, seed, comm, selective=False):
         c, dt = config, config.dtype
         self.name = name
         self.norm1 = LayerNorm(f"{name}.norm1", c.dim, dt, seed, c.ln_eps)
-        self.attn = TensorParallelAttention(f"{name}.attn", c.dim, c.heads, dt, seed, comm)
+        self.attn = TensorParallelAttention(f"{name}.attn", c.dim, c.heads, dt, seed, comm,
+                                            selective=selective)
         self.norm2 = LayerNorm(f"{name}.norm2", c.dim, dt, seed, c.ln_eps)
         self.mlp = TensorParallelMLP(f"{name}.mlp", c.dim, c.mlp_dim, dt, seed, comm)
         super().__init__([Residual(Sequential([self.norm1, self.attn])),

@@ -48,6 +48,9 @@ def parse_args(argv):
     ap.add_argument("--ranks-per-node", type=int, default=1,
                     help="ranks sharing one node's FLOP/s and memory")
     ap.add_argument("--recompute", action="store_true", help="activation recompute per block")
+    ap.add_argument("--recompute-granularity", choices=("full", "selective"),
+                    help="with --recompute: full (default) keeps each block's input; "
+                         "selective keeps the attention core's row log-sum-exp instead of P")
     ap.add_argument("--sequence-parallel", action="store_true", help="with --tp > 1: LN regions "
                     "sharded along T (their activations / tp; pp sends (b, T/tp, h))")
     ap.add_argument("--offload", action="store_true", help="optimizer state offloaded to disk")
@@ -65,7 +68,10 @@ def parse_args(argv):
     ap.add_argument("--global-batch", type=int, default=None,
                     help="with --strong-scaling (default: micro-batch x the largest count)")
     ap.add_argument("--plot", default=None, help="with --strong-scaling: write a PNG here")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.recompute_granularity and not args.recompute:
+        ap.error(f"--recompute-granularity {args.recompute_granularity}: expected --recompute too")
+    return args
 
 
 def _human(nbytes):
@@ -114,13 +120,18 @@ def plan(args):
     ]
 
 
+def _recompute(args):
+    """False, "full" or "selective" (``cost.recompute_mode``) from the two flags."""
+    return (args.recompute_granularity or "full") if args.recompute else False
+
+
 def _layout(args, nodes=None, accum=None):
     nodes = args.nodes if nodes is None else nodes
     dp = nodes // (args.tp * args.pp) if args.dp is None or nodes != args.nodes else args.dp
     return plan_model.Layout(
         model=args.model, nodes=nodes, dp=dp, tp=args.tp, pp=args.pp, zero=args.zero,
         micro_batch=args.micro_batch, accum=args.accum if accum is None else accum,
-        dtype=args.dtype, recompute=args.recompute, offload=args.offload,
+        dtype=args.dtype, recompute=_recompute(args), offload=args.offload,
         schedule=args.schedule, virtual_stages=args.virtual_stages, overlap=args.overlap,
         ranks_per_node=args.ranks_per_node, sequence_parallel=args.sequence_parallel)
 
@@ -150,7 +161,7 @@ def scaling(args, machine):
     gb = args.global_batch or args.micro_batch * max(counts) // (args.tp * args.pp)
     out = plan_model.strong_scaling(
         args.model, counts, machine, global_batch=gb, micro_batch=args.micro_batch,
-        zero=args.zero, tp=args.tp, pp=args.pp, dtype=args.dtype, recompute=args.recompute,
+        zero=args.zero, tp=args.tp, pp=args.pp, dtype=args.dtype, recompute=_recompute(args),
         offload=args.offload, schedule=args.schedule, virtual_stages=args.virtual_stages,
         overlap=args.overlap, ranks_per_node=args.ranks_per_node,
         sequence_parallel=args.sequence_parallel)

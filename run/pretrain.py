@@ -91,7 +91,7 @@ def pretrain(cfg, world_comm, guard):
     preempt = Preemption(grid.world, INTERACTIVE_SIGNALS).install()
     resume = resume_point(cfg.resume, grid.world) if cfg.resume else None
     data = pretrain_data(cfg, grid, resume)
-    model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute,
+    model = build_model(data.config, cfg.seed, grid, recompute=cfg.recompute_kind(),
                         sequence_parallel=cfg.sequence_parallel,
                         virtual_stages=cfg.virtual_stages, zero=cfg.zero)
     out = cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())

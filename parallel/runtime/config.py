@@ -90,7 +90,14 @@ class TrainConfig:
                                   "(Narayanan et al. 2021, section 2.2.2): >= 2, the "
                                   "micro-batches a multiple of --pp, pp x chunks <= depth")
     recompute: bool = flag(False, "activation recompute per block: keep the block input, "
-                                  "rebuild the rest in backward")
+                                  "rebuild the rest in backward (--recompute-granularity "
+                                  "selective: only the attention probabilities)")
+    recompute_granularity: str = flag(None, "with --recompute, what is rebuilt in backward "
+                                            "(Megatron-LM's flag): full (default) the whole "
+                                            "block from its input; selective only the "
+                                            "attention core's P (B, H, T, T), from its row "
+                                            "log-sum-exp (Korthikanti et al. 2023, sec. 4.2)",
+                                      choices=["full", "selective"])
     sequence_parallel: bool = flag(False, "with --tp > 1: shard the LayerNorm and residual "
                                           "regions along the sequence (Korthikanti et al. "
                                           "2022); all-gather/reduce-scatter replace tp's "
@@ -163,6 +170,13 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if not f.metadata.get("derived")
                 and (self.FLAGS is None or f.name in self.FLAGS)}
+
+    def recompute_kind(self):
+        """None (no recompute), ``"full"`` or ``"selective"``: the ``recompute`` argument
+        of ``model_parallel.build_model`` and ``cost``'s activation formulas."""
+        if not self.recompute:
+            return None
+        return self.recompute_granularity or "full"
 
     def model_shape(self):
         """``(heads, mlp_dim, depth)`` of the model, for the tp/pp checks; None: no check."""
@@ -256,6 +270,11 @@ class TrainConfig:
                              "(stages 2-3 reduce-scatter each unit inside its backward already)")
         if not self.bucket_mb > 0:
             raise ValueError(f"--bucket-mb {self.bucket_mb}: expected a positive size")
+        if self.recompute_granularity is not None and not self.recompute:
+            # silently training without the recompute the flag names would surprise
+            raise ValueError(f"--recompute-granularity {self.recompute_granularity} without "
+                             "--recompute: expected --recompute too (it turns recompute on; "
+                             "the granularity says what is rebuilt)")
 
     def _check_sequence_parallel(self):
         if self.tp < 2:

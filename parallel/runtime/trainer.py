@@ -226,14 +226,15 @@ class Trainer:
         if not self.root:
             return
         engine, cfg = self.engine, self.cfg
+        recompute = cfg.recompute_kind()
         lines = audit_tables.comm_table(
             self.step, self.grid.ledger.summary(since=mark), engine.predicted_step_bytes(),
             psi=engine.model.num_params, p=self.grid.dp, stage=cfg.zero,
             itemsize=engine.itemsize, accum=cfg.accum,
-            other=audit_tables.predicted_group_bytes(engine, cfg.micro_batch, cfg.recompute))
-        lines += audit_tables.model_parallel_lines(engine, cfg.micro_batch, cfg.recompute,
+            other=audit_tables.predicted_group_bytes(engine, cfg.micro_batch, recompute))
+        lines += audit_tables.model_parallel_lines(engine, cfg.micro_batch, recompute,
                                                    self.offload)
-        lines += audit_tables.activation_lines(engine, cfg.micro_batch, cfg.recompute)
+        lines += audit_tables.activation_lines(engine, cfg.micro_batch, recompute)
         if self.step == 1:
             exact, closed = engine.predicted_memory()
             lines += audit_tables.memory_table(engine.memory(), exact, closed,

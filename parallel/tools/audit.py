@@ -88,7 +88,7 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
                                     engine.accum, grid.tp, item, recompute)
             lines.append(f"[audit] stage {grid.pp_rank} (blocks {_blocks_text(model)}), "
                          f"tp {grid.tp}: predicted tp activation all-reduce {tp:,} B "
-                         f"({6 if recompute else 4} x blocks x micro-batches x b*s*h), "
+                         f"({_tp_count(recompute)} x blocks x micro-batches x b*s*h), "
                          f"pp send {pp:,} B (b*s*h {per})")
     if engine.pipeline is not None:
         p = engine.pipeline
@@ -103,6 +103,22 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
                      f"{offload.directory}; RSS {rss.get('rss', 0):,} B "
                      f"(anonymous {rss.get('anon', 0):,} B)")
     return lines
+
+
+def _tp_count(recompute):
+    """All-reduces (or gather/scatter pairs) per block and micro-batch: full recompute's
+    rebuilt forward adds 2; selective rebuilds only the head-local core, none."""
+    return 6 if cost.recompute_mode(recompute) == "full" else 4
+
+
+# the closed form of one block's context (``cost.block_ctx_bytes``) by
+# (sequence parallel, recompute mode), as the audit prints it
+_BLOCK_FORMS = {
+    (False, "full"): "s B T D", (True, "full"): "s B T_loc D",
+    (False, None): "s B T (4D + (4D + 2M + H T)/tp) + 32 B T",
+    (True, None): "s B (2 T_loc D + T (2D + (4D + 2M + H T)/tp)) + 32 B T_loc",
+    (False, "selective"): "s B T (4D + (4D + 2M)/tp) + 8 B T H/tp + 32 B T",
+    (True, "selective"): "s B (2 T_loc D + T (2D + (4D + 2M)/tp)) + 8 B T H/tp + 32 B T_loc"}
 
 
 def _blocks_text(model):
@@ -127,7 +143,7 @@ def _sequence_parallel_line(engine, micro_batch, recompute, pp, per):
     return (f"[audit] stage {grid.pp_rank} (blocks {_blocks_text(model)}), tp {grid.tp}, sequence "
             f"parallel (T={cfg.seq_len} -> T_loc={model.tokens_local} per rank): predicted "
             f"all-gather {sp['allgather']:,} B + reduce-scatter {sp['reduce_scatter']:,} B "
-            f"({6 if recompute else 4} each x blocks x micro-batches x (t-1) b T_loc h, "
+            f"({_tp_count(recompute)} each x blocks x micro-batches x (t-1) b T_loc h, "
             f"+{ends} all-gather(s) at the region's ends; TP's all-reduces would send "
             f"{tp_equivalent:,} B), LN-gradient all-reduce {sp['allreduce']:,} B, pp send "
             f"{pp:,} B (b*T_loc*h {per})")
@@ -176,12 +192,13 @@ def activation_lines(engine, micro_batch, recompute):
                                       sequence_parallel=sp)
     block = cost.block_ctx_bytes(cfg, micro_batch, item, tp=grid.tp, recompute=recompute,
                                  sequence_parallel=sp)
-    form = {(False, True): "s B T D", (True, True): "s B T_loc D",
-            (False, False): "s B T (4D + (4D + 2M + H T)/tp) + 32 B T",
-            (True, False): "s B (2 T_loc D + T (2D + (4D + 2M + H T)/tp)) + 32 B T_loc, "
-                           f"T_loc={model.tokens_local if sp else 0}"}[(sp, bool(recompute))]
+    mode = cost.recompute_mode(recompute)
+    form = _BLOCK_FORMS[(sp, mode)]
+    if sp and mode != "full":
+        form += f", T_loc={model.tokens_local}"
     detail = (f"[audit]   per block {block:,} B ({form}, s={item}, B={micro_batch}, "
-              f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}); "
+              f"T={cfg.seq_len}, D={cfg.dim}, M={cfg.mlp_dim}, H={cfg.heads}, tp={grid.tp}; "
+              f"recompute {mode or 'off'}); "
               f"{blocks} blocks{' + embed' if first else ''}{' + head + loss' if last else ''}")
     if engine.pipeline is not None and engine.schedule == "interleaved":
         return [_interleaved_activation_line(engine, micro_batch, recompute), detail]

@@ -132,7 +132,7 @@ class Layout:
     micro_batch: int = 32
     accum: int = 1
     dtype: str = "float32"
-    recompute: bool = False
+    recompute: bool | str = False        # a cost.recompute_mode value: True/"full", "selective"
     offload: bool = False
     schedule: str = "1f1b"
     virtual_stages: int = 1
@@ -273,7 +273,8 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
 
 def _compute_seconds(lay, cfg, machine, blocks):
     """``(seconds of compute per step on one rank, passes)``: matmul FLOPs at the node
-    peak x efficiency shared by its ranks; 3 passes (4 with recompute); the pipeline
+    peak x efficiency shared by its ranks; 3 passes (4 with full recompute; selective
+    adds the rebuilt scores Q K^T, ``2 b T^2 D / tp`` per block); the pipeline
     bubble ``pipeline.bubble_fraction`` (equal F, B and W) stretches it by
     ``1 / (1 - bubble)``: (m + p - 1) / m for GPipe and 1F1B, (v m + p - 1) / (v m)
     interleaved, (3 m + p - 1) / (3 m) for ZB-H1."""
@@ -282,10 +283,13 @@ def _compute_seconds(lay, cfg, machine, blocks):
         get_config(lay.model, depth=1, dtype=lay.dtype), b)) / (cfg.depth - 1) \
         if cfg.depth > 1 else forward_matmul_flops(cfg, b)
     fwd_rest = forward_matmul_flops(cfg, b) - cfg.depth * fwd_block
-    passes = 4 if lay.recompute else 3
+    mode = cost.recompute_mode(lay.recompute)
+    passes = 4 if mode == "full" else 3
     fwd_rank = blocks * fwd_block / lay.tp + fwd_rest      # embed + head counted on the stage
     rate = machine.peak_flops / lay.ranks_per_node * machine.efficiency
-    compute = passes * m * fwd_rank / rate
+    rebuilt = (blocks * 2 * b * cfg.seq_len ** 2 * cfg.dim / lay.tp
+               if mode == "selective" else 0)
+    compute = (passes * fwd_rank + rebuilt) * m / rate
     if lay.pp > 1:
         compute /= 1.0 - bubble_fraction(lay.schedule, lay.pp, m, v=lay.virtual_stages)
     return compute, passes
@@ -303,7 +307,7 @@ def _comm_terms(lay, cfg, machine, item, psi_rank, share, blocks):
         dp_time += dp_bytes / machine.link_bandwidth
     tokens = tokens_per_rank(cfg.seq_len, lay.tp) if lay.sequence_parallel else cfg.seq_len
     act_elems = b * tokens * cfg.dim            # the activation between pipeline stages
-    tp_count = (6 if lay.recompute else 4) * blocks * m
+    tp_count = (6 if cost.recompute_mode(lay.recompute) == "full" else 4) * blocks * m
     if lay.sequence_parallel:
         tp_bytes, tp_time = _sequence_parallel_terms(lay, cfg, machine, item, blocks)
     else:
@@ -328,7 +332,7 @@ def _sequence_parallel_terms(lay, cfg, machine, item, blocks):
     b, m = lay.micro_batch, lay.accum
     sp = cost.sp_step_bytes(b, cfg.seq_len, cfg.dim, blocks, m, lay.tp, item,
                             recompute=lay.recompute, first=True, last=lay.pp == 1)
-    per_block = (6 if lay.recompute else 4) * blocks * m
+    per_block = (6 if cost.recompute_mode(lay.recompute) == "full" else 4) * blocks * m
     ends = 1 + int(lay.pp == 1)
     seconds = (collective_seconds("allgather", sp["allgather"], lay.tp, machine,
                                   count=per_block + ends * m)
@@ -375,7 +379,7 @@ def interleaved_activation_bytes(lay, cfg, item):
     count, contexts = in_flight_peak(pipeline_ops("interleaved", lay.accum, p, 0, v), chunk)
     rebuilt = (cost.block_ctx_bytes(cfg, b, item, tp=lay.tp,
                                     sequence_parallel=lay.sequence_parallel)
-               if lay.recompute else 0)
+               if cost.recompute_mode(lay.recompute) == "full" else 0)
     return {"per_micro_batch": max(chunk), "in_flight": count, "contexts": contexts,
             "recompute_transient": rebuilt, "total": contexts + rebuilt}
 

@@ -186,3 +186,20 @@ def test_interleaved_bubble_p2p_and_activations():
                       TOY)
     with pytest.raises(ValueError, match="--virtual-stages 2 with --schedule 1f1b"):
         plan_step(Layout(**lay, virtual_stages=2), TOY)
+
+
+def test_selective_recompute_terms():
+    """Selective: activations by cost.py's selective form, no extra all-reduces, and
+    compute plus the rebuilt scores Q K^T (2 b T^2 D / tp per block and micro-batch)."""
+    cfg = get_config("vit-base")
+    base = dict(model="vit-base", nodes=4, dp=1, tp=2, pp=2, micro_batch=4, accum=4)
+    plain, sel = (plan_step(Layout(**base, recompute=r), TOY) for r in (False, "selective"))
+    assert sel["activation_bytes_per_rank"] == cost.peak_activation_bytes(
+        cfg, 4, 4, m=4, pp=2, tp=2, recompute="selective")["total"]
+    assert sel["activation_bytes_per_rank"] < plain["activation_bytes_per_rank"]
+    assert sel["comm_bytes_per_rank"] == plain["comm_bytes_per_rank"]
+    extra = 6 * 2 * 4 * 197 ** 2 * 768 / 2 * 4          # 6 blocks on stage 0, m = 4
+    rate = TOY.peak_flops * TOY.efficiency
+    bubble = (4 + 2 - 1) / 4                           # 1F1B at pp 2, m 4
+    assert sel["time"]["compute"] - plain["time"]["compute"] == \
+        pytest.approx(extra / rate * bubble, rel=1e-9)

@@ -68,7 +68,12 @@ def test_layouts_world2(run_mpi):
         {"dp": 1, "tp": 2, "pp": 1, "sp": True, "drift": True},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2},
         {"dp": 1, "tp": 1, "pp": 2, "schedule": "interleaved", "virtual_stages": 2,
-         "recompute": True, "offload": True}])
+         "recompute": True, "offload": True},
+        # selective recompute: the attention core keeps only its row log-sum-exp; equal to
+        # the serial run without it (1e-10), the pipeline's peak bytes by cost.py's form
+        {"dp": 1, "tp": 2, "pp": 1, "recompute": "selective"},
+        {"dp": 1, "tp": 2, "pp": 1, "sp": True, "recompute": "selective"},
+        {"dp": 1, "tp": 1, "pp": 2, "schedule": "1f1b", "recompute": "selective"}])
     assert _peaks(ok[1]) == [4, 4]          # GPipe keeps all m = 4 micro-batches
     # interleaved, m = 4, v = 2: min(2(p-s-1) + (v-1)p + 1, m v) (micro-batch, chunk) contexts
     assert _peaks(ok[10]) == _peaks(ok[11]) == [5, 3]
@@ -368,6 +373,30 @@ def test_pretrain_tp_pp_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_p
                       ("params", "optim/exp_avg", "optim/exp_avg_sq"))
 
     _resume_both_ways(run_mpi, tmp_path, 4, mp, "four")
+
+
+def test_pretrain_selective_recompute_tp2_equals_one_process(run_mpi, tmp_path):
+    """run/pretrain.py --tp 2 --recompute --recompute-granularity selective (float64,
+    vit-nano, 2 steps) equals one process without recompute: losses and gradient norms
+    to 1e-10; --audit's activation lines say selective, hold
+    the closed form with the log-sum-exp term and agree with the measurement."""
+    _single("--steps", "2", "--save-every", "-1", "--out", tmp_path / "one")
+    proc = run_mpi(2, [PRETRAIN, *COMMON, "--tp", "2", "--steps", "2", "--recompute",
+                       "--recompute-granularity", "selective", "--audit", "--save-every", "-1",
+                       "--out", tmp_path / "two"], timeout=180)
+    one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
+    assert len(one) == len(two) == 2
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-10)
+    np.testing.assert_allclose([r["grad_norm"] for r in two], [r["grad_norm"] for r in one],
+                               rtol=1e-10)
+    acts = [ln for ln in proc.stdout.splitlines() if "[audit] activations on stage 0" in ln]
+    per = cost.stage_activation_bytes(NANO, 2, 8, blocks=NANO.depth, tp=2,
+                                      recompute="selective")
+    assert len(acts) == 2 and all(ln.endswith(f"= {per:,} B  OK") for ln in acts), acts
+    forms = [ln for ln in proc.stdout.splitlines() if "[audit]   per block" in ln]
+    assert forms and all("+ 8 B T H/tp +" in ln and "recompute selective" in ln
+                         for ln in forms), forms
+    assert "recompute-granularity = \"selective\"" in (tmp_path / "two" / "config.toml").read_text()
 
 
 def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
