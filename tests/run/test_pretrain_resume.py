@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from minivit.checkpoint import latest_valid_checkpoint
@@ -271,6 +272,31 @@ def test_summary_line_of_a_resumed_launch_names_its_steps():
     assert summary_line(fresh, evals, 10) == (
         "after 50 steps: loss 2.0000 -> 1.5000 (-25%); held-out top-1 60.0% -> 62.5% on 10 "
         "classes (chance 10.0%, 200 images)")
+
+
+def test_summary_line_prints_a_single_point_once():
+    """A one-step resume and a launch with one evaluation have one point per trend: it is
+    printed once, not compared with itself ("34.0% at step 9 -> 34.0% at step 9")."""
+    from minivit.parallel.runtime.trainer import summary_line
+    one = [{"step": 16, "loss": 2.0286}]
+    evals = [{"step": 16, "accuracy": 0.34, "samples": 200}]
+    assert summary_line(one, evals, 10, resumed=True) == (
+        "after 16 steps (resumed at step 15): loss 2.0286 at step 16; held-out top-1 34.0% "
+        "at step 16 on 10 classes (chance 10.0%, 200 images)")
+    records = [{"step": 7, "loss": 2.0}, {"step": 9, "loss": 1.0}]
+    line = summary_line(records, [{**evals[0], "step": 9}], 10, resumed=True)
+    assert "loss 2.0000 at step 7 -> 1.0000 at step 9 (-50%); held-out top-1 34.0% at step " \
+           "9 on 10 classes" in line, line
+    assert "-> 34.0%" not in line
+
+
+@pytest.mark.parametrize("last, shown", [(2.004, "+0.2%"), (1.9966, "-0.2%"),
+                                         (2.0, "+0.0%"), (1.5, "-25%"), (2.05, "+2%")])
+def test_summary_line_small_changes_keep_one_decimal(last, shown):
+    """|change| < 1% prints one decimal: a +0.2% change is not "(+0%)"."""
+    from minivit.parallel.runtime.trainer import summary_line
+    records = [{"step": 1, "loss": 2.0}, {"step": 50, "loss": last}]
+    assert summary_line(records, [], 10) == f"after 50 steps: loss 2.0000 -> {last:.4f} ({shown})"
 
 
 def test_layout_change_names_both_layouts_and_the_flags_to_keep_it(tmp_path):
