@@ -174,6 +174,58 @@ def test_resume_flag_layers(tmp_path):
     assert args.out == "cfg-out"                                  # no resume: as before
 
 
+def _usage_error(argv, world_size, capsys):
+    pretrain = _pretrain_module()
+    with pytest.raises(SystemExit) as exit_:
+        pretrain.parse_config(pretrain.build_parser(), list(map(str, argv)), world_size)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_resumed_values_that_no_longer_fit_say_where_they_came_from(tmp_path, capsys):
+    """A tp=2 run resumed by a plain 2-rank launch runs at dp=2, and its saved batch no
+    longer divides: the error names the values taken from OUT/config.toml (not the ones
+    typed) and the fixes that pass: another --micro-batch, or the saved layout."""
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 8\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\npp = 1\n')
+    toml = run / "config.toml"
+    err = _usage_error(["--resume", run], 2, capsys)
+    assert err.split(": error: ")[1] == (
+        "--global-batch 8 is not divisible by --micro-batch 8 x dp 2 = 16: "
+        "expected a multiple of it (global = micro x accumulation x dp) (--global-batch 8 and "
+        f"--micro-batch 8 from {toml}, the run being resumed: type --micro-batch 4, or --tp 2 "
+        "to keep the saved layout)")
+    # a typed value is the user's own: only the other one is attributed to the file
+    err = _usage_error(["--resume", run, "--micro-batch", "8"], 2, capsys)
+    assert f"(--global-batch 8 from {toml}, the run being resumed: type --tp 2 to" in err
+    # another world size: the saved layout needs its own rank count
+    err = _usage_error(["--resume", run], 4, capsys)
+    assert "type --micro-batch 2, or --tp 2 on 2 ranks (mpirun -n 2) to keep the saved" in err
+    # an error about typed values only is left as it was
+    err = _usage_error(["--resume", run, "--micro-batch", "3", "--global-batch", "8"], 2,
+                       capsys)
+    assert err.endswith("(global = micro x accumulation x dp)") and str(toml) not in err
+    # no fix is offered that would fail too
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 4\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\nlr = -1.0\n')
+    err = _usage_error(["--resume", run], 2, capsys)
+    assert err.endswith(f"--lr -1.0: expected a finite number >= 0 (--lr -1.0 from {toml}, "
+                        "the run being resumed)"), err
+
+
+def test_resumed_batch_error_under_mpirun_is_printed_once(run_mpi, tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 8\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\n')
+    proc = run_mpi(2, [PRETRAIN, "--resume", run], timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("type --micro-batch 4, or --tp 2 to keep the saved layout") == 1
+    assert "Traceback" not in proc.stderr
+
+
 def test_resume_alone_reloads_the_runs_flags(tmp_path):
     """--resume OUT alone continues a run of non-default --micro-batch/--global-batch with
     the losses of the uninterrupted run; the `out =` line of the TOML (here: the full run's
