@@ -52,6 +52,8 @@ def test_resume_same_layout_bitwise_and_other_layout_close(run_mpi, tmp_path):
     (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")          # died after step 5
     proc = run_mpi(2, [PRETRAIN, *COMMON, "--zero", "3", "--resume", cut], timeout=180)
     assert proc.stderr.count("skipping invalid checkpoint") == 1, proc.stderr   # rank 0 only
+    assert "[minivit rank 0] warning: skipping invalid checkpoint" in proc.stderr
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
     assert "step_0000006.h5: 5000 bytes, expected" in proc.stderr
     assert "at step 4" in proc.stdout
     resumed = _losses(cut)
@@ -284,6 +286,32 @@ def test_resume_alone_reloads_the_runs_flags(tmp_path):
     assert {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()} == snapshot
     assert sorted(p.name for p in (full / "ckpt").iterdir()) == ["step_0000002.h5",
                                                                    "step_0000004.h5"]
+
+
+def test_no_valid_checkpoint_warns_and_errs_in_minivit_lines(tmp_path):
+    """A damaged file is skipped with a `[minivit rank 0] warning:` line (not Python's
+    warning with its source line); the error says what the folder held and that a run
+    saves its last step by default (not only with --save-every)."""
+    flags = ["--model", "vit-nano", "--data", "random", "--threads", "1"]
+    damaged = tmp_path / "damaged"
+    (damaged / "ckpt").mkdir(parents=True)
+    (damaged / "ckpt" / "step_0000002.h5").write_bytes(b"\x89HDF junk")
+    proc = _single([*flags, "--resume", damaged])
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("[minivit rank 0] warning: skipping invalid checkpoint "
+                               f"{damaged / 'ckpt' / 'step_0000002.h5'}: "), proc.stderr
+    assert lines[1] == (f"[minivit rank 0] error: no valid checkpoint in {damaged / 'ckpt'}: "
+                        "its only step_XXXXXXX.h5 file did not open and verify (warning "
+                        "above); a run saves one at its last step (and every K steps with "
+                        "--save-every K) unless --save-every -1"), proc.stderr
+    assert len(lines) == 2
+    empty = tmp_path / "empty"
+    (empty / "ckpt").mkdir(parents=True)
+    proc = _single([*flags, "--resume", empty])
+    assert proc.returncode == 1
+    assert f"no valid checkpoint in {empty / 'ckpt'}: it holds no step_XXXXXXX.h5 file;" \
+        in proc.stderr and "warning" not in proc.stderr
 
 
 def test_refused_resume_leaves_the_run_untouched(tmp_path):
