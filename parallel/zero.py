@@ -244,6 +244,26 @@ class ZeroOptimizer:
         return self._gather_full(self.param_shard)
 
 
+def check_gradient_sync(zero, overlap, schedule="1f1b", pp=1):
+    """ValueError (naming the flags) for a ZeRO stage, ``--overlap`` and a pipeline
+    schedule that cannot run together; the one check of run/pretrain.py and run/plan.py.
+
+    ZB-H1 (pp > 1) runs the weight-gradient passes after the input backward, while
+    ZeRO-2/3 and ``--overlap`` reduce a unit's gradient right after its whole
+    backward; ``--overlap`` applies to stages 0-1 only (stages 2-3 reduce-scatter
+    each unit inside its backward already).
+    """
+    if pp > 1 and schedule == "zb-h1" and (zero >= 2 or overlap):
+        raise ValueError(f"--schedule zb-h1 with --zero {zero}"
+                         f"{' --overlap' if overlap else ''}: the weight-gradient "
+                         "passes run after the input backward, and ZeRO-2/3 and --overlap "
+                         "reduce a unit's gradient right after its whole backward; "
+                         "expected --zero 0 or 1 without --overlap")
+    if overlap and zero >= 2:
+        raise ValueError(f"--overlap --zero {zero}: overlap applies to ZeRO 0-1 "
+                         "(stages 2-3 reduce-scatter each unit inside its backward already)")
+
+
 def heap_array(name, n, dtype, values=None):
     """The default ``allocate`` of :class:`ZeroOptimizer`: ``values`` itself, or zeros.
 

@@ -33,10 +33,16 @@ SUBCOMMANDS = {
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("\nsubcommands: " + ", ".join(SUBCOMMANDS))
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        if _launcher_rank()[0] == 0:      # under mpirun: one copy of the message
+            print(f"bench.py: error: unknown subcommand {argv[0]!r} (expected one of "
+                  f"{', '.join(SUBCOMMANDS)}; python run/bench.py --help describes them)",
+                  file=sys.stderr, flush=True)
+        return 2
     if argv[0] == "train":
         return _train(argv[1:])
     module = importlib.import_module(SUBCOMMANDS[argv[0]])
@@ -50,16 +56,24 @@ def _train(argv):
     args = bench.parse_args(argv)
     if args.dp > 1:
         return importlib.import_module("minivit.parallel.tools.bench_dp").main(args)
-    # under mpirun without --dp every rank would run its own benchmark on shared cores;
-    # MPICH's launcher tells each rank the job size in PMI_SIZE (Open MPI: OMPI_COMM_WORLD_SIZE)
-    size = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
+    # under mpirun without --dp every rank would run its own benchmark on shared cores
+    rank, size = _launcher_rank()
     if size > 1:
-        rank = int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
         if rank == 0:
             print(f"bench.py train: error: {size} MPI ranks but --dp 1: expected "
                   f"--dp {size} (or no mpirun)", file=sys.stderr, flush=True)
         return 2
     return bench.run(args)
+
+
+def _launcher_rank():
+    """``(rank, size)`` the MPI launcher gave this process, without importing MPI:
+    MPICH's launcher sets PMI_RANK / PMI_SIZE, Open MPI's OMPI_COMM_WORLD_RANK / _SIZE;
+    ``(0, 1)`` outside mpirun."""
+    env = os.environ
+    size = int(env.get("PMI_SIZE") or env.get("OMPI_COMM_WORLD_SIZE") or 1)
+    rank = int(env.get("PMI_RANK") or env.get("OMPI_COMM_WORLD_RANK") or 0)
+    return rank, size
 
 
 if __name__ == "__main__":

@@ -74,6 +74,20 @@ def parse_args(argv):
     return args
 
 
+# plan.py's integer flags: (attribute, smallest value); None (not given) passes
+POSITIVE_FLAGS = ("nodes", "dp", "tp", "pp", "micro_batch", "accum", "ranks_per_node",
+                  "virtual_stages", "global_batch")
+
+
+def check_numbers(args):
+    """ValueError naming plan.py's own flag for an integer flag below 1 (checked before
+    any arithmetic, so no division by zero and no negative step time)."""
+    for name in POSITIVE_FLAGS:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+
+
 def _human(nbytes):
     """Bytes in GiB, MiB or KiB, whichever keeps 3 significant digits visible."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -195,6 +209,7 @@ def scaling(args, machine):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_numbers(args)
         machine = plan_model.load_machine(args.machine)
         if args.strong_scaling:
             return scaling(args, machine)

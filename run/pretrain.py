@@ -25,13 +25,13 @@ from pathlib import Path
 from minivit.checkpoint import CheckpointError
 from minivit.parallel.grid import ProcessGrid
 from minivit.parallel.model_parallel import build_model
-from minivit.parallel.runtime.cliconfig import toml_defaults
+from minivit.parallel.runtime.cliconfig import toml_defaults, typed_dests
 from minivit.parallel.runtime.config import PretrainConfig, add_flags
 from minivit.parallel.runtime.data import pretrain_data
 from minivit.parallel.runtime.guard import install_guard, usage_from_rank0
 from minivit.parallel.runtime.launch import announce, default_threads, open_world
 from minivit.parallel.runtime.preempt import INTERACTIVE_SIGNALS, Preemption
-from minivit.parallel.runtime.resume import layout_change, resume_point
+from minivit.parallel.runtime.resume import explain_resumed_values, layout_change, resume_point
 from minivit.parallel.runtime.trainer import Trainer
 from minivit.threads import limit_threads
 
@@ -57,6 +57,7 @@ def parse_args(parser, argv=None):
 
     With a resume, ``out`` is the resumed folder unless ``--out`` is typed on the command
     line (an ``out`` key in ``--config FILE`` does not redirect a resume).
+    ``args.resumed``: ``{dest: value}`` of the flags taken from ``RESUME/config.toml``.
     """
     typed, _ = parser.parse_known_args(argv)     # no set_defaults yet: only typed values
     layer = toml_defaults(parser, typed.config) if typed.config else {}
@@ -67,8 +68,10 @@ def parse_args(parser, argv=None):
                              flag=f"--resume {resume}:")
         for key in RESUME_IGNORED:
             base.pop(key, None)
+    typed_now = typed_dests(parser, argv)      # before set_defaults: argparse keeps those
     parser.set_defaults(**{**base, **layer})
     args = parser.parse_args(argv)
+    args.resumed = {k: v for k, v in base.items() if k not in layer and k not in typed_now}
     if args.resume is not None:
         args.out = typed.out if typed.out is not None else args.resume
     return args
@@ -76,10 +79,13 @@ def parse_args(parser, argv=None):
 
 def parse_config(parser, argv, world_size):
     """The validated ``PretrainConfig`` of ``argv``; a bad value is a usage error (exit 2)."""
+    args = parse_args(parser, argv)
+    cfg = PretrainConfig.from_namespace(args)
     try:
-        return PretrainConfig.from_namespace(parse_args(parser, argv)).validate(world_size)
-    except ValueError as exc:
-        parser.error(str(exc))
+        return cfg.validate(world_size)
+    except ValueError as exc:     # values the user did not type: say where they came from
+        parser.error(explain_resumed_values(str(exc), args.resume, args.resumed, cfg,
+                                            world_size) if args.resumed else str(exc))
 
 
 def pretrain(cfg, world_comm, guard):

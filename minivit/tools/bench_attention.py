@@ -27,27 +27,56 @@ from ..threads import limit_threads
 
 
 def _shape(spec):
-    preset, _, batch = spec.partition(":")
-    if preset not in PRESETS or not batch.isdigit() or int(batch) < 1:
+    """``"PRESET:BATCH"`` -> ``(preset, B, T, H, head_dim)``; ArgumentTypeError naming
+    the part that is wrong (the form, the preset or the batch)."""
+    preset, colon, batch = spec.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected PRESET:BATCH, e.g. vit-tiny:32")
+    if preset not in PRESETS:
         raise argparse.ArgumentTypeError(
-            f"{spec!r}: expected PRESET:BATCH with a preset of {sorted(PRESETS)}")
+            f"{spec!r}: unknown preset {preset!r}, expected one of {sorted(PRESETS)}")
+    if not batch.isdigit() or int(batch) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: batch {batch!r}: expected a positive integer (images per call)")
     c = get_config(preset)
     return preset, int(batch), c.seq_len, c.heads, c.dim // c.heads
 
 
+def _count(minimum):
+    """argparse type: an integer >= ``minimum`` (the message names the value)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def parse_args(argv):
     """Namespace with shapes [(preset, B, T, H, hd)], threads, rounds, warmup, json."""
-    ap = argparse.ArgumentParser(prog="bench.py attention", description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="vit-tiny:32,vit-micro:128",
-                    type=lambda s: [_shape(x) for x in s.split(",")])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    if args.threads < 1 or args.rounds < 1 or args.warmup < 0:
-        ap.error("expected --threads >= 1, --rounds >= 1, --warmup >= 0")
-    return args
+    ap = argparse.ArgumentParser(
+        prog="bench.py attention",
+        description="The attention core of minivit (forward + backward) against PyTorch's "
+                    "scaled_dot_product_attention on the same shapes, alternated round by "
+                    "round; prints the medians, their ratio and GFLOP/s.")
+    ap.add_argument("--shapes", default="vit-tiny:32,vit-micro:128", metavar="PRESET:BATCH,...",
+                    type=lambda s: [_shape(x) for x in s.split(",")],
+                    help="comma-separated PRESET:BATCH pairs: a model preset (its tokens, "
+                         f"heads and head size; one of {', '.join(sorted(PRESETS))}) and the "
+                         "batch B per call (default: %(default)s)")
+    ap.add_argument("--threads", type=_count(1), default=os.cpu_count() or 1,
+                    help="BLAS and Numba threads, for both sides (default: the cores, "
+                         "%(default)s)")
+    ap.add_argument("--rounds", type=_count(1), default=7,
+                    help="timed rounds, one call of each side per round (default: %(default)s)")
+    ap.add_argument("--warmup", type=_count(0), default=1,
+                    help="untimed rounds before them (default: %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return ap.parse_args(argv)
 
 
 def _torch_sdpa_step(b, t, h, hd, seed):

@@ -21,11 +21,14 @@ A layout plugs in through a *state adapter* with this interface:
 a tensor- or pipeline-parallel adapter only changes *where* the slices live.
 """
 import json
+import os
+import sys
+import warnings
 
 import numpy as np
 
 from minivit.checkpoint import (CheckpointError, CheckpointReader, CheckpointWriter,
-                                latest_valid_checkpoint)
+                                latest_valid_checkpoint, list_checkpoints)
 from minivit.checkpoint_state import check_compatible
 
 
@@ -208,17 +211,27 @@ def save_checkpoint(path, adapter, world, meta):
 def find_resume_checkpoint(directory, world):
     """Path of the newest valid checkpoint in ``directory``, chosen by rank 0, on every rank.
 
-    Invalid newer files are skipped with a warning (printed once, by rank 0).
-    Raises CheckpointError on every rank if none is valid.
+    Invalid newer files are skipped with a ``[minivit rank 0] warning: ...`` line each on
+    stderr (printed once, by rank 0).  Raises CheckpointError on every rank if none is valid.
     """
-    path = ""
+    path, found = "", 0
     if world.rank == 0:
-        found = latest_valid_checkpoint(directory)
-        path = "" if found is None else str(found)
-    path = broadcast_text(world, path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            best = latest_valid_checkpoint(directory)
+        for w in caught:        # the library's UserWarning, in the runtime's own words
+            print(f"[minivit rank 0] warning: {w.message}", file=sys.stderr, flush=True)
+        path = "" if best is None else str(best)
+        found = len(list_checkpoints(directory)) if os.path.isdir(directory) else -1
+    path, found = json.loads(broadcast_text(world, json.dumps([path, found])))
     if not path:
-        raise CheckpointError(f"no valid checkpoint in {directory} (expected step_XXXXXXX.h5 "
-                              "files written by --save-every)")
+        what = {-1: "no such folder", 0: "it holds no step_XXXXXXX.h5 file",
+                1: "its only step_XXXXXXX.h5 file did not open and verify (warning above)"}.get(
+            found, f"none of its {found} step_XXXXXXX.h5 files opened and verified "
+                   "(warnings above)")
+        raise CheckpointError(f"no valid checkpoint in {directory}: {what}; a run saves one "
+                              "at its last step (and every K steps with --save-every K) "
+                              "unless --save-every -1")
     return path
 
 

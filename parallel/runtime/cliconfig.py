@@ -109,6 +109,21 @@ def parse_with_config(parser, argv=None):
     return parser.parse_args(argv)
 
 
+def typed_dests(parser, argv):
+    """The ``dest`` of every flag typed in ``argv`` (whatever the defaults say).  Call it
+    before ``parser.set_defaults``: argparse fills a namespace from those too."""
+    actions = list(_actions(parser).values())
+    saved = [a.default for a in actions]
+    try:
+        for a in actions:
+            a.default = argparse.SUPPRESS      # a flag not typed leaves no attribute
+        typed, _ = parser.parse_known_args(argv, argparse.Namespace())
+    finally:
+        for a, default in zip(actions, saved):
+            a.default = default
+    return set(vars(typed))
+
+
 def _toml_value(value):
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -31,6 +31,7 @@ from minivit.io.sources import SYNTHETIC_KINDS, check_source, synthetic_params
 from ..grid import validate_layout
 from ..pipeline import SCHEDULES, check_schedule
 from ..sequence_parallel import tokens_per_rank
+from ..zero import check_gradient_sync
 
 
 def flag(default, help, **argparse_kwargs):
@@ -256,18 +257,10 @@ class TrainConfig:
                                  "expected pp <= depth (each stage holds at least one block)")
         if self.sequence_parallel:
             self._check_sequence_parallel()
-        if self.pp > 1 and self.schedule == "zb-h1" and (self.zero >= 2 or self.overlap):
-            raise ValueError(f"--schedule zb-h1 with --zero {self.zero}"
-                             f"{' --overlap' if self.overlap else ''}: the weight-gradient "
-                             "passes run after the input backward, and ZeRO-2/3 and --overlap "
-                             "reduce a unit's gradient right after its whole backward; "
-                             "expected --zero 0 or 1 without --overlap")
+        check_gradient_sync(self.zero, self.overlap, self.schedule, self.pp)
         if self.optimizer == "sgd" and self.zero:
             raise ValueError(f"--optimizer sgd --zero {self.zero}: ZeRO here shards AdamW "
                              "state; expected --optimizer adamw or --zero 0")
-        if self.overlap and self.zero >= 2:
-            raise ValueError(f"--overlap --zero {self.zero}: overlap applies to ZeRO 0-1 "
-                             "(stages 2-3 reduce-scatter each unit inside its backward already)")
         if not self.bucket_mb > 0:
             raise ValueError(f"--bucket-mb {self.bucket_mb}: expected a positive size")
         if self.recompute_granularity is not None and not self.recompute:

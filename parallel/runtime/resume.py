@@ -6,7 +6,10 @@ non-finite step before asking, so a checkpoint is only ever written after a
 step whose loss was finite.  The write itself is atomic
 (``minivit.checkpoint.CheckpointWriter``: a temporary file, fsync, rename).
 """
+import dataclasses
 import json
+import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -167,9 +170,7 @@ def layout_change(run_dir, cfg):
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         return None
-    with open(path, "rb") as f:     # already read and checked as the flags' base layer
-        saved = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
-    old, new = describe_layout(saved), describe_layout(vars(cfg))
+    old, new = describe_layout(_saved_flags(path)), describe_layout(vars(cfg))
     if "dp" not in old:
         del new["dp"]               # a hand-written file: nothing to compare dp with
     if old.get("timeline") is None:   # a chart only this launch draws changes no layout
@@ -177,12 +178,69 @@ def layout_change(run_dir, cfg):
         new.pop("timeline", None)
     if old == new:
         return None
-    # dp follows from the world size and tp x pp; the other keys are typed again
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in old.items()
-             if k != "dp" and v is not None and v != new.get(k, LAYOUT_DEFAULTS[k])]
+    flags = _keep_flags(old, new)
     how = [f"type {' '.join(flags)}"] if flags else ["run"]
     world = old["dp"] * old["tp"] * old["pp"] if "dp" in old else None
     if world is not None and world != cfg.dp * cfg.tp * cfg.pp:
         how.append(f"on {world} rank{'s' if world > 1 else ''} (mpirun -n {world})")
     return (f"resuming {run_dir} in layout {_layout_text(new)} (saved at "
             f"{_layout_text(old)}); {' '.join(how)} to keep it")
+
+
+def _saved_flags(path):
+    with open(path, "rb") as f:     # already read and checked as the flags' base layer
+        return {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+
+
+def _keep_flags(old, new):
+    """The flags that turn layout ``new`` into the saved ``old`` (dp follows from the
+    world size and tp x pp; the other keys are typed again)."""
+    return [f"--{k.replace('_', '-')} {v}" for k, v in old.items()
+            if k != "dp" and v is not None and v != new.get(k, LAYOUT_DEFAULTS[k])]
+
+
+def explain_resumed_values(message, run_dir, resumed, cfg, world_size):
+    """``message`` (a flag check's error) followed by which of the values it names this
+    launch took from ``run_dir/config.toml`` (not typed, not in ``--config``) and what to
+    type instead; ``message`` unchanged when it names none of them.
+
+    resumed : ``{flag dest: value}`` taken from the saved config.  cfg : this launch's
+    config before validation (its ``dp`` may be None).  A run saved at ``--tp 2`` and
+    resumed by a plain ``mpirun -n 2`` runs at dp=2, so its saved ``--global-batch 8``
+    and ``--micro-batch 8`` no longer fit: the user typed neither, so say where they
+    came from, and how to keep them.  A fix is offered only when the config passes
+    with it: another ``--micro-batch`` in this launch, or the saved layout.
+    """
+    named = []
+    for name in re.findall(r"--([a-z][a-z0-9-]*)", message):
+        dest = name.replace("-", "_")
+        if dest in resumed and dest not in named:
+            named.append(dest)
+    if not named:
+        return message
+    path = Path(run_dir) / "config.toml"
+    values = " and ".join(f"--{d.replace('_', '-')} {resumed[d]}" for d in named)
+    fixes = []
+    dp = cfg.dp or world_size // max(1, cfg.tp * cfg.pp)
+    if "micro_batch" in named and cfg.global_batch and dp and cfg.global_batch % dp == 0:
+        micro = math.gcd(cfg.micro_batch, cfg.global_batch // dp)
+        if _passes(dataclasses.replace(cfg, micro_batch=micro), world_size):
+            fixes.append(f"type --micro-batch {micro}")
+    saved = describe_layout(_saved_flags(path)) if path.is_file() else {}
+    keep = _keep_flags(saved, describe_layout(vars(cfg)))
+    world = saved["dp"] * saved["tp"] * saved["pp"] if "dp" in saved else world_size
+    layout = {k: v for k, v in saved.items() if k != "dp"}
+    if keep and _passes(dataclasses.replace(cfg, dp=None, **layout), world):
+        ranks = f" on {world} ranks (mpirun -n {world})" if world != world_size else ""
+        fixes.append(f"{'or ' if fixes else 'type '}{' '.join(keep)}{ranks} to keep the "
+                     "saved layout")
+    how = f": {', '.join(fixes)}" if fixes else ""
+    return f"{message} ({values} from {path}, the run being resumed{how})"
+
+
+def _passes(cfg, world_size):
+    try:
+        cfg.validate(world_size)
+    except ValueError:
+        return False
+    return True

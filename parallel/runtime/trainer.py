@@ -289,16 +289,31 @@ def summary_line(records, evals, num_classes, resumed=False):
     records, evals : this launch's train and eval records (non-empty ``records``).
     A resumed launch starts at the checkpoint's step, not at step 1 (and has no
     step-0 evaluation), so its trends name the step each end was measured at.
+    A trend with one point (a one-step resume, a single evaluation) is printed as
+    that one value, never as a value compared with itself.
     """
     step, first, last = records[-1]["step"], records[0]["loss"], records[-1]["loss"]
-    fall = (f" ({(last - first) / first:+.0%})" if math.isfinite(first) and first > 0
-            else "")
 
     def at(record):    # only when not implied: a fresh run counts from step 1 (eval 0)
         return f" at step {record['step']}" if resumed else ""
+
+    def trend(a, b, text):     # "A at step i -> B at step j", or "A at step i" alone
+        one = a["step"] == b["step"]
+        return f"{text(a)}{at(a)}" + ("" if one else f" -> {text(b)}{at(b)}")
     since = f" (resumed at step {records[0]['step'] - 1})" if resumed else ""
-    held = (f"; held-out top-1 {evals[0]['accuracy']:.1%}{at(evals[0])} -> "
-            f"{evals[-1]['accuracy']:.1%}{at(evals[-1])} on {num_classes} classes (chance "
-            f"{1 / num_classes:.1%}, {evals[-1]['samples']} images)" if evals else "")
-    return (f"after {step} steps{since}: loss {first:.4f}{at(records[0])} -> "
-            f"{last:.4f}{at(records[-1])}{fall}{held}")
+    loss = trend(records[0], records[-1], lambda r: f"{r['loss']:.4f}")
+    if records[0]["step"] != records[-1]["step"] and math.isfinite(first) and first > 0:
+        loss += f" ({percent_change(first, last)})"
+    held = ""
+    if evals:
+        top1 = trend(evals[0], evals[-1], lambda e: f"{e['accuracy']:.1%}")
+        held = (f"; held-out top-1 {top1} on {num_classes} classes (chance "
+                f"{1 / num_classes:.1%}, {evals[-1]['samples']} images)")
+    return f"after {step} steps{since}: loss {loss}{held}"
+
+
+def percent_change(first, last):
+    """``(last - first) / first`` as a signed percentage: one decimal below 1% in size
+    (``+0.2%``, ``-0.2%``), whole percents above (``-25%``)."""
+    change = (last - first) / first
+    return f"{change:+.1%}" if abs(change) < 0.01 else f"{change:+.0%}"

@@ -41,6 +41,7 @@ from .. import cost
 from ..grid import validate_layout
 from ..sequence_parallel import tokens_per_rank
 from ..pipeline import bubble_fraction, check_schedule, in_flight_peak, pipeline_ops
+from ..zero import check_gradient_sync
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 MACHINE_DIR = Path(__file__).resolve().parents[2] / "run" / "machines"
@@ -187,6 +188,7 @@ def plan_step(layout, machine, source="--accum"):
     if lay.sequence_parallel:
         tokens_per_rank(cfg.seq_len, lay.tp)      # ValueError for tp 1 or a padding-only rank
     _check_interleaved(lay, cfg, source)
+    check_gradient_sync(lay.zero, lay.overlap, lay.schedule, lay.pp)   # pretrain.py's check
     item = ITEMSIZE[lay.dtype]
     sizes = cost.vit_unit_sizes(cfg)
     psi = sum(sizes)

@@ -2,6 +2,8 @@
 import runpy
 from pathlib import Path
 
+import pytest
+
 PLAN = runpy.run_path(str(Path(__file__).resolve().parents[2] / "run" / "plan.py"))
 
 def test_plan_vit_base_zero3(capsys):
@@ -41,3 +43,57 @@ def test_plan_schedule_errors_name_plan_flags(capsys):
     assert PLAN["main"](sweep) == 2
     assert ("micro-batches = --global-batch 40 / (--micro-batch 4 x dp 1) at 4 nodes)"
             in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pp", "0"], "--pp 0: expected a positive integer"),
+    (["--tp", "0"], "--tp 0: expected a positive integer"),
+    (["--pp", "-4"], "--pp -4: expected a positive integer"),
+    (["--nodes", "0"], "--nodes 0: expected a positive integer"),
+    (["--dp", "0"], "--dp 0: expected a positive integer"),
+    (["--ranks-per-node", "0"], "--ranks-per-node 0: expected a positive integer"),
+    (["--ranks-per-node", "-2"], "--ranks-per-node -2: expected a positive integer"),
+    (["--accum", "-1"], "--accum -1: expected a positive integer"),
+    (["--micro-batch", "0"], "--micro-batch 0: expected a positive integer"),
+    (["--micro-batch", "-4"], "--micro-batch -4: expected a positive integer"),
+    (["--virtual-stages", "0"], "--virtual-stages 0: expected a positive integer"),
+])
+def test_plan_numeric_flags_name_plan_flag(capsys, flags, message):
+    """An integer flag below 1 is a usage error naming plan.py's flag (no traceback, no
+    ZeroDivisionError, no negative step time printed with exit 0)."""
+    base = ["--nodes", "4"] if "--nodes" not in flags else []
+    assert PLAN["main"]([*base, *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"plan.py: error: {message}", captured.err
+    assert captured.out == ""
+
+
+def test_plan_numeric_flags_in_a_sweep(capsys):
+    assert PLAN["main"](["--strong-scaling", "1,2", "--ranks-per-node", "0"]) == 2
+    assert "--ranks-per-node 0: expected a positive integer" in capsys.readouterr().err
+    assert PLAN["main"](["--strong-scaling", "1,2", "--global-batch", "-64"]) == 2
+    assert "--global-batch -64: expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, fields, message", [
+    (["--schedule", "zb-h1", "--zero", "2"], dict(schedule="zb-h1", zero=2),
+     "--schedule zb-h1 with --zero 2:"),
+    (["--schedule", "zb-h1", "--zero", "3"], dict(schedule="zb-h1", zero=3),
+     "--schedule zb-h1 with --zero 3:"),
+    (["--schedule", "zb-h1", "--overlap"], dict(schedule="zb-h1", overlap=True),
+     "--schedule zb-h1 with --zero 0 --overlap:"),
+    (["--overlap", "--zero", "2"], dict(overlap=True, zero=2),
+     "--overlap --zero 2: overlap applies to ZeRO 0-1"),
+])
+def test_plan_refuses_what_pretrain_refuses(capsys, flags, fields, message):
+    """plan.py (one layout and a sweep) and TrainConfig.validate share
+    zero.check_gradient_sync: the same refusal, the same words."""
+    from minivit.parallel.runtime.config import TrainConfig
+    assert PLAN["main"](["--nodes", "4", "--pp", "2", "--accum", "4", *flags]) == 2
+    assert message in capsys.readouterr().err
+    sweep = ["--strong-scaling", "4", "--pp", "2", "--global-batch", "256", "--micro-batch", "4"]
+    assert PLAN["main"]([*sweep, *flags]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError) as exc:
+        TrainConfig(pp=2, global_batch=64, micro_batch=8, **fields).validate(4)
+    assert message in str(exc.value)

@@ -25,3 +25,33 @@ def test_bad_flags_are_usage_errors(flags):
     with pytest.raises(SystemExit) as exc:
         parse_args(flags)
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shapes", "vit-tiny:0"], "argument --shapes: 'vit-tiny:0': batch '0': expected a "
+                                 "positive integer"),
+    (["--shapes", "vit-tiny:32,vit-nope:2"], "'vit-nope:2': unknown preset 'vit-nope'"),
+    (["--shapes", "vit-tiny"], "'vit-tiny': expected PRESET:BATCH, e.g. vit-tiny:32"),
+    (["--threads", "0"], "argument --threads: 0: expected an integer >= 1"),
+    (["--rounds", "0"], "argument --rounds: 0: expected an integer >= 1"),
+    (["--warmup", "-1"], "argument --warmup: -1: expected an integer >= 0"),
+    (["--rounds", "x"], "argument --rounds: 'x': expected an integer"),
+])
+def test_usage_errors_name_the_flag_value_and_the_wrong_part(capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "--rounds >= 1, --warmup" not in err       # not one message for every flag
+
+
+def test_help_describes_every_option(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "against PyTorch's scaled_dot_product_attention on the same shapes" in out
+    assert "comma-separated PRESET:BATCH pairs" in out
+    for flag in ("--threads THREADS BLAS", "--rounds ROUNDS timed", "--warmup WARMUP untimed",
+                 "--json print"):
+        assert flag in out, out

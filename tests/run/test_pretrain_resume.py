@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from minivit.checkpoint import latest_valid_checkpoint
@@ -51,6 +52,8 @@ def test_resume_same_layout_bitwise_and_other_layout_close(run_mpi, tmp_path):
     (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")          # died after step 5
     proc = run_mpi(2, [PRETRAIN, *COMMON, "--zero", "3", "--resume", cut], timeout=180)
     assert proc.stderr.count("skipping invalid checkpoint") == 1, proc.stderr   # rank 0 only
+    assert "[minivit rank 0] warning: skipping invalid checkpoint" in proc.stderr
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
     assert "step_0000006.h5: 5000 bytes, expected" in proc.stderr
     assert "at step 4" in proc.stdout
     resumed = _losses(cut)
@@ -173,6 +176,58 @@ def test_resume_flag_layers(tmp_path):
     assert args.out == "cfg-out"                                  # no resume: as before
 
 
+def _usage_error(argv, world_size, capsys):
+    pretrain = _pretrain_module()
+    with pytest.raises(SystemExit) as exit_:
+        pretrain.parse_config(pretrain.build_parser(), list(map(str, argv)), world_size)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_resumed_values_that_no_longer_fit_say_where_they_came_from(tmp_path, capsys):
+    """A tp=2 run resumed by a plain 2-rank launch runs at dp=2, and its saved batch no
+    longer divides: the error names the values taken from OUT/config.toml (not the ones
+    typed) and the fixes that pass: another --micro-batch, or the saved layout."""
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 8\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\npp = 1\n')
+    toml = run / "config.toml"
+    err = _usage_error(["--resume", run], 2, capsys)
+    assert err.split(": error: ")[1] == (
+        "--global-batch 8 is not divisible by --micro-batch 8 x dp 2 = 16: "
+        "expected a multiple of it (global = micro x accumulation x dp) (--global-batch 8 and "
+        f"--micro-batch 8 from {toml}, the run being resumed: type --micro-batch 4, or --tp 2 "
+        "to keep the saved layout)")
+    # a typed value is the user's own: only the other one is attributed to the file
+    err = _usage_error(["--resume", run, "--micro-batch", "8"], 2, capsys)
+    assert f"(--global-batch 8 from {toml}, the run being resumed: type --tp 2 to" in err
+    # another world size: the saved layout needs its own rank count
+    err = _usage_error(["--resume", run], 4, capsys)
+    assert "type --micro-batch 2, or --tp 2 on 2 ranks (mpirun -n 2) to keep the saved" in err
+    # an error about typed values only is left as it was
+    err = _usage_error(["--resume", run, "--micro-batch", "3", "--global-batch", "8"], 2,
+                       capsys)
+    assert err.endswith("(global = micro x accumulation x dp)") and str(toml) not in err
+    # no fix is offered that would fail too
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 4\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\nlr = -1.0\n')
+    err = _usage_error(["--resume", run], 2, capsys)
+    assert err.endswith(f"--lr -1.0: expected a finite number >= 0 (--lr -1.0 from {toml}, "
+                        "the run being resumed)"), err
+
+
+def test_resumed_batch_error_under_mpirun_is_printed_once(run_mpi, tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "vit-nano"\nmicro-batch = 8\n'
+                                     'global-batch = 8\ndp = 1\ntp = 2\n')
+    proc = run_mpi(2, [PRETRAIN, "--resume", run], timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("type --micro-batch 4, or --tp 2 to keep the saved layout") == 1
+    assert "Traceback" not in proc.stderr
+
+
 def test_resume_alone_reloads_the_runs_flags(tmp_path):
     """--resume OUT alone continues a run of non-default --micro-batch/--global-batch with
     the losses of the uninterrupted run; the `out =` line of the TOML (here: the full run's
@@ -233,6 +288,32 @@ def test_resume_alone_reloads_the_runs_flags(tmp_path):
                                                                    "step_0000004.h5"]
 
 
+def test_no_valid_checkpoint_warns_and_errs_in_minivit_lines(tmp_path):
+    """A damaged file is skipped with a `[minivit rank 0] warning:` line (not Python's
+    warning with its source line); the error says what the folder held and that a run
+    saves its last step by default (not only with --save-every)."""
+    flags = ["--model", "vit-nano", "--data", "random", "--threads", "1"]
+    damaged = tmp_path / "damaged"
+    (damaged / "ckpt").mkdir(parents=True)
+    (damaged / "ckpt" / "step_0000002.h5").write_bytes(b"\x89HDF junk")
+    proc = _single([*flags, "--resume", damaged])
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("[minivit rank 0] warning: skipping invalid checkpoint "
+                               f"{damaged / 'ckpt' / 'step_0000002.h5'}: "), proc.stderr
+    assert lines[1] == (f"[minivit rank 0] error: no valid checkpoint in {damaged / 'ckpt'}: "
+                        "its only step_XXXXXXX.h5 file did not open and verify (warning "
+                        "above); a run saves one at its last step (and every K steps with "
+                        "--save-every K) unless --save-every -1"), proc.stderr
+    assert len(lines) == 2
+    empty = tmp_path / "empty"
+    (empty / "ckpt").mkdir(parents=True)
+    proc = _single([*flags, "--resume", empty])
+    assert proc.returncode == 1
+    assert f"no valid checkpoint in {empty / 'ckpt'}: it holds no step_XXXXXXX.h5 file;" \
+        in proc.stderr and "warning" not in proc.stderr
+
+
 def test_refused_resume_leaves_the_run_untouched(tmp_path):
     run = tmp_path / "run"
     proc = _single([*COMMON, "--steps", "2", "--out", run])
@@ -271,6 +352,31 @@ def test_summary_line_of_a_resumed_launch_names_its_steps():
     assert summary_line(fresh, evals, 10) == (
         "after 50 steps: loss 2.0000 -> 1.5000 (-25%); held-out top-1 60.0% -> 62.5% on 10 "
         "classes (chance 10.0%, 200 images)")
+
+
+def test_summary_line_prints_a_single_point_once():
+    """A one-step resume and a launch with one evaluation have one point per trend: it is
+    printed once, not compared with itself ("34.0% at step 9 -> 34.0% at step 9")."""
+    from minivit.parallel.runtime.trainer import summary_line
+    one = [{"step": 16, "loss": 2.0286}]
+    evals = [{"step": 16, "accuracy": 0.34, "samples": 200}]
+    assert summary_line(one, evals, 10, resumed=True) == (
+        "after 16 steps (resumed at step 15): loss 2.0286 at step 16; held-out top-1 34.0% "
+        "at step 16 on 10 classes (chance 10.0%, 200 images)")
+    records = [{"step": 7, "loss": 2.0}, {"step": 9, "loss": 1.0}]
+    line = summary_line(records, [{**evals[0], "step": 9}], 10, resumed=True)
+    assert "loss 2.0000 at step 7 -> 1.0000 at step 9 (-50%); held-out top-1 34.0% at step " \
+           "9 on 10 classes" in line, line
+    assert "-> 34.0%" not in line
+
+
+@pytest.mark.parametrize("last, shown", [(2.004, "+0.2%"), (1.9966, "-0.2%"),
+                                         (2.0, "+0.0%"), (1.5, "-25%"), (2.05, "+2%")])
+def test_summary_line_small_changes_keep_one_decimal(last, shown):
+    """|change| < 1% prints one decimal: a +0.2% change is not "(+0%)"."""
+    from minivit.parallel.runtime.trainer import summary_line
+    records = [{"step": 1, "loss": 2.0}, {"step": 50, "loss": last}]
+    assert summary_line(records, [], 10) == f"after 50 steps: loss 2.0000 -> {last:.4f} ({shown})"
 
 
 def test_layout_change_names_both_layouts_and_the_flags_to_keep_it(tmp_path):
