@@ -5,6 +5,7 @@
     python run/bench.py io     [--json]     # tar loader vs webdataset vs loose files
     python run/bench.py train  [...]        # training step vs PyTorch
     python run/bench.py attention [...]     # attention core vs PyTorch SDPA
+    python run/bench.py selective [...]     # attention core: keep P vs selective recompute
     python run/bench.py scaling [...]       # strong scaling over MPI ranks
     python run/bench.py memory [...]        # recompute activation bytes, offload RSS
     python run/bench.py rankmem [...]       # peak RSS per MPI rank vs plan.py (issue 15)
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "io": "minivit.io.bench",
     "train": "minivit.tools.bench",
     "attention": "minivit.tools.bench_attention",
+    "selective": "minivit.tools.bench_selective",
     "scaling": "minivit.parallel.tools.bench_scaling",
     "memory": "minivit.parallel.tools.bench_memory",
     "rankmem": "minivit.parallel.tools.bench_rankmem",

@@ -2,15 +2,13 @@
 (``kernels_attention``) against the log-sum-exp one (``kernels_attention_lse``),
 forward and backward per layer, alternated round by round on the same inputs.
 
-    python -m minivit.tools.bench_selective [--shape vit-tiny:32] [--threads 1,2]
-        [--rounds 9]
+    python run/bench.py selective [--shape vit-tiny:32] [--threads 1,2] [--rounds 9]
 
 Prints the CPU, the load average, the medians in ms and the bytes each path
 keeps for the backward (P: s B H T^2; L: 8 B H T).  float32, as training runs.
 """
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -19,14 +17,8 @@ from ..config import get_config
 from ..kernels_attention import attention_backward, attention_forward
 from ..kernels_attention_lse import attention_backward_lse, attention_forward_lse
 from ..threads import limit_threads
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from .bench import machine_info
+from .bench_attention import _count, _shape
 
 
 def _time(fn, *args):
@@ -58,23 +50,32 @@ def measure(preset, batch, threads, rounds):
     return {k: (1e3 * np.median(f), 1e3 * np.median(b), kept[k]) for k, (f, b) in times.items()}
 
 
+def _thread_counts(text):
+    """argparse type: ``"1,2"`` -> [1, 2]; every count a positive integer."""
+    return [_count(1)(part) for part in text.split(",")]
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="vit-tiny:32")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--rounds", type=int, default=9)
+    """Prints one line per path and thread count; returns 0 (argparse exits 2 on bad flags)."""
+    ap = argparse.ArgumentParser(prog="bench.py selective", description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=_shape, default="vit-tiny:32",
+                    help="PRESET:BATCH, e.g. vit-tiny:32 (the preset's T, heads, head_dim)")
+    ap.add_argument("--threads", type=_thread_counts, default="1,2",
+                    help="comma-separated thread counts, each timed in turn (default 1,2)")
+    ap.add_argument("--rounds", type=_count(1), default=9, help="timed rounds (median)")
     args = ap.parse_args(argv)
-    preset, _, batch = args.shape.partition(":")
-    print(f"CPU: {_cpu()}; load average {os.getloadavg()[0]:.2f}; {preset} batch {batch}, "
-          f"float32, one layer's attention core, median of {args.rounds}")
-    for n in (int(x) for x in args.threads.split(",")):
-        res = measure(preset, int(batch), n, args.rounds)
+    preset, batch = args.shape[:2]
+    print(f"CPU: {machine_info()['cpu']}; load average {os.getloadavg()[0]:.2f}; {preset} batch "
+          f"{batch}, float32, one layer's attention core, median of {args.rounds}")
+    for n in args.threads:
+        res = measure(preset, batch, n, args.rounds)
         base = res["keep P"]
         for name, (f, b, kept) in res.items():
             print(f"  threads {n}  {name:<10} forward {f:7.2f} ms  backward {b:7.2f} ms  "
                   f"fwd+bwd {f + b:7.2f} ms ({(f + b) / (base[0] + base[1]):.2f}x)  "
                   f"kept {kept / 2**20:7.2f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

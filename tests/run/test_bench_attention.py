@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from conftest import ROOT
+
 from minivit.tools.bench_attention import main, parse_args
 
 
@@ -55,3 +57,17 @@ def test_help_describes_every_option(capsys):
     for flag in ("--threads THREADS BLAS", "--rounds ROUNDS timed", "--warmup WARMUP untimed",
                  "--json print"):
         assert flag in out, out
+
+
+def test_selective_subcommand_times_both_paths(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "run" / "bench.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["selective", "--shape", "vit-nano:2", "--threads", "1", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "keep P" in out and "selective" in out and "(1.00x)" in out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["selective", "--shape", "vit-nano:0"])
+    assert exc.value.code == 2
+    assert "batch '0': expected a positive integer" in capsys.readouterr().err
