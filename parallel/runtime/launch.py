@@ -162,6 +162,33 @@ def announce(world, environ=None):
         hint = (f" (the Slurm allocation has SLURM_NTASKS={allocated} tasks: start with srun "
                 "to use them)")
     print(f"MPI: {describe_library()}; world size {size}{hint}", flush=True)
+    warning = mixed_checkout_warning(_package_dir("minivit"), _package_dir("minivit.parallel"))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
+def _package_dir(name):
+    """The checkout a package was imported from: the folder above its own."""
+    from pathlib import Path
+    return Path(sys.modules[name].__file__).resolve().parent.parent
+
+
+def mixed_checkout_warning(model_root, parallel_root):
+    """A warning line when ``minivit`` and ``minivit.parallel`` come from two checkouts, else "".
+
+    Why: setup.py maps ``minivit.parallel`` to the checkout's ``parallel/``.  When
+    ``python`` under mpirun is not the interpreter minivit was installed into (a
+    pyenv shim, another venv first on PATH), ``minivit`` can come from the
+    current folder and ``minivit.parallel`` from that interpreter's editable
+    install of another checkout, with nothing else to show it (found by a trial
+    run).  model_root, parallel_root: ``pathlib.Path`` of the two checkouts.
+    """
+    if model_root == parallel_root:
+        return ""
+    return (f"[minivit rank 0] warning: minivit is imported from {model_root} but "
+            f"minivit.parallel from {parallel_root}: two checkouts are mixed; run "
+            f"`mpirun -n N {sys.executable} ...` with the interpreter minivit is installed in, "
+            "or reinstall it there (pip install -e .)")
 
 
 def default_threads(world):

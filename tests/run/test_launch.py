@@ -171,3 +171,14 @@ def test_no_mpi_library_names_the_fix():
     assert last.startswith("RuntimeError: mpi4py found no MPI library.")
     assert 'pip install -e ".[mpich]"' in last and "MPI4PY_LIBMPI" in last
     assert "/nonexistent/libmpi.so" in last      # mpi4py's own list of what it tried
+
+
+def test_two_checkouts_mixed_are_named(tmp_path):
+    from pathlib import Path
+    from minivit.parallel.runtime.launch import _package_dir, mixed_checkout_warning
+    # this checkout: both packages come from the same folder, no warning
+    assert _package_dir("minivit") == _package_dir("minivit.parallel")
+    assert mixed_checkout_warning(_package_dir("minivit"), _package_dir("minivit.parallel")) == ""
+    line = mixed_checkout_warning(Path("/work/trial"), Path("/work/main"))
+    assert "minivit is imported from /work/trial but minivit.parallel from /work/main" in line
+    assert line.startswith("[minivit rank 0] warning:") and "mpirun -n N" in line
