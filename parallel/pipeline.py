@@ -103,9 +103,10 @@ def check_interleaved(m, pp, v, source=MICRO_BATCHES_FROM):
     not exist.  (Depth >= pp v is ``model_parallel.balance_stages``' check.)
     """
     if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-        default = " (the default)" if v == 1 else ""
-        raise ValueError(f"--virtual-stages {v}{default} with --schedule interleaved: expected "
-                         "an integer >= 2 model chunks per stage (1 is --schedule 1f1b)")
+        # right whether the user typed 1 or left the flag out (its default is 1)
+        raise ValueError(f"--virtual-stages {v} with --schedule interleaved: expected an "
+                         "integer >= 2 model chunks per stage (--virtual-stages defaults to 1, "
+                         "which is --schedule 1f1b)")
     if pp < 2:
         raise ValueError(f"--schedule interleaved with --pp {pp}: expected --pp >= 2 "
                          "(chunks interleave across pipeline stages)")

@@ -150,8 +150,9 @@ def test_interleaved_beats_1f1b_and_a_wrong_order_is_caught():
 def test_interleaved_requirements_are_clear_errors():
     for args, match in (((6, 4, 2), "interleaved 1F1B with 6 micro-batches on pp=4 stages: "
                                     "expected a positive multiple of pp"),
-                        ((4, 4, 1), "--virtual-stages 1 (the default) with --schedule "
-                                    "interleaved: expected an integer >= 2"),
+                        ((4, 4, 1), "--virtual-stages 1 with --schedule interleaved: expected an "
+                                    "integer >= 2 model chunks per stage (--virtual-stages "
+                                    "defaults to 1"),
                         ((4, 1, 2), "--schedule interleaved with --pp 1: expected --pp >= 2")):
         with pytest.raises(ValueError, match=re.escape(match)):
             check_schedule("interleaved", *args)

@@ -181,7 +181,7 @@ def test_interleaved_bubble_p2p_and_activations():
     for bad, match in (({"accum": 6}, "interleaved 1F1B with 6 micro-batches on pp=4"),
                        ({"virtual_stages": 5}, "pp=4 x virtual_stages=5: expected a divisor"),
                        ({"virtual_stages": 1},
-                        r"--virtual-stages 1 \(the default\) with --schedule interleaved")):
+                        r"--virtual-stages 1 with --schedule interleaved: expected an integer >= 2")):
         with pytest.raises(ValueError, match=match):
             plan_step(Layout(**{**lay, "schedule": "interleaved", "virtual_stages": 2, **bad}),
                       TOY)
