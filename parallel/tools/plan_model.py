@@ -355,8 +355,9 @@ def _check_interleaved(lay, cfg, source):
         return
     check_schedule("interleaved", lay.accum, lay.pp, lay.virtual_stages, source)
     if cfg.depth % (lay.pp * lay.virtual_stages):
-        raise ValueError(f"pp={lay.pp} x virtual_stages={lay.virtual_stages}: expected a "
-                         f"divisor of the model depth {cfg.depth}")
+        raise ValueError(f"--pp {lay.pp} x --virtual-stages {lay.virtual_stages} = "
+                         f"{lay.pp * lay.virtual_stages} virtual stages: expected a divisor of "
+                         f"the model depth {cfg.depth}")
 
 
 def interleaved_activation_bytes(lay, cfg, item):

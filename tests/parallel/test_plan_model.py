@@ -179,7 +179,8 @@ def test_interleaved_bubble_p2p_and_activations():
     assert a2["contexts"] / a1["contexts"] == pytest.approx(1 + 3 / 8, rel=0.01)
     assert a2["contexts"] > a1["contexts"]
     for bad, match in (({"accum": 6}, "interleaved 1F1B with 6 micro-batches on pp=4"),
-                       ({"virtual_stages": 5}, "pp=4 x virtual_stages=5: expected a divisor"),
+                       ({"virtual_stages": 5},
+                        "--pp 4 x --virtual-stages 5 = 20 virtual stages: expected a divisor"),
                        ({"virtual_stages": 1},
                         r"--virtual-stages 1 with --schedule interleaved: expected an integer >= 2")):
         with pytest.raises(ValueError, match=match):
