@@ -126,6 +126,19 @@ def _check_qkv(qkv):
     return np.ascontiguousarray(qkv)
 
 
+def _check_backward(do, qkv, kept, name, t_axes):
+    """Contiguous ``(qkv, do)`` for a backward; ValueError unless do is (B, T, H, hd) and
+    the forward's ``kept`` context (``name``: P, t_axes=2, or lse, t_axes=1) is
+    (B, H) followed by ``t_axes`` axes of T."""
+    qkv = _check_qkv(qkv)
+    nb, t, _, nh, hd = qkv.shape
+    want = (nb, nh) + (t,) * t_axes
+    if do.shape != (nb, t, nh, hd) or kept.shape != want:
+        raise ValueError(f"do {do.shape} / {name} {kept.shape} do not fit qkv {qkv.shape}: "
+                         f"expected {(nb, t, nh, hd)} / {want}")
+    return qkv, np.ascontiguousarray(do, dtype=qkv.dtype)
+
+
 def attention_forward(qkv, scale):
     """Scaled dot-product attention of every (batch, head) pair.
 
@@ -152,13 +165,8 @@ def attention_backward(do, qkv, p, scale):
     by the forward.  Returns dqkv (B, T, 3, H, hd), dtype of qkv.  Raises
     ValueError when the shapes do not fit together.
     """
-    qkv = _check_qkv(qkv)
-    nb, t, _, nh, hd = qkv.shape
-    if do.shape != (nb, t, nh, hd) or p.shape != (nb, nh, t, t):
-        raise ValueError(f"do {do.shape} / p {p.shape} do not fit qkv {qkv.shape}: expected "
-                         f"{(nb, t, nh, hd)} / {(nb, nh, t, t)}")
+    qkv, do = _check_backward(do, qkv, p, "p", t_axes=2)
     dqkv = np.empty_like(qkv)
-    _attention_bwd(qkv, np.ascontiguousarray(p), np.ascontiguousarray(do, dtype=qkv.dtype),
-                   _check_scale(scale), dqkv)
+    _attention_bwd(qkv, np.ascontiguousarray(p), do, _check_scale(scale), dqkv)
     return dqkv
 

@@ -32,7 +32,8 @@ from numba import njit, prange
 from . import math32 as m32
 from .blas import NOTRANS, TRANS, addr, gemm
 from .kernels import _check_scale, _softmax_bwd
-from .kernels_attention import _PAIRS, _attention_fwd, _check_qkv, _in_heads, _in_qkv
+from .kernels_attention import (_PAIRS, _attention_fwd, _check_backward, _check_qkv,
+                                _in_heads, _in_qkv)
 
 
 @njit(cache=True, error_model="numpy")
@@ -119,13 +120,8 @@ def attention_backward_lse(do, qkv, lse, scale):
     by the forward.  Returns dqkv (B, T, 3, H, hd), dtype of qkv.  Raises
     ValueError when the shapes do not fit together.
     """
-    qkv = _check_qkv(qkv)
-    nb, t, _, nh, hd = qkv.shape
-    if do.shape != (nb, t, nh, hd) or lse.shape != (nb, nh, t):
-        raise ValueError(f"do {do.shape} / lse {lse.shape} do not fit qkv {qkv.shape}: "
-                         f"expected {(nb, t, nh, hd)} / {(nb, nh, t)}")
+    qkv, do = _check_backward(do, qkv, lse, "lse", t_axes=1)
     dqkv = np.empty_like(qkv)
-    _attention_bwd_lse(qkv, np.ascontiguousarray(lse, dtype=np.float64),
-                       np.ascontiguousarray(do, dtype=qkv.dtype), _check_scale(scale),
-                       qkv.dtype == np.float32, dqkv)
+    _attention_bwd_lse(qkv, np.ascontiguousarray(lse, dtype=np.float64), do,
+                       _check_scale(scale), qkv.dtype == np.float32, dqkv)
     return dqkv
