@@ -95,27 +95,34 @@ def _attention_fwd(qkv, scale, fast, p, lse, o):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _attention_bwd(qkv, p, do, scale, dqkv):
-    nb, t, _, nh, hd = qkv.shape
-    ld3, ld = 3 * nh * hd, nh * hd
-    one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
+    nb, t, _, nh, _ = qkv.shape
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
         dp = np.empty((t, t), qkv.dtype)          # apart from ds: see the forward's sc
         ds = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
-            dq, dk, dv = _in_qkv(dqkv, b, 0, h), _in_qkv(dqkv, b, 1, h), _in_qkv(dqkv, b, 2, h)
-            g = _in_heads(do, b, h)               # dL/dO of this head
-            ph = p[b, h]
-            pa = addr(ph, 0)
-            gemm(NOTRANS, TRANS, t, t, hd, one, g, ld, v, ld3, zero, addr(dp, 0), t)  # dP = dO v^T
-            _softmax_bwd(dp, ph, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
-            # dV = P^T dO after the softmax backward has streamed P (row by
-            # row) into cache: BLAS packing P^T from memory reads across rows,
-            # and ran 1.7x slower than the other GEMMs (vit-tiny b32, one thread)
-            gemm(TRANS, NOTRANS, t, hd, t, one, pa, t, g, ld, zero, dv, ld3)   # dV = P^T dO
-            gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, k, ld3, zero, dq, ld3)  # dQ = dS k
-            gemm(TRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, q, ld3, zero, dk, ld3)    # dK = dS^T q
+            _pair_backward(p[b, h], qkv, do, dqkv, b, h, scale, dp, ds)
+
+
+@njit(cache=True, inline="always")
+def _pair_backward(ph, qkv, do, dqkv, b, h, scale, dp, ds):
+    """Given head h's probabilities ph (T, T) in batch b: dq, dk, dv of that head into
+    dqkv, in place; dp and ds (T, T) are scratch.  Shared by the P-keeping backward
+    and the selective one (``minivit.kernels_attention_lse``), which rebuilds ph."""
+    _, t, _, nh, hd = qkv.shape
+    ld3, ld = 3 * nh * hd, nh * hd
+    one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
+    q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
+    dq, dk, dv = _in_qkv(dqkv, b, 0, h), _in_qkv(dqkv, b, 1, h), _in_qkv(dqkv, b, 2, h)
+    g = _in_heads(do, b, h)               # dL/dO of this head
+    gemm(NOTRANS, TRANS, t, t, hd, one, g, ld, v, ld3, zero, addr(dp, 0), t)  # dP = dO v^T
+    _softmax_bwd(dp, ph, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
+    # dV = P^T dO after the softmax backward has streamed P (row by row) into
+    # cache: BLAS packing P^T from memory reads across rows, and ran 1.7x
+    # slower than the other GEMMs (vit-tiny b32, one thread)
+    gemm(TRANS, NOTRANS, t, hd, t, one, addr(ph, 0), t, g, ld, zero, dv, ld3)   # dV = P^T dO
+    gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, k, ld3, zero, dq, ld3)  # dQ = dS k
+    gemm(TRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, q, ld3, zero, dk, ld3)    # dK = dS^T q
 
 
 def _check_qkv(qkv):

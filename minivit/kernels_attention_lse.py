@@ -31,9 +31,9 @@ from numba import njit, prange
 
 from . import math32 as m32
 from .blas import NOTRANS, TRANS, addr, gemm
-from .kernels import _check_scale, _softmax_bwd
+from .kernels import _check_scale
 from .kernels_attention import (_PAIRS, _attention_fwd, _check_backward, _check_qkv,
-                                _in_heads, _in_qkv)
+                                _in_qkv, _pair_backward)
 
 
 @njit(cache=True, error_model="numpy")
@@ -68,7 +68,6 @@ def _probs_from_lse_fast(s, scale, lse, p):
 @njit(cache=True, parallel=True, error_model="numpy")
 def _attention_bwd_lse(qkv, lse, do, scale, fast, dqkv):
     nb, t, _, nh, hd = qkv.shape
-    ld3, ld = 3 * nh * hd, nh * hd
     one, zero = np.ones(1, qkv.dtype), np.zeros(1, qkv.dtype)
     for unit in prange((nb * nh + _PAIRS - 1) // _PAIRS):
         # per-unit scratch (kernels_attention._attention_fwd says why): S then dP
@@ -78,20 +77,14 @@ def _attention_bwd_lse(qkv, lse, do, scale, fast, dqkv):
         ds = np.empty((t, t), qkv.dtype)
         for bh in range(unit * _PAIRS, min(nb * nh, (unit + 1) * _PAIRS)):
             b, h = bh // nh, bh % nh
-            q, k, v = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h), _in_qkv(qkv, b, 2, h)
-            dq, dk, dv = _in_qkv(dqkv, b, 0, h), _in_qkv(dqkv, b, 1, h), _in_qkv(dqkv, b, 2, h)
-            g = _in_heads(do, b, h)
+            q, k = _in_qkv(qkv, b, 0, h), _in_qkv(qkv, b, 1, h)
+            ld3 = 3 * nh * hd
             gemm(NOTRANS, TRANS, t, t, hd, one, q, ld3, k, ld3, zero, addr(sd, 0), t)  # S = q k^T
             if fast:
                 _probs_from_lse_fast(sd, scale, lse[b, h], pr)     # P = exp(scale S - L)
             else:
                 _probs_from_lse(sd, scale, lse[b, h], pr)
-            gemm(NOTRANS, TRANS, t, t, hd, one, g, ld, v, ld3, zero, addr(sd, 0), t)   # dP = dO v^T
-            _softmax_bwd(sd, pr, scale, ds)       # dS = scale * P * (dP - rowsum(dP * P))
-            pa = addr(pr, 0)
-            gemm(TRANS, NOTRANS, t, hd, t, one, pa, t, g, ld, zero, dv, ld3)   # dV = P^T dO
-            gemm(NOTRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, k, ld3, zero, dq, ld3)  # dQ = dS k
-            gemm(TRANS, NOTRANS, t, hd, t, one, addr(ds, 0), t, q, ld3, zero, dk, ld3)    # dK = dS^T q
+            _pair_backward(pr, qkv, do, dqkv, b, h, scale, sd, ds)   # as with a kept P
 
 
 def attention_forward_lse(qkv, scale):
