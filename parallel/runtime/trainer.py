@@ -102,6 +102,12 @@ class Trainer:
             self._say_root(f"already at step {start} of --steps {cfg.steps}: nothing to do "
                            "(raise --steps to train further)")
             return []
+        if self.schedule.warmup_steps > self.schedule.total_steps:
+            # allowed (smoke tests run a few steps on the default --warmup), but a
+            # short real run would otherwise never train at the --lr it was given
+            self._say_root(f"note: --warmup {cfg.warmup} is more than the run's {cfg.steps} "
+                           f"steps: it ends inside the warmup, so the learning rate peaks at "
+                           f"{self.schedule(cfg.steps - 1):.3g}, not --lr {cfg.lr:g}")
         self._start_log()
         try:
             if self.data.evaluator is not None and not self.resume:

@@ -49,6 +49,7 @@ def test_synthetic_data_eval_records_and_config_toml(tmp_path):
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["steps"] == 3 and resolved["lr"] == 0.002 and resolved["classes"] == 3
     assert str(out / "metrics.jsonl") in proc.stdout and "held-out top-1" in proc.stdout
+    assert "note: --warmup" not in proc.stdout        # --warmup 1 of 3 steps: the peak is reached
     # the resolved file reproduces the run
     again = tmp_path / "again"
     _run([PRETRAIN, "--config", out / "config.toml", "--out", again])
@@ -77,6 +78,15 @@ def _checkpoint(path, classes=7):
             w.write("params", name, array)
         w.commit({"step": 4, "preset": "vit-nano", "model_config": asdict(model.config)})
     return model
+
+
+def test_a_run_shorter_than_its_warmup_says_the_peak_lr(tmp_path):
+    # the last --warmup wins over TINY's
+    proc = _run([PRETRAIN, *TINY, "--warmup", "6", "--lr", "0.003", "--data", "random",
+                 "--out", tmp_path / "short"])
+    # lr(s) = lr (s + 1) / warmup: the last of 3 steps runs at 0.003 * 3 / 6
+    assert ("note: --warmup 6 is more than the run's 3 steps: it ends inside the warmup, so "
+            "the learning rate peaks at 0.0015, not --lr 0.003") in proc.stdout
 
 
 def test_finetune_digits_from_checkpoint_and_scratch(tmp_path):
