@@ -18,23 +18,34 @@ from numba import njit
 
 @njit(cache=True, error_model="numpy")
 def _adamw_kernel(p, g, m, v, mask, lr, beta1, beta2, eps, wd, step_size, inv_sqrt_bc2):
-    # one fused pass over the flat buffers (reads p, g, m, v, mask; writes p, m, v)
+    # one fused pass over the flat buffers (reads p, g, m, v, mask; writes p, m, v).
+    # mask is bool: for a finite lr wd, the float mask's factor 1 - (lr wd) * mask
+    # was 1 - lr wd or 1 - 0.0, so selecting between the two gives the same float64
+    # (bitwise the old update) and reads 1 byte per parameter instead of 4 or 8
+    lr_wd = lr * wd
     for i in range(p.size):
         gi = g[i]
         m[i] = beta1 * m[i] + (1.0 - beta1) * gi
         v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        pi = p[i] * (1.0 - lr * wd * mask[i])
+        pi = p[i] * (1.0 - (lr_wd if mask[i] else 0.0))
         p[i] = pi - step_size * m[i] / (math.sqrt(v[i]) * inv_sqrt_bc2 + eps)
 
 
-def _check_flat(**arrays):
+def _check_flat(decay_mask=None, **arrays):
+    """Every array 1-D, contiguous, of the first one's shape and dtype; the decay
+    mask of that shape too, but numpy bool (1 byte per parameter, ``FlatParams``)."""
     ref_name, ref = next(iter(arrays.items()))
+    if decay_mask is not None:
+        arrays["decay_mask"] = decay_mask
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape != ref.shape:
             raise ValueError(f"{name} shape {getattr(a, 'shape', None)}: expected a 1-D array "
                              f"of the shape of {ref_name} {ref.shape}")
-        if a.dtype != ref.dtype:
-            raise ValueError(f"{name} dtype {a.dtype}: expected {ref.dtype} like {ref_name}")
+        want = np.dtype(bool) if name == "decay_mask" else ref.dtype
+        if a.dtype != want:
+            raise ValueError(f"{name} dtype {a.dtype}: expected {want}" +
+                             (" (True where weight decay applies)" if name == "decay_mask"
+                              else f" like {ref_name}"))
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} is not contiguous: expected a contiguous buffer")
 
@@ -43,6 +54,7 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, decay_mask, lr, beta1, beta2,
                  weight_decay, step):
     """One AdamW step in place on 1-D arrays of one dtype (fused Numba kernel).
 
+    decay_mask: 1-D numpy bool, True where weight decay applies.
     step: 1-based count of this update (bias correction ``1 - beta**step``).
     param -= lr * wd * mask * param;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
     param -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
@@ -61,6 +73,9 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, decay_mask, lr, beta1, beta2,
 def adamw_update_reference(param, grad, exp_avg, exp_avg_sq, decay_mask, lr, beta1, beta2,
                            eps, weight_decay, step):
     """Plain-NumPy reference of ``adamw_update`` (same in-place contract)."""
+    # the 0/1 mask in the parameter dtype, as the float mask was: the same
+    # arithmetic (and float32 rounding) as before the mask became bool
+    decay_mask = np.asarray(decay_mask, dtype=param.dtype)
     param *= 1.0 - lr * weight_decay * decay_mask
     exp_avg[...] = beta1 * exp_avg + (1.0 - beta1) * grad
     exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
@@ -71,7 +86,9 @@ def adamw_update_reference(param, grad, exp_avg, exp_avg_sq, decay_mask, lr, bet
 @njit(cache=True, error_model="numpy")
 def _sgd_kernel(p, g, buf, mask, lr, momentum, wd, nesterov):
     for i in range(p.size):
-        d = g[i] + wd * mask[i] * p[i]
+        # (wd if mask else 0.0) is the float mask's wd * mask for a finite wd: the
+        # same product with p, signed zeros and non-finite p included
+        d = g[i] + (wd if mask[i] else 0.0) * p[i]
         buf[i] = momentum * buf[i] + d
         p[i] -= lr * ((d + momentum * buf[i]) if nesterov else buf[i])
 
@@ -90,6 +107,7 @@ def sgd_update(param, grad, momentum_buf, decay_mask, lr, momentum, weight_decay
 def sgd_update_reference(param, grad, momentum_buf, decay_mask, lr, momentum, weight_decay,
                          nesterov=False):
     """Plain-NumPy reference of ``sgd_update`` (same in-place contract)."""
+    decay_mask = np.asarray(decay_mask, dtype=param.dtype)   # as the float mask was
     d = grad + weight_decay * decay_mask * param
     momentum_buf[...] = momentum * momentum_buf + d
     param -= lr * ((d + momentum * momentum_buf) if nesterov else momentum_buf)

@@ -103,7 +103,8 @@ class FlatParams:
         in and each parameter's ``.data``/``.grad`` is rebound to a view.
     dtype: buffer dtype (float32 or float64).
     Attributes: ``data``, ``grad`` (1-D, length ``numel``), ``decay_mask``
-    (1-D, same dtype, 1.0 where weight decay applies), ``offsets`` (dict
+    (1-D numpy bool, 1 byte per parameter, True where weight decay applies;
+    the optimizers read it as the 0/1 factor of the decay), ``offsets`` (dict
     name -> (start, stop, shape), in buffer order), ``params`` (list),
     ``dtype``, ``numel``.
     Raises ValueError on duplicate names or an empty list.
@@ -115,11 +116,13 @@ class FlatParams:
         start = self.numel
         self.data = np.empty(start, dtype=dtype)
         self.grad = np.zeros(start, dtype=dtype)
-        self.decay_mask = np.zeros(start, dtype=dtype)
+        # bool, not the model dtype: a quarter (float32) or an eighth (float64)
+        # of the bytes, for the same bitwise update (minivit.optim)
+        self.decay_mask = np.zeros(start, dtype=bool)
         for p in params:
             lo, hi, shape = self.offsets[p.name]
             self.data[lo:hi] = p.data.ravel()
-            self.decay_mask[lo:hi] = 1.0 if p.decay else 0.0
+            self.decay_mask[lo:hi] = p.decay
             p.data = self.data[lo:hi].reshape(shape)
             p.grad = self.grad[lo:hi].reshape(shape)
 

@@ -97,6 +97,19 @@ def zero_memory_bytes(psi, p, stage, itemsize=4):
             "total": params + grads + optim}
 
 
+def decay_mask_bytes(full, shard, stage):
+    """Bytes per rank of the weight-decay mask (this code's array, not ZeRO's).
+
+    ``FlatParams.decay_mask`` is numpy bool, 1 byte per parameter whatever the
+    model dtype.  Stages 0-2 keep the full mask (``full`` elements), ZeRO 1-3
+    keep their shard of it (``shard`` elements: ``Psi / p``, or with per-unit
+    padding ``sum(ceil(n_u / p))``), and stage 3 drops the full one.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage={stage!r}: expected 0, 1, 2 or 3")
+    return (0 if stage == 3 else full) + (shard if stage >= 1 else 0)
+
+
 # ------------------------------------------------------- padding-exact (the audit)
 def unit_blocks(unit_sizes, p):
     """Per-rank block ``ceil(n_u / p)`` of each unit: ZeRO pads each unit to p blocks."""

@@ -114,8 +114,9 @@ class ZeroShards:
     """This rank's ZeRO-3 shard vectors of a model built by :func:`build_sharded`.
 
     Attributes: ``layout`` (``shard.ShardLayout`` over ``p`` ranks),
-    ``param_shard`` and ``decay_shard`` (1-D, ``layout.numel`` elements of the
-    model dtype; padding zero), ``norm_weight`` (the shard of the 0/1
+    ``param_shard`` (1-D, ``layout.numel`` elements of the model dtype; padding
+    zero) and ``decay_shard`` (the same length, numpy bool like
+    ``FlatParams.decay_mask``; padding False), ``norm_weight`` (the shard of the 0/1
     gradient-norm weight of a tensor-parallel model, or None).
     ``ZeroOptimizer`` takes them over (and sets the attributes to None).
     """
@@ -123,7 +124,7 @@ class ZeroShards:
     def __init__(self, layout, dtype, norm_weight):
         self.layout = layout
         self.param_shard = np.zeros(layout.numel, dtype)
-        self.decay_shard = np.zeros(layout.numel, dtype)
+        self.decay_shard = np.zeros(layout.numel, bool)
         self.norm_weight = np.zeros(layout.numel, dtype) if norm_weight else None
 
     def nbytes(self):
@@ -188,7 +189,7 @@ def _take_unit(unit, u, spec, shards, norm_counted):
         a, b = max(lo, own_lo), min(hi, own_hi)
         if a < b:       # the part of this tensor inside this rank's block of the unit
             views["param_shard"][a - own_lo:b - own_lo] = prm.data.ravel()[a - lo:b - lo]
-            views["decay_shard"][a - own_lo:b - own_lo] = 1.0 if prm.decay else 0.0
+            views["decay_shard"][a - own_lo:b - own_lo] = prm.decay
             if "norm_weight" in views and norm_counted(prm):
                 views["norm_weight"][a - own_lo:b - own_lo] = 1.0
         prm.data = prm.grad = None

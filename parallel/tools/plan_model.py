@@ -245,11 +245,10 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
                                            recompute=lay.recompute, schedule=lay.schedule,
                                            sequence_parallel=lay.sequence_parallel))
     # persistent arrays beyond the 16 Psi of ZeRO's count, measured by run/bench.py
-    # rankmem: the weight-decay mask (one model-dtype value per parameter,
+    # rankmem: the weight-decay mask (1 byte per parameter whatever the dtype,
     # FlatParams.decay_mask; ZeRO 1-3 keep their shard of it, ZeRO-3 drops the full
-    # one) and, under tp, ModelShard.norm_weight (the same length)
-    shard = psi_rank / p
-    decay = item * ((0 if lay.zero == 3 else psi_rank) + (shard if lay.zero >= 1 else 0))
+    # one) and, under tp, ModelShard.norm_weight (the same length, model dtype)
+    decay = cost.decay_mask_bytes(psi_rank, psi_rank / p, lay.zero)
     norm_weight = item * psi_rank if lay.tp > 1 else 0
     largest = max(share)
     gather = 2 * largest * item if lay.zero == 3 else 0      # gathered unit + its gradient

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from numba import njit
 
 from minivit.config import get_config
 from minivit.model import ViT
@@ -14,7 +15,7 @@ from minivit.optim import (SGD, AdamW, WarmupCosine, adamw_update, adamw_update_
 def test_adamw_hand_worked_three_parameters():
     p = np.array([1.0, -2.0, 0.5])
     g = np.array([0.1, -0.2, 0.3])
-    mask = np.array([1.0, 0.0, 1.0])           # the middle one is a "bias": no decay
+    mask = np.array([True, False, True])       # the middle one is a "bias": no decay
     opt = AdamW(p, g, mask, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     opt.step()
     # step 1: m_hat = g, v_hat = g^2, so the Adam step is lr * g / (|g| + eps);
@@ -45,7 +46,7 @@ def test_adamw_kernel_matches_reference(dtype, tol):
     n = 1000
     start = rng.standard_normal(n).astype(dtype)
     a = [start.copy(), start.copy()]
-    mask = (rng.random(n) < 0.5).astype(dtype)
+    mask = rng.random(n) < 0.5
     m = [np.zeros(n, dtype) for _ in range(2)]
     v = [np.zeros(n, dtype) for _ in range(2)]
     for step in range(1, 6):
@@ -64,7 +65,7 @@ def test_sgd_kernel_matches_reference(dtype, tol, nesterov):
     n = 500
     start = rng.standard_normal(n).astype(dtype)
     p, buf = [start.copy(), start.copy()], [np.zeros(n, dtype), np.zeros(n, dtype)]
-    mask = (rng.random(n) < 0.5).astype(dtype)
+    mask = rng.random(n) < 0.5
     for _ in range(4):
         g = rng.standard_normal(n).astype(dtype)
         sgd_update(p[0], g, buf[0], mask, 0.05, 0.9, 0.01, nesterov)
@@ -83,7 +84,13 @@ def test_adamw_rejects_bad_arrays():
         adamw_update(p, np.zeros(3, np.float32), np.zeros(3), np.zeros(3), np.zeros(3),
                      0.1, 0.9, 0.999, 1e-8, 0.0, 1)
     with pytest.raises(ValueError, match="step=0"):
-        adamw_update(p, p.copy(), p.copy(), p.copy(), p.copy(), 0.1, 0.9, 0.999, 1e-8, 0.0, 0)
+        adamw_update(p, p.copy(), p.copy(), p.copy(), np.ones(3, bool), 0.1, 0.9, 0.999, 1e-8,
+                     0.0, 0)
+    # a float mask (the old 4/8-byte format) is refused, not silently cast
+    with pytest.raises(ValueError, match="decay_mask dtype float64: expected bool"):
+        adamw_update(p, p.copy(), p.copy(), p.copy(), np.ones(3), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="decay_mask shape"):
+        AdamW(p, p.copy(), np.ones(4, bool))
     with pytest.raises(ValueError, match="betas"):
         AdamW(p, p.copy(), p.copy(), betas=(1.0, 0.9))
 
@@ -91,7 +98,7 @@ def test_adamw_rejects_bad_arrays():
 def test_sgd_momentum_by_hand():
     p = np.array([1.0, 2.0])
     g = np.array([0.5, -1.0])
-    mask = np.array([1.0, 0.0])
+    mask = np.array([True, False])
     buf = np.zeros(2)
     sgd_update(p, g, buf, mask, lr=0.1, momentum=0.9, weight_decay=0.1)
     d1 = np.array([0.5 + 0.1 * 1.0, -1.0])           # L2 decay only where mask == 1
@@ -169,6 +176,107 @@ def test_adamw_no_decay_on_masked_params_with_zero_grad():
     model = ViT(get_config("vit-nano"))
     before = model.flat.data.copy()
     AdamW(model.flat, lr=0.1, weight_decay=0.5).step()    # zero gradient: only decay acts
-    mask = model.flat.decay_mask.astype(bool)
+    mask = model.flat.decay_mask
     np.testing.assert_array_equal(model.flat.data[~mask], before[~mask])
     np.testing.assert_allclose(model.flat.data[mask], before[mask] * (1 - 0.05), rtol=1e-6)
+
+
+# ------------------------------------------------ the bool mask against the float mask
+# The kernels as they were while the decay mask was a float array of the model
+# dtype (1.0 / 0.0 per parameter): the bool mask must give their results bitwise.
+@njit(error_model="numpy")
+def _adamw_float_mask(p, g, m, v, mask, lr, beta1, beta2, eps, wd, step_size, inv_sqrt_bc2):
+    for i in range(p.size):
+        gi = g[i]
+        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
+        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        pi = p[i] * (1.0 - lr * wd * mask[i])
+        p[i] = pi - step_size * m[i] / (math.sqrt(v[i]) * inv_sqrt_bc2 + eps)
+
+
+@njit(error_model="numpy")
+def _sgd_float_mask(p, g, buf, mask, lr, momentum, wd, nesterov):
+    for i in range(p.size):
+        d = g[i] + wd * mask[i] * p[i]
+        buf[i] = momentum * buf[i] + d
+        p[i] -= lr * ((d + momentum * buf[i]) if nesterov else buf[i])
+
+
+def _float_mask_adamw(p, g, m, v, mask, lr, b1, b2, eps, wd, step):
+    bc1, bc2 = 1.0 - b1 ** step, 1.0 - b2 ** step
+    _adamw_float_mask(p, g, m, v, mask, lr, b1, b2, eps, wd, lr / bc1, 1.0 / math.sqrt(bc2))
+
+
+def _old_adamw_reference(p, g, m, v, mask, lr, b1, b2, eps, wd, step):
+    """adamw_update_reference as it was, on a float mask."""
+    p *= 1.0 - lr * wd * mask
+    m[...] = b1 * m + (1.0 - b1) * g
+    v[...] = b2 * v + (1.0 - b2) * g * g
+    p -= lr / (1.0 - b1 ** step) * m / (np.sqrt(v) / math.sqrt(1.0 - b2 ** step) + eps)
+
+
+def _nano_problem(dtype, steps):
+    """vit-nano's flat parameters and real decay mask, and ``steps`` random gradients
+    (some entries zero, negative zero, or large, to reach the edge cases of the product)."""
+    flat = ViT(get_config("vit-nano", dtype=dtype), seed=2).flat
+    rng = np.random.default_rng(3)
+    grads = []
+    for _ in range(steps):
+        g = rng.standard_normal(flat.numel).astype(dtype)
+        g[::97], g[1::97], g[2::89] = 0.0, -0.0, 1e6
+        grads.append(g)
+    return flat, grads
+
+
+def _run_adamw(kernel, flat, grads, mask):
+    p, m, v = flat.data.copy(), np.zeros_like(flat.data), np.zeros_like(flat.data)
+    for step, g in enumerate(grads, start=1):
+        kernel(p, g, m, v, mask, 3e-3, 0.9, 0.95, 1e-8, 0.1, step)
+    return p, m, v
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adamw_bool_mask_is_bitwise_the_float_mask_update(dtype):
+    flat, grads = _nano_problem(dtype, 4)
+    fmask = flat.decay_mask.astype(dtype)            # the old 1.0 / 0.0 array
+    assert flat.decay_mask.any() and not flat.decay_mask.all()
+    for new, old in [(adamw_update, _float_mask_adamw),
+                     (adamw_update_reference, _old_adamw_reference)]:
+        got = _run_adamw(new, flat, grads, flat.decay_mask)
+        want = _run_adamw(old, flat, grads, fmask)
+        for a, b in zip(got, want):
+            assert a.dtype == np.dtype(dtype) and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_bool_mask_is_bitwise_the_float_mask_update(dtype, nesterov):
+    flat, grads = _nano_problem(dtype, 3)
+    fmask = flat.decay_mask.astype(dtype)
+    runs = []
+    for mask, kernel in [(flat.decay_mask, sgd_update), (fmask, _sgd_float_mask)]:
+        p, buf = flat.data.copy(), np.zeros_like(flat.data)
+        p[5::101] = -0.0                             # a negative zero times a zero mask
+        for g in grads:
+            kernel(p, g, buf, mask, 0.05, 0.9, 0.01, nesterov)
+        runs.append(p.tobytes() + buf.tobytes())
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_mask_that_decays_a_bias_does_not_pass_for_the_right_one(dtype):
+    """The bitwise comparison above would catch a wrong mask: decay on head.bias
+    (zero gradient there, so only the decay could change it) moves that bias."""
+    flat, grads = _nano_problem(dtype, 2)
+    lo, hi, _ = flat.offsets["head.bias"]
+    wrong = flat.decay_mask.copy()
+    wrong[lo:hi] = True
+    for g in grads:
+        g[lo:hi] = 0.0
+    flat.data[lo:hi] = 0.5
+    right = _run_adamw(adamw_update, flat, grads, flat.decay_mask)[0]
+    bad = _run_adamw(adamw_update, flat, grads, wrong)[0]
+    old = _run_adamw(_float_mask_adamw, flat, grads, flat.decay_mask.astype(dtype))[0]
+    assert right.tobytes() == old.tobytes() and bad.tobytes() != old.tobytes()
+    assert np.all(right[lo:hi] == 0.5) and np.all(bad[lo:hi] < 0.5)
+    np.testing.assert_array_equal(bad[:lo], right[:lo])     # only the bias differs

@@ -205,3 +205,25 @@ def test_selective_recompute_terms():
     bubble = (4 + 2 - 1) / 4                           # 1F1B at pp 2, m 4
     assert sel["time"]["compute"] - plain["time"]["compute"] == \
         pytest.approx(extra / rate * bubble, rel=1e-9)
+
+
+def test_decay_mask_term_is_one_byte_per_parameter():
+    """memory.decay_mask: the bool mask (1 byte per element, any dtype), full at
+    stages 0-2 and its shard at 1-3; one rank's term equals a built model's bytes."""
+    assert [cost.decay_mask_bytes(800, 100, z) for z in range(4)] == [800, 900, 900, 100]
+    with pytest.raises(ValueError, match="stage=4"):
+        cost.decay_mask_bytes(800, 100, 4)
+    psi = sum(cost.vit_unit_sizes(get_config("vit-giant")))
+    for zero in range(4):
+        for dtype in ("float32", "float64"):
+            r = plan_step(Layout(model="vit-giant", nodes=8, dp=8, zero=zero, dtype=dtype), TOY)
+            assert r["memory"]["decay_mask"] == int(cost.decay_mask_bytes(psi, psi / 8, zero))
+    zero3 = plan_step(Layout(model="vit-giant", nodes=8, dp=8, zero=3), TOY)
+    assert zero3["memory"]["decay_mask"] == psi // 8 == 126_576_429    # was 4 Psi / 8
+    from minivit.model import ViT
+    for dtype in ("float32", "float64"):
+        flat = ViT(get_config("vit-nano", dtype=dtype)).flat
+        r = plan_step(Layout(model="vit-nano", nodes=1, dp=1, dtype=dtype), TOY)
+        assert r["memory"]["decay_mask"] == flat.decay_mask.nbytes == flat.numel
+        # the old closed form (model-dtype itemsize per parameter) no longer matches
+        assert flat.data.itemsize * flat.numel != flat.decay_mask.nbytes

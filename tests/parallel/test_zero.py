@@ -8,7 +8,7 @@ to 1e-10 relative (and float32 to 1e-5).  Also checked on every rank:
 replicated parameters bitwise identical after every step; the ledger's bytes
 per step equal cost.py's padding-exact prediction op by op; the measured
 model-state bytes equal cost.py's padded formula and the closed form within
-padding; dp=4 stage 3 holds <= 0.3x the model state of dp=1; a random sleep
+padding, and the decay mask's bytes ``cost.decay_mask_bytes``; dp=4 stage 3 holds <= 0.3x the model state of dp=1; a random sleep
 before every collective on one rank changes no bit of the result.
 
 ``python tests/parallel/test_zero.py`` is the per-rank driver launched by ``run_mpi``.
@@ -115,6 +115,7 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
         padding = (sum(trainer.optimizer.layout.blocks) * p - sum(trainer.unit_sizes)
                    if zero else 0) * cfg_itemsize(cfg) * 4
         assert abs(mem[key] - closed[key]) <= padding, (key, mem, closed)
+    check_decay_mask_bytes(trainer, model, zero)
     params = trainer.full_parameters()
     state = trainer.optimizer_state_dict()
     # round trip: the gathered state loads back into this layout unchanged
@@ -125,6 +126,20 @@ def run_config(world, cfg, zero, accum, clip, delay=None, overlap=False, bucket_
             assert np.array_equal(again[key][name], value), (key, name)
     grid.free()
     return np.array(losses), params, mem, state
+
+
+def check_decay_mask_bytes(trainer, model, zero):
+    """The weight-decay mask this rank holds (the full one at stages 0-2, the
+    optimizer's shard at 1-3; stage 0's optimizer slices the full one) is
+    ``cost.decay_mask_bytes``: 1 byte per element, padding included."""
+    from minivit.parallel import cost
+    opt = trainer.optimizer
+    held = [a for a in (model.flat.decay_mask, getattr(opt, "decay_shard", None))
+            if a is not None]
+    assert all(a.dtype == np.bool_ for a in held), [a.dtype for a in held]
+    shard = sum(opt.layout.blocks) if zero else 0
+    want = cost.decay_mask_bytes(sum(trainer.unit_sizes), shard, zero)
+    assert sum(a.nbytes for a in held) == want, (zero, [a.nbytes for a in held], want)
 
 
 def key_bias_mask(cfg):
