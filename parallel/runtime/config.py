@@ -288,6 +288,9 @@ class TrainConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: expected a finite "
                                  "number >= 0")
+        if self.min_lr > self.lr:       # the cosine decays from --lr down to --min-lr
+            raise ValueError(f"--min-lr {self.min_lr:g} > --lr {self.lr:g}: expected "
+                             "--min-lr <= --lr (the cosine decays from --lr to --min-lr)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing {self.label_smoothing}: expected 0 <= s < 1")
         for name in ("mixup", "cutmix"):

@@ -300,4 +300,5 @@ def test_fuzzed_toml_config_parses_or_exits_2(tmp_path_factory, document):
         return
     for flag in ("lr", "min_lr", "weight_decay", "clip", "timeout", "label_smoothing"):
         assert np.isfinite(getattr(args, flag)), (flag, getattr(args, flag))
+    assert args.min_lr <= args.lr      # else WarmupCosine raised at the first step (a traceback)
     assert args.steps >= 1 and args.micro_batch >= 1 and args.global_batch >= 1

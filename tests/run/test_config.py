@@ -15,6 +15,7 @@ from minivit.parallel.runtime.config import FinetuneConfig, PretrainConfig, posi
     ({"global_batch": 20, "micro_batch": 8}, r"--global-batch 20 is not divisible by "
                                              r"--micro-batch 8 x dp 1 = 8"),
     ({"tp": 3}, r"--dp/--tp/--pp"),
+    ({"lr": 1e-3, "min_lr": 0.01}, r"--min-lr 0.01 > --lr 0.001: expected --min-lr <= --lr"),
 ])
 def test_bad_values_name_the_flag(fields, match):
     with pytest.raises(ValueError, match=match):
