@@ -97,11 +97,13 @@ class Trainer:
         exceeds ``--skip-nonfinite``, naming the last good checkpoint.
         """
         cfg, start = self.cfg, self.step
-        self._prepare_output()
         if start >= cfg.steps:      # every rank knows both numbers: all return here together
+            # before _prepare_output: a launch that trains nothing leaves OUT as it was
+            # (its config.toml would otherwise record a layout that never ran)
             self._say_root(f"already at step {start} of --steps {cfg.steps}: nothing to do "
                            "(raise --steps to train further)")
             return []
+        self._prepare_output()
         if self.schedule.warmup_steps > self.schedule.total_steps:
             # allowed (smoke tests run a few steps on the default --warmup), but a
             # short real run would otherwise never train at the --lr it was given

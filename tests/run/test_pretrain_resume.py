@@ -330,10 +330,13 @@ def test_refused_resume_leaves_the_run_untouched(tmp_path):
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
     out = tmp_path / "done"
     _single([*COMMON, "--steps", "2", "--out", str(out)])
-    metrics = (out / "metrics.jsonl").read_text()
-    proc = _single(["--resume", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # a typed flag that config.toml would record: a launch that trains nothing writes nothing
+    proc = _single(["--resume", str(out), "--lr", "0.5"])
     assert "already at step 2 of --steps 2: nothing to do" in proc.stdout
-    assert (out / "metrics.jsonl").read_text() == metrics      # no second header
+    # no second header in metrics.jsonl, and config.toml/json keep the run that ran
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert {"metrics.jsonl", "config.toml", "config.json"} <= set(before)
 
 
 def test_summary_line_of_a_resumed_launch_names_its_steps():
