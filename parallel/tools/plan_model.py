@@ -168,8 +168,9 @@ def plan_step(layout, machine, source="--accum"):
     ``peak_bytes_per_rank``, ``step_seconds``, ``comm_bytes_per_rank``
     (``{"dp": .., "tp": .., "pp": ..}`` per step), ``fits``; and the details
     ``memory`` (dict of the terms), ``time`` (dict of the terms, seconds),
-    ``step_seconds_overlap``, ``flops_per_step`` (whole job), ``tflops``
-    (achieved total, per the prediction), ``global_batch``,
+    ``step_seconds_overlap``, ``flops_per_step`` (whole job, the matmul FLOPs
+    executed: a full recompute's extra forward and a selective one's rebuilt
+    scores included), ``tflops`` (achieved total, per the prediction), ``global_batch``,
     ``peak_resident_bytes_per_rank`` (with offloaded pages, as ``VmHWM`` sees them).
     Memory is that of pipeline stage 0, the heaviest: it holds the embedding
     and, under 1F1B, the most micro-batches in flight (``pp``).  Units: bytes,
@@ -205,7 +206,7 @@ def plan_step(layout, machine, source="--accum"):
     no_overlap = compute + comm["dp_time"] + comm["tp_time"] + comm["pp_time"]
     with_overlap = compute + exposed_dp + comm["tp_time"] + comm["pp_time"]
     step = with_overlap if lay.overlap else no_overlap
-    flops_step = passes * forward_matmul_flops(cfg, b) * m * p
+    flops_step = (passes * forward_matmul_flops(cfg, b) + rebuilt_scores_flops(lay, cfg)) * m * p
     return {
         "model": lay.model, "params": psi, "machine": machine.name,
         "layout": {"nodes": lay.nodes, "world": lay.world, "dp": p, "tp": lay.tp, "pp": lay.pp,
@@ -272,6 +273,14 @@ def _memory_terms(lay, cfg, machine, item, psi_rank, share):
             "terms": terms}
 
 
+def rebuilt_scores_flops(lay, cfg):
+    """FLOP of the scores Q K^T that selective recompute rebuilds in one micro-batch's
+    backward, whole model: ``depth x 2 b T^2 D`` (0 without it)."""
+    if cost.recompute_mode(lay.recompute) != "selective":
+        return 0
+    return cfg.depth * 2 * lay.micro_batch * cfg.seq_len ** 2 * cfg.dim
+
+
 def _compute_seconds(lay, cfg, machine, blocks):
     """``(seconds of compute per step on one rank, passes)``: matmul FLOPs at the node
     peak x efficiency shared by its ranks; 3 passes (4 with full recompute; selective
@@ -288,8 +297,7 @@ def _compute_seconds(lay, cfg, machine, blocks):
     passes = 4 if mode == "full" else 3
     fwd_rank = blocks * fwd_block / lay.tp + fwd_rest      # embed + head counted on the stage
     rate = machine.peak_flops / lay.ranks_per_node * machine.efficiency
-    rebuilt = (blocks * 2 * b * cfg.seq_len ** 2 * cfg.dim / lay.tp
-               if mode == "selective" else 0)
+    rebuilt = rebuilt_scores_flops(lay, cfg) * blocks / cfg.depth / lay.tp
     compute = (passes * fwd_rank + rebuilt) * m / rate
     if lay.pp > 1:
         compute /= 1.0 - bubble_fraction(lay.schedule, lay.pp, m, v=lay.virtual_stages)

@@ -205,6 +205,9 @@ def test_selective_recompute_terms():
     bubble = (4 + 2 - 1) / 4                           # 1F1B at pp 2, m 4
     assert sel["time"]["compute"] - plain["time"]["compute"] == \
         pytest.approx(extra / rate * bubble, rel=1e-9)
+    # the job's executed FLOPs count the rebuilt scores of all 12 blocks, as a full
+    # recompute's extra forward is counted (the throughput line compares like with like)
+    assert sel["flops_per_step"] - plain["flops_per_step"] == 12 * 2 * 4 * 197 ** 2 * 768 * 4
 
 
 def test_decay_mask_term_is_one_byte_per_parameter():
