@@ -57,11 +57,13 @@ def _thread_counts(text):
 
 def main(argv=None):
     """Prints one line per path and thread count; returns 0 (argparse exits 2 on bad flags)."""
-    ap = argparse.ArgumentParser(prog="bench.py selective", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="bench.py selective", description=" ".join(__doc__.split("\n\n")[0].split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--shape", type=_shape, default="vit-tiny:32",
                     help="PRESET:BATCH, e.g. vit-tiny:32 (the preset's T, heads, head_dim)")
     ap.add_argument("--threads", type=_thread_counts, default="1,2",
-                    help="comma-separated thread counts, each timed in turn (default 1,2)")
+                    help="comma-separated thread counts, each timed in turn")
     ap.add_argument("--rounds", type=_count(1), default=9, help="timed rounds (median)")
     args = ap.parse_args(argv)
     preset, batch = args.shape[:2]

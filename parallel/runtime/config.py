@@ -94,8 +94,8 @@ class TrainConfig:
                                   "rebuild the rest in backward (--recompute-granularity "
                                   "selective: only the attention probabilities)")
     recompute_granularity: str = flag(None, "with --recompute, what is rebuilt in backward "
-                                            "(Megatron-LM's flag): full (default) the whole "
-                                            "block from its input; selective only the "
+                                            "(Megatron-LM's flag): full (what --recompute "
+                                            "alone does) the whole block from its input; selective only the "
                                             "attention core's P (B, H, T, T), from its row "
                                             "log-sum-exp (Korthikanti et al. 2023, sec. 4.2)",
                                       choices=["full", "selective"])

@@ -108,7 +108,7 @@ class Trainer:
             # allowed (smoke tests run a few steps on the default --warmup), but a
             # short real run would otherwise never train at the --lr it was given
             self._say_root(f"note: --warmup {cfg.warmup} is more than the run's {cfg.steps} "
-                           f"steps: it ends inside the warmup, so the learning rate peaks at "
+                           f"step{'' if cfg.steps == 1 else 's'}: it ends inside the warmup, so the learning rate peaks at "
                            f"{self.schedule(cfg.steps - 1):.3g}, not --lr {cfg.lr:g}")
         self._start_log()
         try:
@@ -317,7 +317,7 @@ def summary_line(records, evals, num_classes, resumed=False):
         top1 = trend(evals[0], evals[-1], lambda e: f"{e['accuracy']:.1%}")
         held = (f"; held-out top-1 {top1} on {num_classes} classes (chance "
                 f"{1 / num_classes:.1%}, {evals[-1]['samples']} images)")
-    return f"after {step} steps{since}: loss {loss}{held}"
+    return f"after {step} step{'' if step == 1 else 's'}{since}: loss {loss}{held}"
 
 
 def percent_change(first, last):

@@ -371,6 +371,8 @@ def test_summary_line_prints_a_single_point_once():
     assert "loss 2.0000 at step 7 -> 1.0000 at step 9 (-50%); held-out top-1 34.0% at step " \
            "9 on 10 classes" in line, line
     assert "-> 34.0%" not in line
+    # one step in all: "after 1 step", not "after 1 steps"
+    assert summary_line([{"step": 1, "loss": 2.0}], [], 10).startswith("after 1 step: loss 2.0000")
 
 
 @pytest.mark.parametrize("last, shown", [(2.004, "+0.2%"), (1.9966, "-0.2%"),
