@@ -215,6 +215,10 @@ def main(argv=None):
             return scaling(args, machine)
         if args.nodes is None:
             raise ValueError("--nodes is required (or give --strong-scaling)")
+        for name in ("global_batch", "plot"):     # else silently ignored by a single plan
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} applies to --strong-scaling only "
+                                 "(a single plan's batch is --micro-batch x --accum x dp)")
         result = plan_model.plan_step(_layout(args), machine)
         rows = plan(args) + step_rows(result)
     except ValueError as exc:

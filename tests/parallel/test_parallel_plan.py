@@ -97,3 +97,11 @@ def test_plan_refuses_what_pretrain_refuses(capsys, flags, fields, message):
     with pytest.raises(ValueError) as exc:
         TrainConfig(pp=2, global_batch=64, micro_batch=8, **fields).validate(4)
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("flag", [["--global-batch", "64"], ["--plot", "x.png"]])
+def test_sweep_only_flags_are_refused_in_a_single_plan(capsys, flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # a --plot that were honoured would land here
+    assert PLAN["main"](["--model", "vit-tiny", "--nodes", "1", *flag]) == 2
+    assert f"{flag[0]} applies to --strong-scaling only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
