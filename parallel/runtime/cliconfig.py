@@ -55,7 +55,8 @@ def toml_defaults(parser, path, flag="--config"):
 
 
 def _convert(parser, action, value, where):
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             parser.error(f"{where} = {value!r} is a TOML {_toml_type(value)}: expected true "
                          "or false (a boolean)")

@@ -19,6 +19,7 @@ given), ``global_batch`` (micro-batch x dp unless given) and ``accum``
 Packages never take an argparse ``Namespace``: the scripts build a config with
 ``from_namespace`` and pass the dataclass on.
 """
+import argparse
 import dataclasses
 import math
 import numbers
@@ -387,7 +388,7 @@ def add_flags(parser, cls, names=None, defaults=None):
     else every field; in that order).
 
     ``defaults`` overrides field defaults (a script's own, e.g. a fine-tuning lr).
-    bool fields become ``store_true`` flags; ``int``/``float``/``str`` fields take
+    bool fields become ``--X``/``--no-X`` flags (``argparse.BooleanOptionalAction``); ``int``/``float``/``str`` fields take
     that type; ``choices`` and ``metavar`` come from the field metadata.
     """
     defaults = defaults or {}
@@ -399,7 +400,10 @@ def add_flags(parser, cls, names=None, defaults=None):
         default = defaults.get(name, f.default)
         option = "--" + name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(option, action="store_true", default=default, **meta)
+            # --no-X too: a resumed run or a --config file can switch X on, and the
+            # command line must be able to switch it off again
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
+                                **meta)
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             parser.add_argument(option, type=kind, default=default, **meta)

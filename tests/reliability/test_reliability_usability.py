@@ -68,6 +68,9 @@ def test_toml_values_of_the_flag_type_are_taken(tmp_path):
     assert (args.steps, args.lr, args.min_lr, args.model, args.audit) == \
         (10, 1.0, 0.5e-4, "vit-nano", True)
     assert type(args.lr) is float
+    # a boolean the file switches on, the command line switches off again (--no-X)
+    args = PRETRAIN.parse_args(PRETRAIN.build_parser(), ["--config", str(cfg), "--no-audit"])
+    assert args.audit is False and args.steps == 10
 
 
 # ------------------------------------------------------- re-indexed truncated shard
