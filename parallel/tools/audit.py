@@ -86,9 +86,12 @@ def model_parallel_lines(engine, micro_batch, recompute, offload=None):
         else:
             tp = cost.tp_step_bytes(micro_batch, cfg.seq_len, cfg.dim, model.num_blocks,
                                     engine.accum, grid.tp, item, recompute)
+            # the table's tp row also holds the gradient norm's sum of squares
+            norm = (f" + {cost.allreduce_bytes(1, grid.tp, 8):,} B for the gradient norm's "
+                    "float64 sum of squares" if grid.tp > 1 else "")
             lines.append(f"[audit] stage {grid.pp_rank} (blocks {_blocks_text(model)}), "
                          f"tp {grid.tp}: predicted tp activation all-reduce {tp:,} B "
-                         f"({_tp_count(recompute)} x blocks x micro-batches x b*s*h), "
+                         f"({_tp_count(recompute)} x blocks x micro-batches x b*s*h){norm}, "
                          f"pp send {pp:,} B (b*s*h {per})")
     if engine.pipeline is not None:
         p = engine.pipeline

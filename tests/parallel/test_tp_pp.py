@@ -397,6 +397,15 @@ def test_pretrain_selective_recompute_tp2_equals_one_process(run_mpi, tmp_path):
     assert forms and all("+ 8 B T H/tp +" in ln and "recompute selective" in ln
                          for ln in forms), forms
     assert "recompute-granularity = \"selective\"" in (tmp_path / "two" / "config.toml").read_text()
+    # the stage line accounts for the whole tp row of the table: activations + the norm
+    tp_row = [ln for ln in proc.stdout.splitlines() if ln.startswith("[audit]   allreduce      tp")]
+    stage = [ln for ln in proc.stdout.splitlines() if "predicted tp activation all-reduce" in ln]
+    act = cost.tp_step_bytes(2, NANO.seq_len, NANO.dim, NANO.depth, 4, 2, 8, "selective")  # m = 8 / 2
+    norm = cost.allreduce_bytes(1, 2, 8)
+    assert stage and all(f"all-reduce {act:,} B" in ln and f"+ {norm:,} B for the gradient "
+                         "norm's float64 sum of squares" in ln for ln in stage), stage
+    assert tp_row and all(f"{act + norm:,}" in ln and ln.endswith("OK (cost.py tp/pp)")
+                          for ln in tp_row), tp_row
 
 
 def test_pretrain_interleaved_end_to_end_and_checkpoints_across_layouts(run_mpi, tmp_path):
