@@ -152,10 +152,10 @@ def describe_layout(flags):
 
 def _layout_text(layout):
     """``tp=2 pp=2 schedule=1f1b``: the values that are not defaults (the schedule with
-    pp > 1 always); ``dp=1`` for one process."""
+    pp > 1 always); ``one process`` when all are defaults."""
     shown = [f"{k}={v}" for k, v in layout.items()
              if k == "schedule" or v != LAYOUT_DEFAULTS[k]]
-    return " ".join(shown) or "dp=1"
+    return " ".join(shown) or "one process"
 
 
 def layout_change(run_dir, cfg):
@@ -178,11 +178,14 @@ def layout_change(run_dir, cfg):
         new.pop("timeline", None)
     if old == new:
         return None
+    world = old["dp"] * old["tp"] * old["pp"] if "dp" in old else None
+    if world == 1:      # a one-process run: no layout flag keeps it, the launch does
+        return (f"resuming {run_dir} in layout {_layout_text(new)} (saved as one process); "
+                "run it as one process (python run/pretrain.py, or mpirun -n 1) to keep it")
     flags = _keep_flags(old, new)
     how = [f"type {' '.join(flags)}"] if flags else ["run"]
-    world = old["dp"] * old["tp"] * old["pp"] if "dp" in old else None
     if world is not None and world != cfg.dp * cfg.tp * cfg.pp:
-        how.append(f"on {world} rank{'s' if world > 1 else ''} (mpirun -n {world})")
+        how.append(f"on {world} ranks (mpirun -n {world})")
     return (f"resuming {run_dir} in layout {_layout_text(new)} (saved at "
             f"{_layout_text(old)}); {' '.join(how)} to keep it")
 

@@ -104,7 +104,7 @@ class Trainer:
                            "(raise --steps to train further)")
             return []
         self._prepare_output()
-        if self.schedule.warmup_steps > self.schedule.total_steps:
+        if self.schedule.warmup_steps > self.schedule.total_steps and cfg.lr > 0:
             # allowed (smoke tests run a few steps on the default --warmup), but a
             # short real run would otherwise never train at the --lr it was given
             self._say_root(f"note: --warmup {cfg.warmup} is more than the run's {cfg.steps} "

@@ -134,8 +134,8 @@ def test_resume_through_the_loader_on_another_layout(run_mpi, tmp_path):
     shutil.copy(full / "config.toml", resumed)               # saved at dp=1
     proc = run_mpi(2, [PRETRAIN, *args, "--resume", resumed], timeout=180)
     # the layout is this launch's, not the run's: rank 0 says so once
-    note = (f"resuming {resumed} in layout dp=2 (saved at dp=1); run on 1 rank (mpirun -n 1) "
-            "to keep it")
+    note = (f"resuming {resumed} in layout dp=2 (saved as one process); run it as one process "
+            "(python run/pretrain.py, or mpirun -n 1) to keep it")
     assert proc.stdout.count(note) == 1, proc.stdout
     got = _losses(resumed)
     assert sorted(got) == [5, 6]
@@ -414,4 +414,9 @@ def test_layout_change_names_both_layouts_and_the_flags_to_keep_it(tmp_path):
         "--virtual-stages 2 --timeline a.png to keep it")
     write_toml(run / "config.toml", config(2, pp=2).flags())
     assert layout_change(run, config(2, pp=2, timeline="b.png")) is None   # only a new chart
+    # saved by one process: no flag keeps that, the launch does
+    write_toml(run / "config.toml", config(1).flags())
+    assert layout_change(run, config(2, tp=2)) == (
+        f"resuming {run} in layout tp=2 (saved as one process); run it as one process "
+        "(python run/pretrain.py, or mpirun -n 1) to keep it")
 
