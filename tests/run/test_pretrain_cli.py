@@ -87,6 +87,10 @@ def test_a_run_shorter_than_its_warmup_says_the_peak_lr(tmp_path):
     # lr(s) = lr (s + 1) / warmup: the last of 3 steps runs at 0.003 * 3 / 6
     assert ("note: --warmup 6 is more than the run's 3 steps: it ends inside the warmup, so "
             "the learning rate peaks at 0.0015, not --lr 0.003") in proc.stdout
+    # at --lr 0 there is no peak to miss: no note
+    proc = _run([PRETRAIN, *TINY, "--warmup", "6", "--lr", "0", "--min-lr", "0",
+                 "--data", "random", "--out", tmp_path / "zero"])
+    assert "note: --warmup" not in proc.stdout
 
 
 def test_finetune_digits_from_checkpoint_and_scratch(tmp_path):
