@@ -72,6 +72,10 @@ def parse_args(parser, argv=None):
     parser.set_defaults(**{**base, **layer})
     args = parser.parse_args(argv)
     args.resumed = {k: v for k, v in base.items() if k not in layer and k not in typed_now}
+    if not args.recompute and "recompute_granularity" in args.resumed:
+        # the saved granularity qualified the saved --recompute: --no-recompute drops both
+        del args.resumed["recompute_granularity"]
+        args.recompute_granularity = None
     if args.resume is not None:
         args.out = typed.out if typed.out is not None else args.resume
     return args

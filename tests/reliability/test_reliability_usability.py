@@ -341,3 +341,24 @@ def test_ctrl_c_to_mpirun_checkpoints_on_every_rank_and_exits_0(tmp_path):
     from minivit.checkpoint import CheckpointReader
     with CheckpointReader(path) as reader:
         assert reader.step == last and reader.meta["layout"]["zero"] == 1
+
+
+def test_no_recompute_on_resume_drops_the_saved_granularity(tmp_path):
+    """A run saved with --recompute --recompute-granularity selective, resumed with
+    --no-recompute: the saved granularity went with the saved recompute, so it is
+    dropped rather than refused ("granularity without --recompute")."""
+    from minivit.parallel.runtime.cliconfig import write_toml
+    run = tmp_path / "a"
+    run.mkdir()
+    write_toml(run / "config.toml", {"model": "vit-nano", "recompute": True,
+                                     "recompute-granularity": "selective"})
+    cfg = PRETRAIN.parse_config(PRETRAIN.build_parser(),
+                                ["--resume", str(run), "--no-recompute"], 1)
+    assert cfg.recompute is False and cfg.recompute_granularity is None
+    kept = PRETRAIN.parse_config(PRETRAIN.build_parser(), ["--resume", str(run)], 1)
+    assert kept.recompute is True and kept.recompute_granularity == "selective"
+    # typed by the user, the contradiction is still an error
+    with pytest.raises(SystemExit) as exc:
+        PRETRAIN.parse_config(PRETRAIN.build_parser(), ["--resume", str(run), "--no-recompute",
+                                                        "--recompute-granularity", "full"], 1)
+    assert exc.value.code == 2
