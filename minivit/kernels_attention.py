@@ -156,13 +156,23 @@ def attention_forward(qkv, scale):
     the attention probabilities (kept for the backward).  Raises ValueError
     for other shapes or dtypes and for a non-positive scale.
     """
+    return _forward(qkv, scale, keep_p=True)
+
+
+def _forward(qkv, scale, keep_p):
+    """``(o, p)`` with keep_p, else ``(o, lse)``: the checks, the buffers and the kernel
+    call behind ``attention_forward`` and ``kernels_attention_lse.attention_forward_lse``
+    (one kernel; an empty p makes it write the row log-sum-exp lse (B, H, T) float64)."""
     qkv = _check_qkv(qkv)
     nb, t, _, nh, hd = qkv.shape
     scale = _check_scale(scale)
-    p = np.empty((nb, nh, t, t), dtype=qkv.dtype)
     o = np.empty((nb, t, nh, hd), dtype=qkv.dtype)
-    _attention_fwd(qkv, scale, qkv.dtype == np.float32, p, np.empty((0, 0, 0)), o)
-    return o, p
+    if keep_p:
+        p, lse = np.empty((nb, nh, t, t), dtype=qkv.dtype), np.empty((0, 0, 0))
+    else:
+        p, lse = np.empty((0, 0, 0, 0), qkv.dtype), np.empty((nb, nh, t), dtype=np.float64)
+    _attention_fwd(qkv, scale, qkv.dtype == np.float32, p, lse, o)
+    return o, (p if keep_p else lse)
 
 
 def attention_backward(do, qkv, p, scale):

@@ -32,8 +32,7 @@ from numba import njit, prange
 from . import math32 as m32
 from .blas import NOTRANS, TRANS, addr, gemm
 from .kernels import _check_scale
-from .kernels_attention import (_PAIRS, _attention_fwd, _check_backward, _check_qkv,
-                                _in_qkv, _pair_backward)
+from .kernels_attention import _PAIRS, _check_backward, _in_qkv, _pair_backward, _forward
 
 
 @njit(cache=True, error_model="numpy")
@@ -96,14 +95,7 @@ def attention_forward_lse(qkv, scale):
     per query row (for float32 models with the float32-rounded scale the forward
     used).  Raises ValueError for other shapes or dtypes and a non-positive scale.
     """
-    qkv = _check_qkv(qkv)
-    nb, t, _, nh, hd = qkv.shape
-    scale = _check_scale(scale)
-    lse = np.empty((nb, nh, t), dtype=np.float64)
-    o = np.empty((nb, t, nh, hd), dtype=qkv.dtype)
-    _attention_fwd(qkv, scale, qkv.dtype == np.float32, np.empty((0, 0, 0, 0), qkv.dtype),
-                   lse, o)
-    return o, lse
+    return _forward(qkv, scale, keep_p=False)
 
 
 def attention_backward_lse(do, qkv, lse, scale):
